@@ -1,0 +1,177 @@
+"""ConvexGenerator: one object, one call, from class labels to filtered images with provenance."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from regene_ray.classifier import Classifier
+from regene_ray.convex import (
+    KeyedRNG,
+    WeightScheme,
+    choose_n_parents,
+    mix,
+    parse_weights,
+    sample_convex_weights,
+    sample_parents,
+)
+from regene_ray.decoder import Decoder, check_compatible
+from regene_ray.filtering import label_confidence, passes
+from regene_ray.latent_bank import BANK_FILE, THRESHOLDS_FILE, LatentBank, load_thresholds
+
+
+@dataclass
+class GenerationBatch:
+    """Every candidate of one call, aligned row by row.
+
+    parent_ids and weights are padded with -1 / 0 beyond each row's n_parents.
+    images holds uint8 (B, C, H, W); rows that failed the latent step were never decoded (zeros).
+    image_confidence is NaN for those rows.
+    """
+
+    ids: np.ndarray  # (B,) int64 candidate ids
+    labels: np.ndarray  # (B,) int64 intended class
+    n_parents: np.ndarray  # (B,) int64
+    parent_ids: np.ndarray  # (B, n_max) int64 latent-bank ids
+    weights: np.ndarray  # (B, n_max) float32
+    latent_confidence: np.ndarray  # (B,) float32
+    latent_pass: np.ndarray  # (B,) bool
+    image_confidence: np.ndarray  # (B,) float32
+    accepted: np.ndarray  # (B,) bool, passed both steps
+    images: np.ndarray  # (B, C, H, W) uint8
+
+    def select(self, mask: np.ndarray) -> GenerationBatch:
+        return GenerationBatch(**{f.name: getattr(self, f.name)[mask] for f in fields(self)})
+
+    def accepted_only(self) -> GenerationBatch:
+        return self.select(self.accepted)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] -> uint8 with rounding."""
+    return (x.clamp(0, 1) * 255).round_().to(torch.uint8)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """uint8 (C, H, W) -> PNG bytes (deterministic: fixed compression, no metadata)."""
+    arr = image[0] if image.shape[0] == 1 else np.transpose(image, (1, 2, 0))
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+class ConvexGenerator:
+    """Mix same-class codes convexly, filter in latent space, decode, filter the images.
+
+    Args:
+        bank: the latent bank (parents come from codes the head assigns to their own label).
+        classifier: the trained classifier (encoder + linear head).
+        decoder: the decoder trained on this classifier's codes.
+        thresholds: {"latent": [tau_c], "image": [tau_c]} as in thresholds.json.
+        device: where the networks run.
+    """
+
+    def __init__(self, bank: LatentBank, classifier: Classifier, decoder: Decoder,
+                 thresholds: dict, device: torch.device | str = "cpu"):
+        check_compatible(classifier.cfg, decoder.cfg)
+        if bank.latent_dim != classifier.cfg.latent_dim:
+            raise ValueError(
+                f"latent bank codes have dim {bank.latent_dim} but classifier latent_dim is "
+                f"{classifier.cfg.latent_dim}; rebuild the bank with jobs/train.py"
+            )
+        self.device = torch.device(device)
+        self.bank = bank
+        self.num_classes = classifier.cfg.num_classes
+        self.classifier = classifier.to(self.device).eval()
+        self.decoder = decoder.to(self.device).eval()
+        self.pools = bank.pools(self.num_classes)
+        self.latents = torch.from_numpy(bank.latents).to(self.device)  # (N, D)
+        self.tau_latent = torch.tensor(thresholds["latent"], dtype=torch.float32)
+        self.tau_image = torch.tensor(thresholds["image"], dtype=torch.float32)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: torch.device | str = "cpu") -> ConvexGenerator:
+        """Load classifier, decoder, bank and thresholds from a jobs/train.py run folder."""
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise FileNotFoundError(
+                f"run folder {run_dir} does not exist; create one with jobs/train.py --out {run_dir}"
+            )
+        clf = Classifier.load(run_dir / "classifier", map_location=device)
+        dec = Decoder.load(run_dir / "decoder", map_location=device)
+        check_compatible(clf.cfg, dec.cfg, where=f"run dir {run_dir}")
+        bank = LatentBank.load(run_dir / BANK_FILE)
+        thr = load_thresholds(run_dir / THRESHOLDS_FILE, clf.cfg.num_classes)
+        return cls(bank, clf, dec, thr, device=device)
+
+    @torch.inference_mode()
+    def __call__(self, labels: Sequence[int] | np.ndarray, n_parents: int | Sequence[int] = 2,
+                 weights: str | WeightScheme = "uniform", *, seed: int = 0,
+                 ids: Sequence[int] | np.ndarray | None = None, filter: bool = True
+                 ) -> GenerationBatch:
+        """Generate one candidate per label.
+
+        Args:
+            labels: (B,) intended classes.
+            n_parents: parents per mix, or a list to draw from per candidate (e.g. [2, 3, 5]).
+            weights: 'uniform', 'dirichlet:<alpha>' or ratios such as '0.3,0.7'.
+            seed, ids: randomness is a function of (seed, id); ids default to 0..B-1.
+            filter: when False, every candidate is decoded (accepted still reports both steps).
+        Returns:
+            A GenerationBatch over all B candidates; `.accepted_only()` keeps the survivors.
+        """
+        labels = np.asarray(labels, dtype=np.int64)
+        if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(f"labels must be in [0, {self.num_classes}); got {np.unique(labels)}")
+        ids = np.arange(len(labels), dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
+        if len(ids) != len(labels):
+            raise ValueError(f"{len(ids)} ids for {len(labels)} labels")
+        options = [n_parents] if np.isscalar(n_parents) else list(n_parents)
+        scheme = parse_weights(weights)
+        rng = KeyedRNG(seed, ids)
+        n_per = choose_n_parents(options, rng)  # (B,)
+        n_max = int(max(options))
+        B = len(labels)
+        parent_rows = np.full((B, n_max), -1, dtype=np.int64)
+        w = np.zeros((B, n_max), dtype=np.float32)
+        z = torch.empty(B, self.bank.latent_dim, device=self.device)
+        for k in sorted(set(n_per.tolist())):
+            rows = np.flatnonzero(n_per == k)
+            sub = KeyedRNG(seed, ids[rows])
+            pr = sample_parents(self.pools, labels[rows], k, sub)  # (b, k)
+            wk = sample_convex_weights(k, scheme, sub)  # (b, k)
+            parent_rows[rows, :k], w[rows, :k] = pr, wk
+            z[torch.from_numpy(rows).to(self.device)] = mix(
+                self.latents[torch.from_numpy(pr).to(self.device)],  # (b, k, D)
+                torch.from_numpy(wk).to(self.device))
+        y = torch.from_numpy(labels).to(self.device)
+        lat_conf = label_confidence(self.classifier.classify_latent(z), y)
+        lat_pass = passes(lat_conf, y, self.tau_latent)
+        decode = lat_pass if filter else torch.ones_like(lat_pass)
+        images = torch.zeros(B, self.decoder.cfg.out_channels, self.decoder.cfg.image_size,
+                             self.decoder.cfg.image_size, dtype=torch.uint8, device=self.device)
+        img_conf = torch.full((B,), float("nan"), device=self.device)
+        if decode.any():
+            x = to_uint8(self.decoder(z[decode]))
+            images[decode] = x
+            # classify the image exactly as it is stored (uint8), so the stored bytes reproduce
+            # the stored confidence
+            img_conf[decode] = label_confidence(self.classifier(x.float() / 255.0), y[decode])
+        accepted = lat_pass & passes(img_conf.nan_to_num(-1.0), y, self.tau_image)
+        parent_ids = np.where(parent_rows >= 0, self.bank.ids[np.maximum(parent_rows, 0)], -1)
+        return GenerationBatch(
+            ids=ids, labels=labels, n_parents=n_per, parent_ids=parent_ids, weights=w,
+            latent_confidence=lat_conf.cpu().numpy().astype(np.float32),
+            latent_pass=lat_pass.cpu().numpy(),
+            image_confidence=img_conf.cpu().numpy().astype(np.float32),
+            accepted=accepted.cpu().numpy(), images=images.cpu().numpy(),
+        )

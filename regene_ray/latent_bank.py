@@ -1,0 +1,156 @@
+"""The latent bank (training codes per class, as Parquet) and the per-class thresholds tau_c."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from regene_ray.checkpoint import CheckpointError
+from regene_ray.classifier import Classifier
+from regene_ray.config import save_json
+from regene_ray.data import to_float
+from regene_ray.decoder import Decoder
+from regene_ray.filtering import label_confidence
+
+BANK_FILE = "latent_bank.parquet"
+THRESHOLDS_FILE = "thresholds.json"
+
+
+@dataclass
+class LatentBank:
+    """Codes of training images. Row i: id (index in the train split), label, code, confidence.
+
+    `correct` marks codes the head assigns to their own label; only those are parents, since
+    Lemma 1 promises class-preserving mixes for codes inside the class's region.
+    """
+
+    ids: np.ndarray  # (N,) int64
+    labels: np.ndarray  # (N,) int64
+    latents: np.ndarray  # (N, latent_dim) float32
+    confidence: np.ndarray  # (N,) float32, head softmax of the own label
+    correct: np.ndarray  # (N,) bool, head argmax == label
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.latents.shape[1])
+
+    def pools(self, num_classes: int) -> list[np.ndarray]:
+        """Row indices of eligible parents for each class (sorted, so stable across loads)."""
+        return [np.flatnonzero((self.labels == c) & self.correct) for c in range(num_classes)]
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        table = pa.table({
+            "id": pa.array(self.ids, pa.int64()),
+            "label": pa.array(self.labels.astype(np.int16), pa.int16()),
+            "latent": pa.FixedSizeListArray.from_arrays(
+                pa.array(self.latents.reshape(-1), pa.float32()), self.latent_dim),
+            "confidence": pa.array(self.confidence, pa.float32()),
+            "correct": pa.array(self.correct, pa.bool_()),
+        })
+        tmp = path.with_name(f".{path.name}.tmp")
+        pq.write_table(table, tmp)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatentBank:
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"latent bank {path} is missing; rerun jobs/train.py for this run")
+        try:
+            t = pq.read_table(path)
+            d = t.column("latent").type.list_size
+            lat = t.column("latent").combine_chunks().flatten().to_numpy().reshape(-1, d)
+            return cls(
+                ids=t.column("id").to_numpy().astype(np.int64),
+                labels=t.column("label").to_numpy().astype(np.int64),
+                latents=np.ascontiguousarray(lat, dtype=np.float32),
+                confidence=t.column("confidence").to_numpy().astype(np.float32),
+                correct=t.column("correct").to_numpy(zero_copy_only=False).astype(bool),
+            )
+        except (pa.ArrowException, KeyError, AttributeError, ValueError) as e:
+            raise CheckpointError(
+                f"latent bank {path} is corrupt or has the wrong columns ({e}); rerun jobs/train.py"
+            ) from e
+
+
+@torch.no_grad()
+def build_bank(classifier: Classifier, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+               batch_size: int = 512) -> LatentBank:
+    """Encode uint8 images `x` with labels `y` into a LatentBank (ids = row positions)."""
+    classifier.eval()
+    zs, confs, preds = [], [], []
+    for xb, yb in zip(torch.split(x, batch_size), torch.split(y, batch_size), strict=True):
+        z = classifier.encode(to_float(xb, device))  # (B, latent_dim)
+        logits = classifier.classify_latent(z)
+        zs.append(z.float().cpu())
+        confs.append(label_confidence(logits, yb.to(device)).cpu())
+        preds.append(logits.argmax(1).cpu())
+    labels = y.numpy().astype(np.int64)
+    return LatentBank(
+        ids=np.arange(len(x), dtype=np.int64),
+        labels=labels,
+        latents=torch.cat(zs).numpy(),
+        confidence=torch.cat(confs).numpy().astype(np.float32),
+        correct=torch.cat(preds).numpy() == labels,
+    )
+
+
+@torch.no_grad()
+def compute_thresholds(classifier: Classifier, decoder: Decoder, x: torch.Tensor, y: torch.Tensor,
+                       num_classes: int, device: torch.device, batch_size: int = 512) -> dict:
+    """tau_c for both filter steps: mean class-c confidence on held-out images of class c.
+
+    latent: softmax of the head on the code, head(enc(x))[c].
+    image: softmax of the classifier on the decoded reconstruction, clf(dec(enc(x)))[c].
+    """
+    classifier.eval()
+    decoder.eval()
+    lat, img = [], []
+    for xb, yb in zip(torch.split(x, batch_size), torch.split(y, batch_size), strict=True):
+        yb = yb.to(device)
+        z = classifier.encode(to_float(xb, device))
+        lat.append(label_confidence(classifier.classify_latent(z), yb).cpu())
+        img.append(label_confidence(classifier(decoder(z)), yb).cpu())
+    lat_c, img_c, labels = torch.cat(lat).numpy(), torch.cat(img).numpy(), y.numpy()
+    missing = [c for c in range(num_classes) if not (labels == c).any()]
+    if missing:
+        raise ValueError(
+            f"holdout split has no images of class(es) {missing}; raise holdout_fraction or "
+            "max_train so every class is held out"
+        )
+    return {
+        "latent": [float(lat_c[labels == c].mean()) for c in range(num_classes)],
+        "image": [float(img_c[labels == c].mean()) for c in range(num_classes)],
+        "holdout_count": [int((labels == c).sum()) for c in range(num_classes)],
+        "rule": "tau_c = mean confidence of class c on held-out images of class c",
+    }
+
+
+def save_thresholds(thresholds: dict, path: str | Path) -> None:
+    save_json(thresholds, path)
+
+
+def load_thresholds(path: str | Path, num_classes: int) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; rerun jobs/train.py for this run folder")
+    try:
+        t = json.loads(path.read_text())
+        ok = all(len(t[k]) == num_classes for k in ("latent", "image"))
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path} is corrupt ({e}); rerun jobs/train.py") from e
+    if not ok:
+        raise CheckpointError(
+            f"{path} does not hold {num_classes} latent and image thresholds; rerun jobs/train.py"
+        )
+    return t

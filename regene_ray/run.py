@@ -1,0 +1,240 @@
+"""A training run, end to end: data -> classifier -> decoder -> latent bank -> thresholds ->
+metrics and pictures, written to one run folder that jobs and the Python API can load.
+
+The run folder is resumable: each stage that finished is skipped on a re-run with the same
+config, and the classifier and decoder continue from their last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from regene_ray.checkpoint import WEIGHTS_FILE
+from regene_ray.classifier import ArchConfig, Classifier, ClassifierConfig
+from regene_ray.config import ConfigError, from_dict, load_yaml, save_json, to_dict
+from regene_ray.data import DataConfig, DataSplits, load_data
+from regene_ray.decoder import Decoder, DecoderConfig
+from regene_ray.generator import ConvexGenerator
+from regene_ray.latent_bank import (
+    BANK_FILE,
+    THRESHOLDS_FILE,
+    LatentBank,
+    build_bank,
+    compute_thresholds,
+    load_thresholds,
+    save_thresholds,
+)
+from regene_ray.losses import build_perceptual
+from regene_ray.train import (
+    ClassifierTrainConfig,
+    DecoderTrainConfig,
+    evaluate_classifier,
+    evaluate_decoder,
+    resolve_device,
+    train_classifier,
+    train_decoder,
+)
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+RECON_GRID = "reconstructions.png"
+GEN_GRID = "generations.png"
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)  # which images, split and resolution
+    classifier: ArchConfig = field(default_factory=ArchConfig)  # the (searched) architecture
+    classifier_training: ClassifierTrainConfig = field(default_factory=ClassifierTrainConfig)
+    decoder_training: DecoderTrainConfig = field(default_factory=DecoderTrainConfig)
+    seed: int = 0  # model init, shuffling and generation sampling
+    grid_n_parents: list[int] = field(default_factory=lambda: [2, 3, 5])  # columns of the grid
+    acceptance_candidates: int = 2000  # candidates per n used to measure filter acceptance
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """A RunConfig from YAML; unknown keys and wrong types name the key and the file."""
+    return from_dict(RunConfig, load_yaml(path), source=str(path))
+
+
+def prepare_out_dir(out: Path, cfg: RunConfig, *, overwrite: bool) -> bool:
+    """Create or reuse `out`. Returns True when an earlier run of the same config is resumed."""
+    cfg_path = out / CONFIG_FILE
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; pass a folder path")
+    if out.is_dir() and any(out.iterdir()):
+        if not cfg_path.is_file():
+            raise ConfigError(
+                f"--out {out} is a non-empty folder that is not a regene-ray run; choose a new or "
+                "empty folder"
+            )
+        if overwrite:
+            log.warning("--overwrite: removing the earlier run in %s", out)
+            shutil.rmtree(out)
+        else:
+            old = yaml.safe_load(cfg_path.read_text())
+            if old != to_dict(cfg):
+                raise ConfigError(
+                    f"--out {out} holds a run with a different config; pass --overwrite to "
+                    "replace it, or choose another --out"
+                )
+            log.info("resuming the run in %s", out)
+            return True
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{CONFIG_FILE}.tmp"
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.replace(cfg_path)
+    return False
+
+
+def build_models(cfg: RunConfig, data: DataSplits) -> tuple[Classifier, Decoder]:
+    """Seeded classifier and mirrored decoder for this data."""
+    ccfg = ClassifierConfig.from_arch(cfg.classifier, in_channels=data.channels,
+                                      image_size=data.image_size, num_classes=data.num_classes)
+    torch.manual_seed(cfg.seed)
+    clf = Classifier(ccfg)
+    dec = Decoder(DecoderConfig.mirror(ccfg))
+    return clf, dec
+
+
+def train_run(cfg: RunConfig, out: str | Path, *, device: str = "auto",
+              overwrite: bool = False) -> dict:
+    """Train everything for `cfg` into run folder `out`; returns the metrics written.
+
+    Args:
+        cfg: the whole run's config (saved as out/config.yaml).
+        out: the run folder; re-running with the same config resumes it.
+        device: 'auto', 'cpu' or 'cuda[:i]'.
+        overwrite: replace an earlier run in `out` with a different config.
+    """
+    out = Path(out)
+    dev = resolve_device(device)
+    prepare_out_dir(out, cfg, overwrite=overwrite)
+    t_start = time.perf_counter()
+    data = load_data(cfg.data)
+    clf, dec = build_models(cfg, data)
+    timings: dict[str, float] = {}
+
+    # 1. classifier
+    t0 = time.perf_counter()
+    if (out / "classifier" / WEIGHTS_FILE).is_file():
+        clf = Classifier.load(out / "classifier", map_location=dev)
+        clf_hist = []
+    else:
+        clf_hist = train_classifier(clf, data, cfg.classifier_training, dev,
+                                    checkpoint=out / "classifier_train_state.pt", seed=cfg.seed)
+        clf.save(out / "classifier")
+    timings["classifier_s"] = time.perf_counter() - t0
+
+    # 2. decoder on the frozen classifier's codes
+    t0 = time.perf_counter()
+    perceptual, backend = build_perceptual(cfg.decoder_training.loss, clf)
+    if (out / "decoder" / WEIGHTS_FILE).is_file():
+        dec = Decoder.load(out / "decoder", map_location=dev)
+        dec_hist = []
+    else:
+        dec_hist = train_decoder(dec, clf, data, cfg.decoder_training, dev, perceptual,
+                                 checkpoint=out / "decoder_train_state.pt", seed=cfg.seed)
+        dec.save(out / "decoder")
+    timings["decoder_s"] = time.perf_counter() - t0
+
+    # 3. latent bank and thresholds
+    t0 = time.perf_counter()
+    bank = build_bank(clf, data.train_x, data.train_y, dev)
+    bank.save(out / BANK_FILE)
+    thresholds = compute_thresholds(clf, dec, data.holdout_x, data.holdout_y, data.num_classes, dev)
+    save_thresholds(thresholds, out / THRESHOLDS_FILE)
+    timings["bank_thresholds_s"] = time.perf_counter() - t0
+
+    # 4. metrics and pictures
+    test = evaluate_classifier(clf, data.test_x, data.test_y, dev)
+    recon = evaluate_decoder(dec, clf, data.test_x, dev)
+    gen = ConvexGenerator(bank, clf, dec, thresholds, device=dev)
+    acceptance = measure_acceptance(gen, cfg, data.num_classes)
+    from regene_ray.pictures import save_generation_grid, save_reconstruction_grid
+
+    save_reconstruction_grid(clf, dec, data, out / RECON_GRID, dev)
+    save_generation_grid(gen, data.class_names, cfg.grid_n_parents, out / GEN_GRID, seed=cfg.seed)
+    metrics = {
+        "dataset": cfg.data.dataset,
+        "device": str(dev),
+        "test_accuracy": test["accuracy"],
+        "test_latent_sparsity": test["latent_sparsity"],
+        "recon_test_mae": recon["mae"],
+        "recon_test_ssim": recon["ssim"],
+        "class_mean_baseline_mae": class_mean_baseline_mae(data),
+        "perceptual_backend": backend,
+        "acceptance": acceptance,
+        "bank_size": len(bank),
+        "bank_eligible_parents": int(bank.correct.sum()),
+        "train_images": len(data.train_x),
+        "holdout_images": len(data.holdout_x),
+        "test_images": len(data.test_x),
+        "timings": timings | {"total_s": time.perf_counter() - t_start},
+        "classifier_history": clf_hist or _history(out / "metrics.json", "classifier_history"),
+        "decoder_history": dec_hist or _history(out / "metrics.json", "decoder_history"),
+    }
+    save_json(metrics, out / METRICS_FILE)
+    log.info(
+        "run %s: test_acc %.4f recon_mae %.4f ssim %.3f perceptual=%s accept(n=2) %.2f in %.0fs",
+        out, metrics["test_accuracy"], metrics["recon_test_mae"], metrics["recon_test_ssim"],
+        backend, acceptance.get("2", {}).get("accepted", float("nan")),
+        metrics["timings"]["total_s"],
+    )
+    return metrics
+
+
+def _history(path: Path, key: str) -> list:
+    import json
+
+    try:
+        return json.loads(path.read_text()).get(key, [])
+    except (OSError, ValueError):
+        return []
+
+
+def class_mean_baseline_mae(data: DataSplits) -> float:
+    """MAE of predicting each test image by its class's mean training image (a trivial decoder)."""
+    x = data.train_x.float() / 255
+    means = torch.stack([x[data.train_y == c].mean(0) for c in range(data.num_classes)])
+    t = data.test_x.float() / 255
+    return float((means[data.test_y] - t).abs().mean())
+
+
+def measure_acceptance(gen: ConvexGenerator, cfg: RunConfig, num_classes: int) -> dict:
+    """Fraction of candidates passing each filter step, per number of parents."""
+    out = {}
+    n = cfg.acceptance_candidates
+    labels = np.arange(n) % num_classes
+    for k in cfg.grid_n_parents:
+        b = gen(labels, n_parents=k, seed=cfg.seed + 1000 + k)
+        lat = float(b.latent_pass.mean())
+        acc = float(b.accepted.mean())
+        out[str(k)] = {
+            "candidates": n,
+            "latent_step": lat,
+            "image_step_given_latent": acc / lat if lat > 0 else 0.0,
+            "accepted": acc,
+        }
+    return out
+
+
+def load_run(run_dir: str | Path) -> tuple[RunConfig, dict]:
+    """The config and thresholds of a finished run folder."""
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir / CONFIG_FILE)
+    clf_cfg = Classifier.load(run_dir / "classifier").cfg
+    return cfg, load_thresholds(run_dir / THRESHOLDS_FILE, clf_cfg.num_classes)
+
+
+__all__ = ["RunConfig", "load_run_config", "train_run", "LatentBank"]

@@ -1,0 +1,278 @@
+"""Training as plain functions: one epoch, evaluate, and loops that checkpoint and resume.
+
+`train_classifier` and `train_decoder` save a checkpoint after every epoch (atomically) and,
+given the same checkpoint path, continue from the last finished epoch. Shuffling and dropout are
+seeded per epoch from (seed, epoch), so a resumed run follows the same path as an unbroken one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from regene_ray.checkpoint import atomic_torch_save, safe_torch_load
+from regene_ray.classifier import Classifier, latent_sparsity
+from regene_ray.config import ConfigError
+from regene_ray.data import DataSplits, iterate_batches, to_float
+from regene_ray.decoder import Decoder, check_compatible
+from regene_ray.losses import LossConfig, ReconstructionLoss, ssim_score
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClassifierTrainConfig:
+    epochs: int = 8  # passes over the training split
+    batch_size: int = 128  # images per step
+    lr: float = 2e-3  # AdamW peak learning rate, cosine-decayed per epoch
+    weight_decay: float = 1e-4  # AdamW weight decay
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+
+    def __post_init__(self):
+        _check_common(self)
+
+
+@dataclass
+class DecoderTrainConfig:
+    epochs: int = 15  # passes over the training codes
+    batch_size: int = 128  # codes per step
+    lr: float = 2e-3  # AdamW peak learning rate, cosine-decayed per epoch
+    weight_decay: float = 0.0  # AdamW weight decay
+    loss: LossConfig = field(default_factory=LossConfig)  # MAE + SSIM + perceptual and schedule
+
+    def __post_init__(self):
+        _check_common(self)
+
+
+def _check_common(cfg) -> None:
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise ConfigError(f"epochs {cfg.epochs} and batch_size {cfg.batch_size} must be >= 1")
+    if not cfg.lr > 0 or cfg.weight_decay < 0:
+        raise ConfigError(f"lr {cfg.lr} must be > 0 and weight_decay {cfg.weight_decay} >= 0")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' -> cuda when available, else cpu; an unavailable cuda is an error, not a fallback."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+def cosine_lr(base: float, epoch: int, epochs: int) -> float:
+    """Per-epoch cosine decay to 5% of base; stateless so resume needs no scheduler state."""
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * epoch / epochs)))
+
+
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+def _check_finite(loss: torch.Tensor, what: str, epoch: int) -> None:
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"{what} loss became {float(loss)} in epoch {epoch}; lower the learning rate"
+        )
+
+
+# classifier
+
+
+@torch.no_grad()
+def evaluate_classifier(model: Classifier, x: torch.Tensor, y: torch.Tensor,
+                        device: torch.device, batch_size: int = 512) -> dict[str, float]:
+    """Accuracy, mean cross-entropy and latent sparsity on uint8 images `x`, labels `y`."""
+    model.eval()
+    correct, loss, zeros, n = 0, 0.0, 0.0, 0
+    for xb, yb in iterate_batches(x, y, batch_size, device=device):
+        z = model.encode(xb)  # (B, latent_dim)
+        logits = model.classify_latent(z)
+        correct += int((logits.argmax(1) == yb).sum())
+        loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+        zeros += latent_sparsity(z) * len(yb)
+        n += len(yb)
+    return {"accuracy": correct / n, "loss": loss / n, "latent_sparsity": zeros / n}
+
+
+def classifier_epoch(model: Classifier, opt: torch.optim.Optimizer, data: DataSplits,
+                     cfg: ClassifierTrainConfig, epoch: int, device: torch.device,
+                     seed: int = 0) -> dict[str, float]:
+    """One pass of cross-entropy (+ L1 on the code) over the training split."""
+    model.train()
+    torch.manual_seed(seed * 100_003 + epoch)  # dropout
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    _set_lr(opt, cosine_lr(cfg.lr, epoch, cfg.epochs))
+    l1 = model.cfg.latent_l1
+    total, correct, n, t0 = 0.0, 0, 0, time.perf_counter()
+    batches = iterate_batches(data.train_x, data.train_y, cfg.batch_size, shuffle=True,
+                              generator=gen, device=device)
+    bar = tqdm(batches, total=math.ceil(len(data.train_x) / cfg.batch_size),
+               desc=f"classifier {epoch}", leave=False, disable=None)
+    for xb, yb in bar:
+        z = model.encode(xb)
+        logits = model.classify_latent(z)
+        loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+        if l1 > 0:
+            loss = loss + l1 * z.abs().mean()
+        _check_finite(loss, "classifier", epoch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += float(loss) * len(yb)
+        correct += int((logits.argmax(1) == yb).sum())
+        n += len(yb)
+        bar.set_postfix(loss=f"{total / n:.3f}")
+    dt = time.perf_counter() - t0
+    return {"train_loss": total / n, "train_accuracy": correct / n, "images_per_s": n / dt}
+
+
+def train_classifier(model: Classifier, data: DataSplits, cfg: ClassifierTrainConfig,
+                     device: torch.device, *, checkpoint: str | Path | None = None,
+                     seed: int = 0, on_epoch: Callable[[int, dict], None] | None = None
+                     ) -> list[dict]:
+    """Train `model` for cfg.epochs, validating on holdout; resume from `checkpoint` if present.
+
+    Returns:
+        One metrics dict per epoch (resumed epochs included).
+    """
+    model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    history, start = _maybe_resume(checkpoint, model, opt, "classifier")
+    for epoch in range(start, cfg.epochs):
+        stats = classifier_epoch(model, opt, data, cfg, epoch, device, seed)
+        val = evaluate_classifier(model, data.holdout_x, data.holdout_y, device)
+        stats.update(epoch=epoch, val_accuracy=val["accuracy"], val_loss=val["loss"],
+                     latent_sparsity=val["latent_sparsity"])
+        history.append(stats)
+        log.info("classifier epoch %d: loss %.4f val_acc %.4f sparsity %.2f %.0f img/s",
+                 epoch, stats["train_loss"], stats["val_accuracy"], stats["latent_sparsity"],
+                 stats["images_per_s"])
+        if checkpoint is not None:
+            _save_state(checkpoint, model, opt, epoch, history)
+        if on_epoch is not None:
+            on_epoch(epoch, stats)
+    model.eval()
+    return history
+
+
+# decoder
+
+
+@torch.no_grad()
+def encode_all(classifier: Classifier, x: torch.Tensor, device: torch.device,
+               batch_size: int = 512) -> torch.Tensor:
+    """Codes (N, latent_dim) for uint8 images `x`, computed in eval mode, returned on CPU."""
+    classifier.eval()
+    return torch.cat([classifier.encode(to_float(xb, device)).cpu()
+                      for xb in torch.split(x, batch_size)])
+
+
+@torch.no_grad()
+def evaluate_decoder(decoder: Decoder, classifier: Classifier, x: torch.Tensor,
+                     device: torch.device, batch_size: int = 512) -> dict[str, float]:
+    """Reconstruction MAE and SSIM on [0, 1] pixels for uint8 images `x`."""
+    decoder.eval()
+    classifier.eval()
+    mae, s, n = 0.0, 0.0, 0
+    for xb in torch.split(x, batch_size):
+        xb = to_float(xb, device)
+        x_hat = decoder(classifier.encode(xb))
+        mae += float((x_hat - xb).abs().mean(dim=(1, 2, 3)).sum())
+        s += float(ssim_score(x_hat, xb, reduce=False).sum())
+        n += len(xb)
+    return {"mae": mae / n, "ssim": s / n}
+
+
+def decoder_epoch(decoder: Decoder, loss_fn: ReconstructionLoss, opt: torch.optim.Optimizer,
+                  codes: torch.Tensor, images: torch.Tensor, cfg: DecoderTrainConfig, epoch: int,
+                  device: torch.device, seed: int = 0) -> dict[str, float]:
+    """One pass over (code, image) pairs; codes come from the frozen classifier."""
+    decoder.train()
+    gen = torch.Generator().manual_seed(seed * 100_003 + 7919 + epoch)
+    _set_lr(opt, cosine_lr(cfg.lr, epoch, cfg.epochs))
+    order = torch.randperm(len(codes), generator=gen)
+    total, n, t0 = 0.0, 0, time.perf_counter()
+    bar = tqdm(torch.split(order, cfg.batch_size), desc=f"decoder {epoch}", leave=False,
+               disable=None)
+    for idx in bar:
+        z = codes[idx].to(device, non_blocking=True)
+        x = to_float(images[idx], device)
+        loss, parts = loss_fn(decoder(z), x, epoch, cfg.epochs)
+        _check_finite(loss, "decoder", epoch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += float(loss) * len(idx)
+        n += len(idx)
+        bar.set_postfix(loss=f"{total / n:.3f}", mae=f"{parts['mae']:.3f}")
+    return {"train_loss": total / n, "images_per_s": n / (time.perf_counter() - t0),
+            **{f"w_{k}": v for k, v in loss_fn.weights(epoch, cfg.epochs).items()}}
+
+
+def train_decoder(decoder: Decoder, classifier: Classifier, data: DataSplits,
+                  cfg: DecoderTrainConfig, device: torch.device, perceptual: torch.nn.Module | None,
+                  *, checkpoint: str | Path | None = None, seed: int = 0,
+                  on_epoch: Callable[[int, dict], None] | None = None) -> list[dict]:
+    """Train `decoder` to invert the frozen `classifier`'s codes; resume from `checkpoint`.
+
+    Args:
+        perceptual: the perceptual loss module (see losses.build_perceptual) or None.
+    Returns:
+        One metrics dict per epoch, with holdout MAE and SSIM.
+    """
+    check_compatible(classifier.cfg, decoder.cfg)
+    classifier.to(device).eval().requires_grad_(False)
+    decoder.to(device)
+    codes = encode_all(classifier, data.train_x, device)  # (N, latent_dim), once
+    loss_fn = ReconstructionLoss(cfg.loss, perceptual).to(device)
+    opt = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    history, start = _maybe_resume(checkpoint, decoder, opt, "decoder")
+    for epoch in range(start, cfg.epochs):
+        stats = decoder_epoch(decoder, loss_fn, opt, codes, data.train_x, cfg, epoch, device, seed)
+        val = evaluate_decoder(decoder, classifier, data.holdout_x, device)
+        stats.update(epoch=epoch, val_mae=val["mae"], val_ssim=val["ssim"])
+        history.append(stats)
+        log.info("decoder epoch %d: loss %.4f val_mae %.4f val_ssim %.3f %.0f img/s",
+                 epoch, stats["train_loss"], stats["val_mae"], stats["val_ssim"],
+                 stats["images_per_s"])
+        if checkpoint is not None:
+            _save_state(checkpoint, decoder, opt, epoch, history)
+        if on_epoch is not None:
+            on_epoch(epoch, stats)
+    decoder.eval()
+    return history
+
+
+# resumable state
+
+
+def _save_state(path: str | Path, model, opt, epoch: int, history: list[dict]) -> None:
+    atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                       "epoch": epoch, "history": history}, path)
+
+
+def _maybe_resume(path: str | Path | None, model, opt, what: str) -> tuple[list[dict], int]:
+    if path is None or not Path(path).is_file():
+        return [], 0
+    state = safe_torch_load(path, map_location=next(model.parameters()).device)
+    try:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise ConfigError(
+            f"cannot resume {what} from {path}: it was saved for a different model ({e}); "
+            "delete it or use another output folder"
+        ) from e
+    log.info("%s: resumed from %s after epoch %d", what, path, state["epoch"])
+    return list(state["history"]), int(state["epoch"]) + 1
