@@ -129,7 +129,7 @@ def classifier_epoch(model: Classifier, opt: torch.optim.Optimizer, data: DataSp
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        total += float(loss) * len(yb)
+        total += float(loss.detach()) * len(yb)
         correct += int((logits.argmax(1) == yb).sum())
         n += len(yb)
         bar.set_postfix(loss=f"{total / n:.3f}")
@@ -213,7 +213,7 @@ def decoder_epoch(decoder: Decoder, loss_fn: ReconstructionLoss, opt: torch.opti
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        total += float(loss) * len(idx)
+        total += float(loss.detach()) * len(idx)
         n += len(idx)
         bar.set_postfix(loss=f"{total / n:.3f}", mae=f"{parts['mae']:.3f}")
     return {"train_loss": total / n, "images_per_s": n / (time.perf_counter() - t0),

@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny seeded models and a tiny trained run folder on the embedded digits."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def tiny_run_config(**overrides):
+    """A digits run that trains in seconds on 2 CPU cores."""
+    from regene_ray.classifier import ArchConfig
+    from regene_ray.data import DataConfig
+    from regene_ray.losses import LossConfig
+    from regene_ray.run import RunConfig
+    from regene_ray.train import ClassifierTrainConfig, DecoderTrainConfig
+
+    cfg = RunConfig(
+        data=DataConfig(dataset="digits", image_size=16, holdout_fraction=0.15),
+        classifier=ArchConfig(depth=2, convs_per_block=1, base_channels=8, latent_dim=32),
+        classifier_training=ClassifierTrainConfig(epochs=6, batch_size=64, lr=3e-3),
+        decoder_training=DecoderTrainConfig(epochs=6, batch_size=64, lr=3e-3,
+                                            loss=LossConfig(perceptual="classifier")),
+        acceptance_candidates=200,
+        grid_n_parents=[2, 3],
+    )
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A complete run folder (classifier, decoder, bank, thresholds) trained on digits."""
+    from regene_ray.run import train_run
+
+    torch.set_num_threads(2)
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    train_run(tiny_run_config(), out, device="cpu")
+    return out
+
+
+@pytest.fixture(scope="session")
+def mnist_root() -> Path:
+    """The MNIST data root ($REGENE_DATA_ROOT or ../shared/data); skips when absent."""
+    root = Path(os.environ.get("REGENE_DATA_ROOT", SHARED_DATA))
+    if not (root / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
+        pytest.skip(f"MNIST files not under {root}; set REGENE_DATA_ROOT")
+    return root
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
