@@ -90,8 +90,8 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         d["data"]["max_test"] = min(d["data"]["max_test"] or 200, 200)
         d["classifier"]["base_channels"] = min(d["classifier"]["base_channels"], 8)
         d["classifier"]["latent_dim"] = min(d["classifier"]["latent_dim"], 32)
-        d["classifier_training"]["epochs"] = 1
-        d["decoder_training"]["epochs"] = 1
+        d["classifier_training"]["epochs"] = min(d["classifier_training"]["epochs"], 3)
+        d["decoder_training"]["epochs"] = min(d["decoder_training"]["epochs"], 2)
         d["acceptance_candidates"] = 200
     from regene_ray.config import from_dict
 

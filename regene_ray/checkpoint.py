@@ -39,8 +39,8 @@ def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle, zip and size errors all mean the same thing to a user
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a regene-ray checkpoint ({type(e).__name__}: "
-            f"{e}); delete it and retrain with jobs/train.py, or point --run at an intact run folder"
+            f"checkpoint {path} is corrupt or not a regene-ray checkpoint ({type(e).__name__}); "
+            "delete it and retrain with jobs/train.py, or point --run at an intact run folder"
         ) from e
 
 

@@ -98,6 +98,10 @@ class ConvexGenerator:
         self.tau_latent = torch.tensor(thresholds["latent"], dtype=torch.float32)
         self.tau_image = torch.tensor(thresholds["image"], dtype=torch.float32)
 
+    def eligible_classes(self, n_parents: int) -> list[int]:
+        """Classes with at least `n_parents` eligible codes in the bank."""
+        return [c for c, pool in enumerate(self.pools) if len(pool) >= n_parents]
+
     @classmethod
     def from_run(cls, run_dir: str | Path, device: torch.device | str = "cpu") -> ConvexGenerator:
         """Load classifier, decoder, bank and thresholds from a jobs/train.py run folder."""

@@ -73,7 +73,7 @@ class LatentBank:
             return cls(
                 ids=t.column("id").to_numpy().astype(np.int64),
                 labels=t.column("label").to_numpy().astype(np.int64),
-                latents=np.ascontiguousarray(lat, dtype=np.float32),
+                latents=np.array(lat, dtype=np.float32, copy=True),  # writable, owned
                 confidence=t.column("confidence").to_numpy().astype(np.float32),
                 correct=t.column("correct").to_numpy(zero_copy_only=False).astype(bool),
             )

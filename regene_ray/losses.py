@@ -175,9 +175,9 @@ class ReconstructionLoss(nn.Module):
         mae = F.l1_loss(x_hat, x)
         ssim_loss = 1 - ssim_score(x_hat, x)
         total = w["mae"] * mae + w["ssim"] * ssim_loss
-        parts = {"mae": float(mae), "ssim": float(1 - ssim_loss)}
+        parts = {"mae": float(mae.detach()), "ssim": float(1 - ssim_loss.detach())}
         if self.perceptual is not None and w["perceptual"] > 0:
             perc = self.perceptual(x_hat, x)
             total = total + w["perceptual"] * perc
-            parts["perceptual"] = float(perc)
+            parts["perceptual"] = float(perc.detach())
         return total, parts

@@ -64,7 +64,7 @@ def save_generation_grid(gen: ConvexGenerator, class_names: Sequence[str],
     cols = len(n_parents) * per_cell
     fig, axes = plt.subplots(K, cols, figsize=(cols * 0.8, K * 0.8 + 0.4), squeeze=False)
     for j, k in enumerate(n_parents):
-        labels = np.repeat(np.arange(K), tries)
+        labels = np.repeat(np.asarray(gen.eligible_classes(k), dtype=np.int64), tries)
         b = gen(labels, n_parents=k, seed=seed + 17 * k).accepted_only()
         for c in range(K):
             imgs = b.images[b.labels == c][:per_cell]

@@ -215,13 +215,21 @@ def measure_acceptance(gen: ConvexGenerator, cfg: RunConfig, num_classes: int) -
     """Fraction of candidates passing each filter step, per number of parents."""
     out = {}
     n = cfg.acceptance_candidates
-    labels = np.arange(n) % num_classes
     for k in cfg.grid_n_parents:
+        classes = gen.eligible_classes(k)
+        if len(classes) < num_classes:
+            log.warning("n=%d: classes %s have fewer than %d eligible parents; left out of the "
+                        "acceptance measurement", k, sorted(set(range(num_classes)) - set(classes)), k)
+        if not classes:
+            out[str(k)] = {"candidates": 0, "classes": []}
+            continue
+        labels = np.asarray(classes)[np.arange(n) % len(classes)]
         b = gen(labels, n_parents=k, seed=cfg.seed + 1000 + k)
         lat = float(b.latent_pass.mean())
         acc = float(b.accepted.mean())
         out[str(k)] = {
             "candidates": n,
+            "classes": classes,
             "latent_step": lat,
             "image_step_given_latent": acc / lat if lat > 0 else 0.0,
             "accepted": acc,
