@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) jobs/demo.py --out runs/demo
+	$(PY) jobs/train.py --config configs/digits.yaml --out runs/demo --overwrite
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
