@@ -1,0 +1,123 @@
+"""Architecture search: Ray Tune + Optuna over depth, convs per block, latent width and sparsity,
+trading classifier accuracy (max) against decoder reconstruction MAE (min).
+
+    # embedded local Ray
+    python jobs/search.py --space search_spaces/digits.yaml --storage-path runs/search --name digits
+    # a Ray cluster (token auth stays on; the client needs RAY_AUTH_MODE=token)
+    ray start --head --dashboard-host 127.0.0.1
+    RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
+        python jobs/search.py --space search_spaces/digits.yaml --storage-path $PWD/runs/search \\
+        --name digits
+
+Writes into STORAGE_PATH/NAME: trials.parquet, pareto.png, best_config.yaml (for
+`jobs/train.py --config`), summary.json, optuna.sqlite (`optuna-dashboard sqlite:///...`) and
+Tune's experiment state. Re-running with the same --storage-path and --name resumes the sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from regene_ray.cli import run_main, setup_logging  # noqa: E402
+from regene_ray.config import ConfigError  # noqa: E402
+from regene_ray.search_space import load_search_space, smoke_test_space  # noqa: E402
+
+log = logging.getLogger("search")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--space", type=Path, required=True,
+                   help="search space YAML, e.g. search_spaces/digits.yaml (required)")
+    p.add_argument("--storage-path", type=Path, required=True,
+                   help="folder holding experiments; use an absolute path with `ray job submit` "
+                   "(required)")
+    p.add_argument("--name", required=True, help="experiment name; the same name resumes (required)")
+    p.add_argument("--num-samples", type=int,
+                   help="trials in the sweep (default: the space's num_samples; 3 with --smoke-test)")
+    p.add_argument("--smoke-test", action="store_true",
+                   help="shrink data, epochs, widths and trials so the sweep runs in about a minute")
+    p.add_argument("--address", help="Ray cluster to connect to, e.g. 127.0.0.1:6379 (default: "
+                   "$RAY_ADDRESS, as set by `ray job submit`; else start an embedded local Ray)")
+    p.add_argument("--num-cpus", type=int,
+                   help="CPUs of the embedded local Ray (default: all; ignored with a cluster)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0,
+                   help="CPUs per trial, also its torch threads (default: 1)")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0,
+                   help="GPUs per trial, fractions allowed, e.g. 0.25 (default: 0, none requested)")
+    p.add_argument("--max-concurrent", type=int,
+                   help="trials at once (default: cluster CPUs minus one, over --cpus-per-trial)")
+    p.add_argument("--max-failures", type=int, default=1,
+                   help="retries of a failing trial from its last checkpoint before it is "
+                   "recorded as errored (default: 1)")
+    p.add_argument("--scheduler", choices=["none", "asha"], default="none",
+                   help="asha: stop trials on classifier accuracy during the classifier phase; "
+                   "biased against slow-learning architectures, see regene_ray/search.py "
+                   "(default: none)")
+    p.add_argument("--sampler", choices=["tpe", "nsga2", "random"],
+                   help="override the space's sampler (default: the space's, tpe)")
+    p.add_argument("--accuracy-tolerance", type=float, default=0.005,
+                   help="best_config: lowest MAE among trials within this of the best accuracy "
+                   "(default: 0.005)")
+    p.add_argument("--restart-errored", action="store_true",
+                   help="on resume, rerun errored trials from scratch (default: keep them errored)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def init_ray(address: str | None, num_cpus: int | None) -> None:
+    """Connect to --address or $RAY_ADDRESS, else start an embedded local Ray.
+
+    ray.init() without an address would attach to any cluster found on this machine (the last
+    `ray start`), so the embedded case asks for address="local" explicitly.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, object_store_memory=256 * 1024**2,
+                 include_dashboard=False)
+    log.info("ray: %s", ray.cluster_resources())
+
+
+def main(args: argparse.Namespace) -> dict:
+    setup_logging(args.verbose)
+    if args.num_samples is not None and args.num_samples < 1:
+        raise ConfigError(f"--num-samples {args.num_samples} must be >= 1")
+    if args.accuracy_tolerance < 0:
+        raise ConfigError(f"--accuracy-tolerance {args.accuracy_tolerance} must be >= 0")
+    space = load_search_space(args.space)
+    if args.smoke_test:
+        space = smoke_test_space(space)
+    from regene_ray.search import SweepOptions, run_sweep, trial_resources
+
+    trial_resources(args.cpus_per_trial, args.gpus_per_trial)  # fail before starting Ray
+    init_ray(args.address, args.num_cpus)
+    opts = SweepOptions(
+        storage_path=args.storage_path, name=args.name, num_samples=args.num_samples,
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+        scheduler=args.scheduler, accuracy_tolerance=args.accuracy_tolerance,
+        restart_errored=args.restart_errored, sampler=args.sampler,
+    )
+    summary = run_sweep(space, opts)
+    out = args.storage_path.resolve() / args.name
+    print(f"sweep folder: {out}  ({summary['trials']} trials {summary['status_counts']}; "
+          "trials.parquet, pareto.png, best_config.yaml, optuna.sqlite)")
+    print(f"next: python jobs/train.py --config {out / 'best_config.yaml'} --out runs/best")
+    return summary
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(get_args_parser().parse_args()))

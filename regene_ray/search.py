@@ -1,0 +1,467 @@
+"""Architecture search on Ray Tune + Optuna: two objectives (accuracy up, decoder MAE down).
+
+Pieces, in pipeline order:
+- `train_trial`: the Tune trainable, a short loop around the core's epoch functions. It trains the
+  classifier (reporting val_accuracy and latent_sparsity each epoch), then the decoder on the
+  frozen codes (reporting val_mae), checkpointing every epoch so a restored trial continues.
+- `make_searcher`: OptunaSearch with metric=[val_accuracy, val_mae], mode=[max, min], a seeded
+  sampler and an Optuna sqlite storage in the experiment folder (optuna-dashboard opens it).
+- `run_sweep`: builds or restores the Tuner, runs it, and writes the outputs: trials.parquet,
+  pareto.png, best_config.yaml and summary.json.
+
+Every report carries both objectives. While the classifier trains there is no decoder yet, so
+val_mae holds the placeholder WORST_MAE (1.0: the largest possible MAE of [0, 1] pixels) and
+`phase` says "classifier"; the final report of a finished trial holds the measured values, and
+that final report is what Optuna is told. A trial that stops before its decoder finished (an
+error, or ASHA) gets val_mae = NaN in trials.parquet and is never on the front.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from regene_ray.checkpoint import atomic_torch_save, safe_torch_load
+from regene_ray.config import ConfigError, save_json, to_dict
+from regene_ray.data import load_data
+from regene_ray.losses import ReconstructionLoss, build_perceptual
+from regene_ray.pareto import choose_within_tolerance, pareto_mask
+from regene_ray.run import build_models
+from regene_ray.search_space import SearchSpace
+from regene_ray.train import (
+    classifier_epoch,
+    decoder_epoch,
+    encode_all,
+    evaluate_classifier,
+    evaluate_decoder,
+    resolve_device,
+)
+
+log = logging.getLogger(__name__)
+
+METRICS = ["val_accuracy", "val_mae"]  # the two objectives, in this order
+MODES = ["max", "min"]
+WORST_MAE = 1.0  # val_mae placeholder before the decoder has trained (MAE of [0,1] pixels <= 1)
+STUDY_FILE = "optuna.sqlite"
+SPACE_FILE = "search_space.yaml"
+TRIALS_FILE = "trials.parquet"
+PARETO_PNG = "pareto.png"
+BEST_CONFIG = "best_config.yaml"
+SUMMARY_FILE = "summary.json"
+STATE_FILE = "trial_state.pt"
+
+
+# the trial
+
+
+def train_trial(config: dict, space: SearchSpace, threads: int = 1) -> None:
+    """Tune trainable: classifier epochs, then decoder epochs, one report + checkpoint per epoch.
+
+    Args:
+        config: the searched values (dotted RunConfig paths), chosen by the sampler.
+        space: the search space; its base holds the fixed per-trial budget.
+        threads: torch CPU threads (the trial's CPU share).
+    """
+    from ray import tune
+
+    torch.set_num_threads(max(1, threads))
+    cfg = space.run_config(config)
+    dev = resolve_device("auto")  # the GPU Tune gave this trial, else CPU
+    data = load_data(cfg.data)
+    clf, dec = build_models(cfg, data)
+    clf, dec = clf.to(dev), dec.to(dev)
+    ct, dt = cfg.classifier_training, cfg.decoder_training
+    clf_opt = torch.optim.AdamW(clf.parameters(), lr=ct.lr, weight_decay=ct.weight_decay)
+    dec_opt = torch.optim.AdamW(dec.parameters(), lr=dt.lr, weight_decay=dt.weight_decay)
+    step, last = _restore(tune.get_checkpoint(), clf, dec, clf_opt, dec_opt, dev)
+    n_clf = ct.epochs
+
+    for epoch in range(step, n_clf):  # 1. classifier
+        stats = classifier_epoch(clf, clf_opt, data, ct, epoch, dev, cfg.seed)
+        val = evaluate_classifier(clf, data.holdout_x, data.holdout_y, dev)
+        last = {"phase": "classifier", "epoch": epoch, "classifier_epochs_done": epoch + 1,
+                "val_accuracy": val["accuracy"], "latent_sparsity": val["latent_sparsity"],
+                "val_mae": WORST_MAE, "val_ssim": 0.0, "train_loss": stats["train_loss"]}
+        _report(tune, last, clf, dec, clf_opt, dec_opt, epoch + 1)
+
+    if step < n_clf + dt.epochs:  # 2. decoder on the frozen codes
+        clf.eval().requires_grad_(False)
+        codes = encode_all(clf, data.train_x, dev)  # (N, latent_dim)
+        loss_fn = ReconstructionLoss(dt.loss, build_perceptual(dt.loss, clf)[0]).to(dev)
+    for epoch in range(max(step - n_clf, 0), dt.epochs):
+        stats = decoder_epoch(dec, loss_fn, dec_opt, codes, data.train_x, dt, epoch, dev, cfg.seed)
+        val = evaluate_decoder(dec, clf, data.holdout_x, dev)
+        last = {**last, "phase": "decoder", "epoch": n_clf + epoch, "val_mae": val["mae"],
+                "val_ssim": val["ssim"], "train_loss": stats["train_loss"]}
+        _report(tune, last, clf, dec, clf_opt, dec_opt, n_clf + epoch + 1)
+
+    if step >= n_clf + dt.epochs:  # restored after its last epoch: repeat the final result
+        tune.report(last)
+
+
+def _report(tune, metrics: dict, clf, dec, clf_opt, dec_opt, step: int) -> None:
+    """tune.report with a checkpoint holding both models, both optimizers and the next step."""
+    with tempfile.TemporaryDirectory() as d:
+        atomic_torch_save({"step": step, "metrics": metrics, "clf": clf.state_dict(),
+                           "dec": dec.state_dict(), "clf_opt": clf_opt.state_dict(),
+                           "dec_opt": dec_opt.state_dict()}, Path(d) / STATE_FILE)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def _restore(checkpoint, clf, dec, clf_opt, dec_opt, dev) -> tuple[int, dict]:
+    """(next step, last metrics) from a Tune checkpoint, loading the states in place."""
+    if checkpoint is None:
+        return 0, {}
+    with checkpoint.as_directory() as d:
+        state = safe_torch_load(Path(d) / STATE_FILE, map_location=dev)
+    clf.load_state_dict(state["clf"])
+    dec.load_state_dict(state["dec"])
+    clf_opt.load_state_dict(state["clf_opt"])
+    dec_opt.load_state_dict(state["dec_opt"])
+    log.info("trial restored at step %d (%s)", state["step"], state["metrics"].get("phase"))
+    return int(state["step"]), dict(state["metrics"])
+
+
+# the searcher
+
+
+def optuna_distributions(space: SearchSpace) -> dict:
+    """The space's dimensions as Optuna distributions (keys are the dotted paths)."""
+    import optuna
+
+    out = {}
+    for path, dim in space.search.items():
+        if dim.choices is not None:
+            out[path] = optuna.distributions.CategoricalDistribution(dim.choices)
+        elif dim.is_int:
+            out[path] = optuna.distributions.IntDistribution(dim.low, dim.high, log=dim.log)
+        else:
+            out[path] = optuna.distributions.FloatDistribution(float(dim.low), float(dim.high),
+                                                               log=dim.log)
+    return out
+
+
+def make_sampler(name: str, seed: int, num_samples: int):
+    """A seeded Optuna sampler sized for a small budget.
+
+    tpe: multivariate multi-objective TPE; its random start-up phase is a third of the budget
+    (3 to 10 trials) instead of Optuna's fixed 10, so a 16-trial sweep is mostly guided.
+    nsga2: a population of a quarter of the budget (at least 4). random: the baseline.
+    """
+    import warnings
+
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
+                                          n_startup_trials=min(10, max(3, num_samples // 3)))
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, num_samples // 4))
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ConfigError(f"unknown sampler '{name}'; use tpe, nsga2 or random")
+
+
+def study_url(exp_dir: Path) -> str:
+    return f"sqlite:///{Path(exp_dir).resolve() / STUDY_FILE}"
+
+
+def make_searcher(space: SearchSpace, exp_dir: Path, study_name: str, num_samples: int,
+                  sampler: str | None = None):
+    """OptunaSearch over `space`, both objectives, seeded, stored in exp_dir/optuna.sqlite.
+
+    Ray 2.60's OptunaSearch takes `storage=` (an optuna BaseStorage instance, not a URL) and
+    `study_name=`, and creates the study with load_if_exists=True.
+    """
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    storage = optuna.storages.RDBStorage(study_url(exp_dir))
+    return OptunaSearch(optuna_distributions(space), metric=METRICS, mode=MODES,
+                        sampler=make_sampler(sampler or space.sampler, space.seed, num_samples),
+                        study_name=study_name, storage=storage)
+
+
+def make_asha(space: SearchSpace):
+    """Opt-in ASHA on val_accuracy, deciding only during the classifier phase.
+
+    ASHA ranks trials on one scalar, so it cannot be honest about MAE: here it compares
+    classifier accuracy at rungs of `classifier_epochs_done` (1, 2, 4, ... epochs) and never
+    stops a trial once its decoder trains. Bias: it drops architectures whose classifiers learn
+    slowly (often the deep or strongly sparse ones) without ever measuring their MAE, although
+    such a trial can sit on the front at the low-MAE end. Stopped trials are told to Optuna
+    with val_mae = WORST_MAE (dominated) and are marked STOPPED in trials.parquet.
+    """
+    from ray.tune.schedulers import ASHAScheduler
+
+    epochs = space.run_config().classifier_training.epochs
+    return ASHAScheduler(time_attr="classifier_epochs_done", metric="val_accuracy", mode="max",
+                         max_t=epochs + 1, grace_period=1, reduction_factor=2)
+
+
+# the sweep
+
+
+@dataclass
+class SweepOptions:
+    storage_path: Path  # experiments live in storage_path/name
+    name: str  # experiment name; the same name resumes
+    num_samples: int | None = None  # trials; None -> the space's num_samples
+    cpus_per_trial: float = 1.0  # CPUs per trial (also torch threads)
+    gpus_per_trial: float = 0.0  # GPUs per trial, fractional allowed; 0 asks for none
+    max_concurrent: int | None = None  # None -> leave one CPU free for the driver
+    max_failures: int = 1  # retries per trial (from its last checkpoint) before ERROR
+    scheduler: str = "none"  # none or asha (see make_asha)
+    accuracy_tolerance: float = 0.005  # best_config: lowest MAE within this of the best accuracy
+    restart_errored: bool = False  # on resume, rerun errored trials from scratch
+    sampler: str | None = None  # override the space's sampler (tpe, nsga2, random)
+
+
+def default_concurrency(cpus_per_trial: float, gpus_per_trial: float) -> int:
+    """Trials at once: all CPUs but one (headroom for the driver and Ray), and the GPUs."""
+    import ray
+
+    res = ray.cluster_resources()
+    n = max(1, int((res.get("CPU", 1) - 1) // cpus_per_trial))
+    if gpus_per_trial > 0:
+        n = min(n, max(1, int(res.get("GPU", 0) // gpus_per_trial)))
+    return n
+
+
+def trial_resources(cpus: float, gpus: float) -> dict:
+    """Resource request; no GPU key at all for CPU trials (num_gpus=0 has been read as a request)."""
+    if cpus <= 0 or gpus < 0:
+        raise ConfigError(f"--cpus-per-trial {cpus} must be > 0 and --gpus-per-trial {gpus} >= 0")
+    return {"cpu": cpus, **({"gpu": gpus} if gpus > 0 else {})}
+
+
+def _space_record(space: SearchSpace, num_samples: int, opts: SweepOptions) -> dict:
+    rec = to_dict(space)
+    rec.pop("source")
+    rec["num_samples"] = num_samples
+    rec["scheduler"] = opts.scheduler
+    rec["sampler"] = opts.sampler or space.sampler
+    return rec
+
+
+def run_sweep(space: SearchSpace, opts: SweepOptions) -> dict:
+    """Run (or resume) the sweep and write its outputs into storage_path/name.
+
+    Resume: when storage_path/name holds a Tune experiment, it is restored with
+    Tuner.restore(resume_unfinished=True, resume_errored=False, restart_errored=...): finished
+    trials are kept, unfinished ones continue from their last epoch checkpoint, and the searcher
+    (with its Optuna study in the same folder) continues where it stopped.
+
+    Returns:
+        The summary written to summary.json.
+    """
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    exp_dir = Path(opts.storage_path).resolve() / opts.name
+    num_samples = opts.num_samples or space.num_samples
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, space=space,
+                             threads=max(1, math.floor(opts.cpus_per_trial))),
+        trial_resources(opts.cpus_per_trial, opts.gpus_per_trial),
+    )
+    record = _space_record(space, num_samples, opts)
+    t0 = time.perf_counter()
+    if tune.Tuner.can_restore(exp_dir):
+        old = yaml.safe_load((exp_dir / SPACE_FILE).read_text()) \
+            if (exp_dir / SPACE_FILE).is_file() else None
+        if old != record:
+            raise ConfigError(
+                f"{exp_dir} holds a sweep with a different search space or options; pass a new "
+                "--name (or the same space, --num-samples, --scheduler and sampler) to resume it"
+            )
+        log.info("resuming the sweep in %s", exp_dir)
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=opts.restart_errored)
+        resumed = True
+    else:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        stale = exp_dir / STUDY_FILE
+        if stale.exists():
+            log.warning("%s has an Optuna study but no restorable Tune state (the driver was "
+                        "killed before its first checkpoint); starting the study afresh", exp_dir)
+            stale.unlink()
+        (exp_dir / SPACE_FILE).write_text(yaml.safe_dump(record, sort_keys=False))
+        concurrency = opts.max_concurrent or default_concurrency(opts.cpus_per_trial,
+                                                                 opts.gpus_per_trial)
+        searcher = ConcurrencyLimiter(
+            make_searcher(space, exp_dir, opts.name, num_samples, opts.sampler), concurrency)
+        scheduler = make_asha(space) if opts.scheduler == "asha" else None
+        log.info("sweep %s: %d trials, %d at once, %s per trial, sampler %s, scheduler %s",
+                 exp_dir, num_samples, concurrency,
+                 trial_resources(opts.cpus_per_trial, opts.gpus_per_trial),
+                 opts.sampler or space.sampler, opts.scheduler)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                        num_samples=num_samples),  # metric/mode: on the searcher
+            run_config=tune.RunConfig(
+                name=opts.name, storage_path=str(exp_dir.parent),
+                failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1),
+        )
+        resumed = False
+    grid = tuner.fit()
+    table = trials_table(grid, space)
+    summary = write_outputs(table, space, exp_dir, opts.name, opts.accuracy_tolerance)
+    summary.update(resumed=resumed, wall_s=time.perf_counter() - t0, num_samples=num_samples)
+    save_json(summary, exp_dir / SUMMARY_FILE)
+    return summary
+
+
+# outputs
+
+
+def trials_table(grid, space: SearchSpace) -> pd.DataFrame:
+    """One row per trial: searched values, final metrics, status (TERMINATED, STOPPED, ERROR)."""
+    n_steps = None
+    rows = []
+    for r in grid:
+        m = r.metrics or {}
+        if n_steps is None:
+            cfg = space.run_config(r.config)
+            n_steps = cfg.classifier_training.epochs + cfg.decoder_training.epochs
+        finished = m.get("phase") == "decoder" and m.get("epoch") == n_steps - 1
+        status = "ERROR" if r.error is not None else ("TERMINATED" if finished else "STOPPED")
+        rows.append({
+            "trial_id": m.get("trial_id") or Path(r.path).name,
+            **{k: r.config.get(k) for k in space.search},
+            "val_accuracy": float(m.get("val_accuracy", np.nan)),
+            "val_mae": float(m["val_mae"]) if finished else np.nan,
+            "val_ssim": float(m["val_ssim"]) if finished else np.nan,
+            "latent_sparsity": float(m.get("latent_sparsity", np.nan)),
+            "status": status,
+            "error": str(r.error).strip().splitlines()[-1][:300] if r.error is not None else "",
+            "epochs_done": int(m.get("training_iteration", 0) or 0),
+            "time_total_s": float(m.get("time_total_s", np.nan) or np.nan),
+        })
+    df = pd.DataFrame(rows).sort_values("trial_id", kind="stable").reset_index(drop=True)
+    for k in space.search:  # mixed-type choice columns (e.g. None and numbers) as text
+        if df[k].map(type).nunique() > 1:
+            df[k] = df[k].map(repr)
+    if len(df):
+        df["is_pareto"] = pareto_mask(df[METRICS].to_numpy(), [True, False])
+    else:
+        df["is_pareto"] = pd.Series(dtype=bool)
+    return df
+
+
+def optuna_front(exp_dir: Path, study_name: str) -> list[tuple[float, float]]:
+    """(accuracy, MAE) of the Optuna study's best_trials, read back from the sqlite storage.
+
+    Trials told with the placeholder MAE (stopped before their decoder) are left out; they are
+    dominated in MAE and never remove a measured point from the front.
+    """
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=study_url(exp_dir))
+    return sorted((t.values[0], t.values[1]) for t in study.best_trials
+                  if t.values[1] < WORST_MAE)
+
+
+def crosscheck_front(table: pd.DataFrame, exp_dir: Path, study_name: str) -> dict:
+    """Compare our is_pareto rows with Optuna's best_trials (as sets of objective values)."""
+    ours = sorted(map(tuple, table.loc[table.is_pareto, METRICS].to_numpy().tolist()))
+    theirs = optuna_front(exp_dir, study_name)
+    same = len(ours) == len(theirs) and all(
+        np.allclose(a, b, rtol=0, atol=1e-9) for a, b in zip(ours, theirs, strict=True))
+    if not same:
+        log.warning("Pareto front differs from Optuna's study.best_trials: ours %s, optuna %s",
+                    ours, theirs)
+    return {"matches_optuna_best_trials": bool(same), "optuna_front": theirs}
+
+
+def write_outputs(table: pd.DataFrame, space: SearchSpace, exp_dir: Path, study_name: str,
+                  tolerance: float) -> dict:
+    """trials.parquet, pareto.png, best_config.yaml and the printed front; returns the summary."""
+    idx = choose_within_tolerance(table.val_accuracy.to_numpy(), table.val_mae.to_numpy(),
+                                  tolerance) if len(table) else -1
+    table = table.assign(chosen=np.arange(len(table)) == idx)
+    tmp = exp_dir / f".{TRIALS_FILE}.tmp"
+    table.to_parquet(tmp, index=False)
+    tmp.replace(exp_dir / TRIALS_FILE)
+    plot_front(table, exp_dir / PARETO_PNG, tolerance)
+    counts = table.status.value_counts().to_dict()
+    summary = {"trials": len(table), "status_counts": counts, "accuracy_tolerance": tolerance,
+               "rule": "lowest val_mae among trials with val_accuracy >= best - tolerance"}
+    summary.update(crosscheck_front(table, exp_dir, study_name))
+    if idx < 0:
+        raise RuntimeError(f"no trial in {exp_dir} finished with both metrics ({counts}); "
+                           f"see the trial errors in {exp_dir / TRIALS_FILE}")
+    best = table.iloc[idx]
+    params = {k: _plain(best[k]) for k in space.search}
+    cfg = space.run_config(params, final=True)
+    header = (f"# Chosen by the architecture search in {exp_dir}\n"
+              f"# trial {best.trial_id}: val_accuracy {best.val_accuracy:.4f}, val_mae "
+              f"{best.val_mae:.4f}, latent_sparsity {best.latent_sparsity:.3f}\n"
+              f"# rule: lowest val_mae among trials with val_accuracy >= best - {tolerance}\n"
+              f"# searched: {json.dumps(params)}\n")
+    (exp_dir / BEST_CONFIG).write_text(header + yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    summary["chosen"] = {"trial_id": best.trial_id, **params,
+                         "val_accuracy": float(best.val_accuracy), "val_mae": float(best.val_mae)}
+    print(front_table(table))
+    print(f"chosen: trial {best.trial_id} (val_accuracy {best.val_accuracy:.4f}, val_mae "
+          f"{best.val_mae:.4f}) -> {exp_dir / BEST_CONFIG}")
+    return summary
+
+
+def _plain(v):
+    """numpy scalars -> Python values for YAML."""
+    return v.item() if hasattr(v, "item") else v
+
+
+def front_table(table: pd.DataFrame) -> str:
+    """The Pareto front as text, sorted by MAE."""
+    front = table[table.is_pareto].sort_values("val_mae")
+    cols = ["trial_id", *[c for c in table.columns if "." in c], "val_accuracy", "val_mae",
+            "latent_sparsity", "chosen"]
+    with pd.option_context("display.width", 200, "display.max_columns", 50):
+        return f"Pareto front ({len(front)} of {len(table)} trials):\n" + \
+            front[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}")
+
+
+def plot_front(table: pd.DataFrame, path: Path, tolerance: float) -> None:
+    """Accuracy vs MAE: every finished trial, the front as a step line, the chosen point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = table.dropna(subset=METRICS)
+    front = done[done.is_pareto].sort_values("val_mae")
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    ax.scatter(done.val_mae, done.val_accuracy, c="0.6", s=25, label="trial")
+    ax.plot(front.val_mae, front.val_accuracy, "o-", c="tab:red", drawstyle="steps-post",
+            label="Pareto front")
+    chosen = done[done.chosen]
+    if len(chosen):
+        ax.scatter(chosen.val_mae, chosen.val_accuracy, marker="*", s=250, c="gold",
+                   edgecolors="k", zorder=5, label="chosen")
+        ax.axhline(done.val_accuracy.max() - tolerance, ls="--", c="0.4", lw=0.8,
+                   label=f"best accuracy - {tolerance}")
+    ax.set_xlabel("decoder val MAE (lower is better)")
+    ax.set_ylabel("classifier val accuracy (higher is better)")
+    ax.set_title(f"{len(done)} finished trials, {int(front.shape[0])} on the front")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
