@@ -1,0 +1,273 @@
+"""Mass generation on Ray Data: exactly --count filtered, labelled images with provenance.
+
+    python jobs/mass_generate.py --run runs/digits --count 1e6 --out gen/digits
+    python jobs/mass_generate.py --run runs/mnist --count 100_000 --n-parents 2,3,5 \\
+        --weights dirichlet:1 --png --out gen/mnist
+    python jobs/mass_generate.py --smoke-test --out /tmp/mass-smoke   # trains a tiny run first
+
+Chunks of candidate ids (one chunk = one decoder batch = one Parquet file) stream through
+`map_batches` on an actor pool of regene_ray.mass.WriteChunks; see regene_ray/mass.py for how the
+output stays exact, deterministic and resumable. Output: OUT/data/*.parquet, OUT/summary.json,
+with --png OUT/png/<label>/<shard>/<id>.png. A killed job completes with --resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from regene_ray.cli import run_main, setup_logging  # noqa: E402
+from regene_ray.latent_bank import BANK_FILE, LatentBank  # noqa: E402
+from regene_ray.mass import (  # noqa: E402
+    ChunkInfo,
+    MassSpec,
+    Runner,
+    Summary,
+    WriteChunks,
+    job_metadata,
+    parse_count,
+    run_hashes,
+    run_job,
+)
+
+log = logging.getLogger("mass_generate")
+FAIL_ONCE_ENV = "REGENE_MASS_FAIL_ONCE"  # "label,chunk,marker": a worker exits once (fault tests)
+
+
+# flag parsing
+
+
+def _count(text: str) -> int:
+    try:
+        return parse_count(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _int_list(flag: str):
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{flag} {text!r}: give whole numbers separated by commas, e.g. 2 or 2,3,5"
+            ) from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"{flag} is empty")
+        return values
+
+    return parse
+
+
+def _workers(text: str) -> tuple[int, int]:
+    try:
+        parts = [int(v) for v in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or parts[0] < 1 or parts[1] < parts[0]:
+        raise argparse.ArgumentTypeError(
+            f"--workers {text!r}: give N or MIN,MAX with 1 <= MIN <= MAX, e.g. 1,4")
+    return parts[0], parts[1]
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"--gpus-per-worker {text!r} must be a positive number such as 1 or 0.25 "
+            "(leave it out for CPU workers)")
+    return v
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, help="run folder from jobs/train.py (required, except "
+                   "with --smoke-test)")
+    p.add_argument("--count", type=_count, default=None,
+                   help="exact number of images, e.g. 1000, 1_000_000 or 1e6 (required, except "
+                   "with --smoke-test)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (required)")
+    p.add_argument("--n-parents", type=_int_list("--n-parents"), default=(2,),
+                   help="parents per mix, or a list drawn per candidate such as 2,3,5 (default: 2)")
+    p.add_argument("--weights", default="uniform",
+                   help="uniform, dirichlet:<alpha> or ratios such as 0.3,0.7 (default: uniform)")
+    p.add_argument("--classes", type=_int_list("--classes"), default=None,
+                   help="class indices to generate, balanced, e.g. 0,1,2 (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="generation seed (default: 0)")
+    p.add_argument("--png", action="store_true",
+                   help="also write OUT/png/<label>/<shard>/<id>.png (default: off)")
+    p.add_argument("--batch-size", type=int, default=1024,
+                   help="candidates per chunk: one decoder batch and one Parquet file (default: "
+                   "1024); part of the job's identity, since it fixes each batch's make-up")
+    p.add_argument("--workers", type=_workers, default=None,
+                   help="actor pool size N or MIN,MAX (default: 1,<CPUs> on CPU, "
+                   "1,<GPUs / gpus-per-worker> on GPU)")
+    p.add_argument("--gpus-per-worker", type=_positive_float, default=None,
+                   help="GPUs per actor, fractions allowed (default: none, CPU actors)")
+    p.add_argument("--torch-threads", type=int, default=1,
+                   help="torch intra-op threads per actor (default: 1)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address, e.g. auto or ray://host:10001 (default: start a "
+                   "local Ray); --out must then be on storage every node sees")
+    p.add_argument("--resume", action="store_true",
+                   help="complete an interrupted run of the same job in --out (default: off)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a different job's output in --out (default: off)")
+    p.add_argument("--smoke-test", action="store_true",
+                   help="tiny run: at most 200 images, batch 64, one worker; without --run it "
+                   "first trains a 1-epoch digits run into OUT/run")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+# the Ray Data stage
+
+
+def ray_runner(spec: MassSpec, out: Path, identity: dict, *, workers: tuple[int, int],
+               gpus_per_worker: float | None, torch_threads: int,
+               fail_once: tuple[int, int, str] | None = None) -> Runner:
+    """Run chunks through map_batches on an actor pool of WriteChunks; one chunk per block."""
+    import ray
+
+    def run(todo: list[tuple[int, int]]) -> list[ChunkInfo]:
+        items = [{"label": c, "chunk": k} for c, k in sorted(todo, key=lambda t: (t[1], t[0]))]
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        gpu = {"num_gpus": gpus_per_worker} if gpus_per_worker else {}  # never num_gpus=0
+        # max_restarts / max_task_retries have no named parameter in Ray 2.60: they travel as
+        # ray_remote_args, which warns as deprecated. Bounded (Ray Data's default is infinite),
+        # so a chunk that kills its worker every time fails the job instead of looping.
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        ds = ds.map_batches(
+            WriteChunks,
+            fn_constructor_args=(spec.run, str(out)),
+            fn_constructor_kwargs=dict(
+                metadata=identity, png=spec.png, fail_once=fail_once, n_parents=spec.n_parents,
+                weights=spec.weights, seed=spec.seed, chunk_size=spec.chunk_size,
+                device="cuda" if gpus_per_worker else "cpu", torch_threads=torch_threads),
+            compute=ray.data.ActorPoolStrategy(min_size=min(workers[0], len(items)),
+                                               max_size=min(workers[1], len(items))),
+            batch_size=1,  # one chunk per call: a chunk is one decoder batch
+            num_cpus=1,
+            max_restarts=3,  # a dead actor is restarted ...
+            max_task_retries=3,  # ... and its chunk retried (the file was never renamed in)
+            **gpu,
+        )
+        return [ChunkInfo(int(r["label"]), int(r["chunk"]), int(r["tried"]),
+                          int(r["latent_passed"]), int(r["accepted"])) for r in ds.take_all()]
+
+    return run
+
+
+def default_workers(gpus_per_worker: float | None) -> tuple[int, int]:
+    """1..#CPUs actors of num_cpus=1. The input is built on the driver (from_items), so no read
+    task competes with the actors for CPUs; on 2 cores 2 single-threaded actors beat 1."""
+    import ray
+
+    res = ray.cluster_resources()
+    if gpus_per_worker:
+        n = int(res.get("GPU", 0) / gpus_per_worker)
+        if n < 1:
+            raise ValueError(f"--gpus-per-worker {gpus_per_worker} but the Ray cluster has "
+                             f"{res.get('GPU', 0)} GPUs; leave the flag out for CPU workers")
+        return 1, n
+    return 1, max(1, int(res.get("CPU", 1)))
+
+
+# the job
+
+
+def smoke_run(out: Path) -> Path:
+    """Train a 1-epoch digits run into OUT/run (seconds), unless it is already there."""
+    from regene_ray.classifier import ArchConfig
+    from regene_ray.data import DataConfig
+    from regene_ray.run import RunConfig, train_run
+    from regene_ray.train import ClassifierTrainConfig, DecoderTrainConfig
+
+    run = out / "run"
+    if not (run / "thresholds.json").is_file():
+        cfg = RunConfig(
+            data=DataConfig(dataset="digits", image_size=16, max_train=600, max_test=200),
+            classifier=ArchConfig(depth=2, convs_per_block=1, base_channels=8, latent_dim=32),
+            classifier_training=ClassifierTrainConfig(epochs=2),
+            decoder_training=DecoderTrainConfig(epochs=2), acceptance_candidates=200)
+        train_run(cfg, run, device="cpu")
+    return run
+
+
+def build_spec(args: argparse.Namespace) -> MassSpec:
+    run = args.run
+    if not (run / "classifier" / "config.json").is_file():
+        raise FileNotFoundError(f"--run {run} is not a run folder (no classifier/config.json); "
+                                "create one with jobs/train.py --out RUN_DIR")
+    num_classes = int(json.loads((run / "classifier" / "config.json").read_text())["num_classes"])
+    classes = args.classes if args.classes is not None else tuple(range(num_classes))
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad:
+        raise ValueError(f"--classes {list(classes)}: {bad} not in 0..{num_classes - 1} for run "
+                         f"{run}")
+    bank = LatentBank.load(run / BANK_FILE)
+    sizes = {c: len(p) for c, p in enumerate(bank.pools(num_classes))}
+    short = [c for c in classes if sizes[c] < max(args.n_parents)]
+    if short:
+        raise ValueError(f"--n-parents {max(args.n_parents)}: class(es) {short} have fewer "
+                         "eligible parents in the latent bank; lower --n-parents")
+    return MassSpec(run=str(run.resolve()), count=args.count, classes=tuple(classes),
+                    n_parents=tuple(args.n_parents), weights=args.weights, seed=args.seed,
+                    chunk_size=args.batch_size, png=args.png)
+
+
+def main(args: argparse.Namespace) -> Summary:
+    setup_logging(args.verbose)
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other; pick one")
+    out = args.out
+    if args.smoke_test:
+        if args.run is None:
+            args.run = smoke_run(out)
+            out = out / "generated"
+        args.count = min(args.count or 200, 200)
+        args.batch_size = min(args.batch_size, 64)
+        args.workers = (1, 1)
+    if args.run is None or args.count is None:
+        raise ValueError("--run and --count are required (or pass --smoke-test)")
+    spec = build_spec(args)
+    identity = job_metadata(spec, run_hashes(spec.run))
+    fail_once = None
+    if os.environ.get(FAIL_ONCE_ENV):
+        label, chunk, marker = os.environ[FAIL_ONCE_ENV].split(",", 2)
+        fail_once = (int(label), int(chunk), marker)
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=args.address)
+    workers = args.workers or default_workers(args.gpus_per_worker)
+    log.info("generating %d images of classes %s into %s with %d..%d actors", spec.count,
+             list(spec.classes), out, *workers)
+    runner = ray_runner(spec, out, identity, workers=workers,
+                        gpus_per_worker=args.gpus_per_worker, torch_threads=args.torch_threads,
+                        fail_once=fail_once)
+    s = run_job(spec, out, runner, resume=args.resume, overwrite=args.overwrite,
+                identity=identity)
+    log.info("%d images in %.1f s (%.0f img/s), %d candidates tried, acceptance %.3f (latent "
+             "%.3f, image %.3f), %d waves -> %s", s.requested, s.wall_s, s.images_per_s,
+             s.candidates_tried, s.acceptance["both_steps"], s.acceptance["latent_step"],
+             s.acceptance["image_step_given_latent"], s.waves, out / "data")
+    return s
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(get_args_parser().parse_args()))

@@ -1,0 +1,110 @@
+"""Sinks for generated images: Parquet files with provenance, sharded PNG files.
+
+Every file is written atomically (a temporary name in the same folder, then a rename), so a
+reader or a resumed job never sees half a file. The Parquet schema is the one in DESIGN.md:
+
+    id int64, label int16, n_parents int8, parent_ids list<int64>, weights list<float32>,
+    latent_confidence float32, image_confidence float32, image struct{bytes: binary, path: string}
+
+The `image` struct is the layout Hugging Face `datasets` uses for its Image feature; the schema
+carries the `huggingface` metadata key that tells `datasets.load_dataset("parquet", ...)` so.
+pandas, pyarrow and duckdb read it as plain columns. Job-level provenance (run folder, seed,
+thresholds, checkpoint hashes, chunk statistics) lives in the file's key-value metadata under
+`regene_ray`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from regene_ray.generator import GenerationBatch
+
+METADATA_KEY = b"regene_ray"
+PNG_SHARD = 1000  # PNG files per sub-folder of png/<label>/
+
+IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+SCHEMA = pa.schema([
+    ("id", pa.int64()),
+    ("label", pa.int16()),
+    ("n_parents", pa.int8()),
+    ("parent_ids", pa.list_(pa.int64())),
+    ("weights", pa.list_(pa.float32())),
+    ("latent_confidence", pa.float32()),
+    ("image_confidence", pa.float32()),
+    ("image", IMAGE_TYPE),
+])
+_HF_FEATURES = {
+    "id": {"dtype": "int64", "_type": "Value"},
+    "label": {"dtype": "int16", "_type": "Value"},
+    "n_parents": {"dtype": "int8", "_type": "Value"},
+    "parent_ids": {"feature": {"dtype": "int64", "_type": "Value"}, "_type": "Sequence"},
+    "weights": {"feature": {"dtype": "float32", "_type": "Value"}, "_type": "Sequence"},
+    "latent_confidence": {"dtype": "float32", "_type": "Value"},
+    "image_confidence": {"dtype": "float32", "_type": "Value"},
+    "image": {"_type": "Image"},
+}
+HF_METADATA = {b"huggingface": json.dumps({"info": {"features": _HF_FEATURES}}).encode()}
+
+
+def _ragged(values: np.ndarray, lengths: np.ndarray, value_type: pa.DataType) -> pa.Array:
+    """(B, n_max) padded rows cut to their lengths -> list<value_type> (B,)."""
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    keep = np.arange(values.shape[1])[None, :] < lengths[:, None]  # (B, n_max)
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()),
+                                    pa.array(values[keep], value_type))
+
+
+def rows_table(batch: GenerationBatch, pngs: list[bytes], paths: list[str]) -> pa.Table:
+    """Accepted candidates -> a table with SCHEMA (rows in the batch's order)."""
+    n = batch.n_parents.astype(np.int64)
+    image = pa.StructArray.from_arrays(
+        [pa.array(pngs, pa.binary()), pa.array(paths, pa.string())], fields=list(IMAGE_TYPE))
+    return pa.Table.from_arrays([
+        pa.array(batch.ids, pa.int64()),
+        pa.array(batch.labels.astype(np.int16), pa.int16()),
+        pa.array(n.astype(np.int8), pa.int8()),
+        _ragged(batch.parent_ids, n, pa.int64()),
+        _ragged(batch.weights, n, pa.float32()),
+        pa.array(batch.latent_confidence, pa.float32()),
+        pa.array(batch.image_confidence, pa.float32()),
+        image,
+    ], schema=SCHEMA)
+
+
+def write_parquet_atomic(table: pa.Table, path: str | Path, metadata: dict) -> None:
+    """Write `table` with `metadata` (JSON) to `path`: temporary name, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {**HF_METADATA, METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()}
+    table = table.replace_schema_metadata(meta)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The `regene_ray` metadata of a Parquet file written by write_parquet_atomic."""
+    meta = pq.read_schema(path).metadata or {}
+    if METADATA_KEY not in meta:
+        raise ValueError(f"{path} was not written by regene-ray (no '{METADATA_KEY.decode()}' "
+                         "metadata); move it out of the output folder")
+    return json.loads(meta[METADATA_KEY])
+
+
+def png_relpath(label: int, index: int, candidate_id: int) -> str:
+    """png/<label>/<shard>/<id>.png, sharded by the per-class candidate index."""
+    return f"png/{label}/{index // PNG_SHARD:05d}/{candidate_id}.png"
+
+
+def write_file_atomic(data: bytes, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
