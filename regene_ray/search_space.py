@@ -173,9 +173,13 @@ def parse_search_space(data: dict, source: str = "<search space>") -> SearchSpac
         raise ConfigError(f"{source}: key 'num_samples' is {space.num_samples}; use at least 1")
     if not space.search:
         raise ConfigError(f"{source}: key 'search' is empty; name at least one searched value")
-    # the base alone must be a valid RunConfig (unknown keys, types)
-    from_dict(RunConfig, space.base, source=source, prefix="base.")
-    from_dict(RunConfig, deep_merge(space.base, space.final), source=source, prefix="final.")
+    # the base alone, and base + final, must be valid RunConfigs (unknown keys, types, ranges)
+    for where, d in (("base", space.base), ("final", deep_merge(space.base, space.final))):
+        try:
+            from_dict(RunConfig, d, source=source, prefix=f"{where}.")
+        except ConfigError as e:
+            msg = str(e)
+            raise ConfigError(msg if msg.startswith(source) else f"{source}: {where}: {msg}") from e
     valid = _valid_paths()
     dims = {}
     for path, raw in space.search.items():

@@ -1,0 +1,136 @@
+"""The sweep on a real embedded Ray (one per module): outputs, Pareto flags, failing trials.
+
+Trials are tiny (digits, 600 images, 2 + 2 epochs, 8-channel models), a few seconds each.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import ray
+import yaml
+
+from regene_ray.pareto import choose_within_tolerance, pareto_mask
+from regene_ray.run import load_run_config
+from regene_ray.search import METRICS, study_url
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "jobs"))
+import search as search_job  # noqa: E402  (jobs/search.py)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(address="local", num_cpus=2, object_store_memory=200 * 1024**2,
+             include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _run(*argv: str) -> dict:
+    return search_job.main(search_job.get_args_parser().parse_args(list(argv)))
+
+
+@pytest.fixture(scope="module")
+def smoke_sweep(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sweeps")
+    _run("--space", str(REPO / "search_spaces" / "digits.yaml"), "--storage-path", str(root),
+         "--name", "smoke", "--smoke-test", "--num-samples", "4", "--accuracy-tolerance", "0.05")
+    return root / "smoke"
+
+
+def test_smoke_search_writes_all_outputs(smoke_sweep):
+    for name in ("trials.parquet", "pareto.png", "best_config.yaml", "optuna.sqlite",
+                 "summary.json"):
+        assert (smoke_sweep / name).is_file(), name
+    assert (smoke_sweep / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    df = pd.read_parquet(smoke_sweep / "trials.parquet")
+    assert len(df) == 4 and df.trial_id.is_unique
+    assert {"classifier.depth", "classifier.latent_dim", "val_accuracy", "val_mae",
+            "latent_sparsity", "status", "is_pareto"} <= set(df.columns)
+    assert (df.status == "TERMINATED").all()
+    assert df[METRICS].notna().all().all() and (df.val_mae < 1).all()
+    assert df.chosen.sum() == 1
+
+
+def test_pareto_flags_match_brute_force_and_optuna(smoke_sweep):
+    df = pd.read_parquet(smoke_sweep / "trials.parquet")
+    v = df[METRICS].to_numpy()
+    brute = [not any((b[0] >= a[0] and b[1] <= a[1]) and (b[0] > a[0] or b[1] < a[1])
+                     for b in v) for a in v]
+    np.testing.assert_array_equal(df.is_pareto.to_numpy(), brute)
+    np.testing.assert_array_equal(df.is_pareto.to_numpy(), pareto_mask(v, [True, False]))
+    study = optuna.load_study(study_name="smoke", storage=study_url(smoke_sweep))
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 4
+    theirs = sorted(tuple(t.values) for t in study.best_trials)
+    ours = sorted(map(tuple, df.loc[df.is_pareto, METRICS].to_numpy().tolist()))
+    assert np.allclose(ours, theirs, rtol=0, atol=1e-12)
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE,
+                                optuna.study.StudyDirection.MINIMIZE]
+
+
+def test_best_config_follows_rule_and_trains(smoke_sweep, tmp_path):
+    df = pd.read_parquet(smoke_sweep / "trials.parquet")
+    i = choose_within_tolerance(df.val_accuracy, df.val_mae, 0.05)
+    assert df.chosen.to_numpy().nonzero()[0].tolist() == [i] and df.is_pareto[i]
+    cfg = load_run_config(smoke_sweep / "best_config.yaml")
+    assert cfg.classifier.depth == df["classifier.depth"][i]
+    assert cfg.classifier.latent_dim == df["classifier.latent_dim"][i]
+    assert cfg.classifier_training.lr == pytest.approx(df["classifier_training.lr"][i])
+    # exactly what a user runs next
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "train.py"), "--config",
+         str(smoke_sweep / "best_config.yaml"), "--out", str(out), "--smoke-test",
+         "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "metrics.json").is_file() and (out / "classifier").is_dir()
+
+
+def test_rerun_of_finished_sweep_runs_nothing(smoke_sweep):
+    dirs = sorted(p.name for p in smoke_sweep.iterdir() if p.name.startswith("train_trial"))
+    summary = _run("--space", str(REPO / "search_spaces" / "digits.yaml"), "--storage-path",
+                   str(smoke_sweep.parent), "--name", "smoke", "--smoke-test", "--num-samples",
+                   "4", "--accuracy-tolerance", "0.05")
+    assert summary["resumed"] and summary["trials"] == 4
+    assert sorted(p.name for p in smoke_sweep.iterdir() if p.name.startswith("train_trial")) == dirs
+
+
+def test_resume_with_another_space_is_refused(smoke_sweep):
+    from regene_ray.config import ConfigError
+
+    with pytest.raises(ConfigError, match="different search space"):
+        _run("--space", str(REPO / "search_spaces" / "digits.yaml"), "--storage-path",
+             str(smoke_sweep.parent), "--name", "smoke", "--smoke-test", "--num-samples", "5")
+
+
+def test_failing_trial_is_recorded_and_sweep_goes_on(tmp_path):
+    # lr = .inf turns the weights into inf/NaN after one step: the core raises FloatingPointError
+    space = yaml.safe_load((REPO / "search_spaces" / "digits.yaml").read_text())
+    space["search"] = {"classifier_training.lr": {"choices": [0.003, float("inf")]},
+                       "classifier.depth": {"low": 1, "high": 2}}
+    space["sampler"] = "random"
+    space["seed"] = 1
+    path = tmp_path / "failing.yaml"
+    path.write_text(yaml.safe_dump(space))
+    summary = _run("--space", str(path), "--storage-path", str(tmp_path), "--name", "fail",
+                   "--smoke-test", "--num-samples", "4", "--max-failures", "0")
+    df = pd.read_parquet(tmp_path / "fail" / "trials.parquet")
+    assert len(df) == 4
+    bad = df["classifier_training.lr"] == float("inf")
+    assert bad.any() and (~bad).any(), "the seed must draw both learning rates"
+    assert (df.status[bad] == "ERROR").all() and (df.status[~bad] == "TERMINATED").all()
+    assert df.error[bad].str.contains("loss became nan").all()
+    assert df.val_mae[bad].isna().all() and not df.is_pareto[bad].any()
+    assert summary["status_counts"]["ERROR"] == bad.sum()
+    assert summary["matches_optuna_best_trials"]
+    study = optuna.load_study(study_name="fail", storage=study_url(tmp_path / "fail"))
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == bad.sum()

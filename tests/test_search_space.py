@@ -1,0 +1,176 @@
+"""Search-space validation and the Pareto / selection / hypervolume functions (no Ray)."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from regene_ray.config import ConfigError
+from regene_ray.pareto import choose_within_tolerance, hypervolume_2d, pareto_mask
+from regene_ray.search_space import load_search_space, parse_search_space, smoke_test_space
+
+REPO = Path(__file__).resolve().parents[1]
+SPACES = sorted((REPO / "search_spaces").glob("*.yaml"))
+
+
+def _write(tmp_path: Path, data: dict, name: str = "space.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def _base_space() -> dict:
+    return {
+        "base": {"data": {"dataset": "digits", "image_size": 16}},
+        "search": {"classifier.depth": {"low": 1, "high": 3},
+                   "classifier.latent_dim": {"choices": [16, 32]}},
+    }
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
+def test_shipped_spaces_load(path):
+    space = load_search_space(path)
+    assert {"classifier.depth", "classifier.latent_dim"} <= set(space.search)
+    cfg = space.run_config(final=True)  # best_config's shape: a valid RunConfig
+    assert cfg.data.dataset in path.stem.replace("_", "-")
+    small = smoke_test_space(space)
+    assert small.num_samples <= 3 and small.run_config().classifier_training.epochs == 2
+
+
+def test_required_spaces_exist():
+    assert {"digits", "mnist", "fashion_mnist", "cifar10"} <= {p.stem for p in SPACES}
+
+
+def test_integer_and_log_ranges_typed():
+    space = parse_search_space({**_base_space(), "search": {
+        "classifier.depth": {"low": 1, "high": 2},
+        "classifier.latent_l1": {"low": 1e-5, "high": 1e-1, "log": True}}})
+    assert space.search["classifier.depth"].is_int
+    assert not space.search["classifier.latent_l1"].is_int
+
+
+@pytest.mark.parametrize("mutate, needles", [
+    (lambda d: d.update(serach={}), ["unknown key", "serach"]),
+    (lambda d: d["base"]["data"].update(datasett="x"), ["unknown key", "base.data.datasett"]),
+    (lambda d: d["search"].update({"classifier.dept": {"low": 1, "high": 2}}),
+     ["unknown key", "search.classifier.dept"]),
+    (lambda d: d["search"]["classifier.depth"].update(hi=3),
+     ["unknown key", "search.classifier.depth.hi"]),
+    (lambda d: d["search"].update({"classifier.depth": {"low": 1.5, "high": 3}}),
+     ["classifier.depth", "must be an integer"]),
+    (lambda d: d["search"].update({"classifier.depth": {"low": "1", "high": 3}}),
+     ["search.classifier.depth.low", "must be"]),
+    (lambda d: d["search"].update({"classifier.depth": {"low": 3, "high": 3}}),
+     ["search.classifier.depth", "empty range"]),
+    (lambda d: d["search"].update({"classifier.depth": {"low": 3, "high": 1}}),
+     ["search.classifier.depth", "empty range"]),
+    (lambda d: d["search"].update({"classifier.latent_dim": {"choices": []}}),
+     ["search.classifier.latent_dim.choices", "empty"]),
+    (lambda d: d["search"].update({"classifier.latent_dim": 32}),
+     ["search.classifier.latent_dim", "must be a mapping"]),
+    (lambda d: d["search"].update({"classifier.latent_l1": {"low": 0, "high": 1, "log": True}}),
+     ["search.classifier.latent_l1", "log"]),
+    (lambda d: d["search"].update({"classifier.latent_activation": {"choices": ["relu", "tanh"]}}),
+     ["search.classifier.latent_activation = 'tanh'", "latent_activation"]),
+    (lambda d: d["search"].update({"classifier.depth": {"low": 1, "high": 5}}),
+     ["search.classifier.depth = 5", "too small for depth 5"]),
+    (lambda d: d["base"]["classifier"].update(channels=[8, 16]) if "classifier" in d["base"]
+     else d["base"].update(classifier={"channels": [8, 16]}),
+     ["base", "channels [8, 16]"]),
+    (lambda d: d["search"].update({"classifier.depth": {"low": 1, "high": 4},
+                                   "data.image_size": {"choices": [8, 16]}}),
+     ["the combination", "search.classifier.depth = 4", "search.data.image_size = 8"]),
+    (lambda d: d.update(search={}), ["key 'search' is empty"]),
+    (lambda d: d.update(sampler="grid"), ["key 'sampler'"]),
+    (lambda d: d.update(num_samples="many"), ["key 'num_samples'", "integer"]),
+    (lambda d: d.update(final={"classifier_training": {"epoch": 3}}),
+     ["unknown key", "final.classifier_training.epoch"]),
+])
+def test_bad_yaml_names_key_and_file(tmp_path, mutate, needles):
+    data = _base_space()
+    mutate(data)
+    path = _write(tmp_path, data)
+    with pytest.raises(ConfigError) as e:
+        load_search_space(path)
+    msg = str(e.value)
+    assert str(path) in msg, msg
+    for needle in needles:
+        assert needle in msg, msg
+
+
+def test_not_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("search: [unclosed")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_search_space(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_search_space(tmp_path / "nope.yaml")
+
+
+# Pareto front, selection rule, hypervolume
+
+
+def _brute_force_front(v: np.ndarray, maximize) -> np.ndarray:
+    sign = np.where(maximize, -1, 1)
+    out = []
+    for i, a in enumerate(v):
+        if np.isnan(a).any():
+            out.append(False)
+            continue
+        dominated = False
+        for j, b in enumerate(v):
+            if j == i or np.isnan(b).any():
+                continue
+            if all(sign * b <= sign * a) and any(sign * b < sign * a):
+                dominated = True
+        out.append(not dominated)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_pareto_mask_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 40))
+    v = rng.integers(0, 6, size=(n, 2)).astype(float)  # coarse grid: many ties and duplicates
+    v[rng.random(n) < 0.1, int(rng.integers(0, 2))] = np.nan
+    maximize = [True, False]
+    np.testing.assert_array_equal(pareto_mask(v, maximize), _brute_force_front(v, maximize))
+
+
+def test_pareto_mask_three_objectives_and_shape_check():
+    rng = np.random.default_rng(1)
+    v = rng.random((30, 3))
+    m = [True, False, True]
+    np.testing.assert_array_equal(pareto_mask(v, m), _brute_force_front(v, m))
+    with pytest.raises(ValueError):
+        pareto_mask(v, [True, False])
+
+
+def test_choose_within_tolerance_is_on_front():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        acc, mae = rng.random(12).round(2), rng.random(12).round(2)
+        for tol in (0.0, 0.05, 0.2, 1.0):
+            i = choose_within_tolerance(acc, mae, tol)
+            ok = acc >= acc.max() - tol
+            assert ok[i] and mae[i] == mae[ok].min()
+            assert pareto_mask(np.stack([acc, mae], 1), [True, False])[i]
+    # the paper's example: accuracy within the tolerance, then the lowest MAE
+    assert choose_within_tolerance([0.99, 0.985, 0.95], [0.10, 0.05, 0.01], 0.01) == 1
+    assert choose_within_tolerance([np.nan], [np.nan], 0.01) == -1
+
+
+def test_hypervolume_matches_grid_count():
+    rng = np.random.default_rng(0)
+    acc, mae = rng.integers(1, 10, 8) / 10, rng.integers(1, 10, 8) / 10
+    ref = (0.0, 1.0)
+    # count 0.1 x 0.1 cells dominated by some point (cell centres)
+    cells = 0
+    for a, e in itertools.product(np.arange(0.05, 1, 0.1), np.arange(0.05, 1, 0.1)):
+        cells += bool(((acc >= a) & (mae <= e)).any())
+    assert hypervolume_2d(acc, mae, ref) == pytest.approx(cells * 0.01)
+    assert hypervolume_2d([0.5], [2.0], ref) == 0.0
