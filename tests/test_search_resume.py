@@ -1,0 +1,98 @@
+"""Kill the sweep's driver mid-sweep (SIGKILL) and re-run it: the sweep finishes, finished trials
+are not run again, and an interrupted trial continues from its epoch checkpoint."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+N = 5
+
+
+def _trial_states(exp: Path) -> dict[str, str]:
+    """trial id -> status from Tune's latest experiment state file."""
+    files = sorted(glob.glob(str(exp / "experiment_state-*.json")))
+    if not files:
+        return {}
+    try:
+        data = json.loads(Path(files[-1]).read_text())
+    except (OSError, ValueError):  # being rewritten
+        return {}
+    return {json.loads(t)["trial_id"]: json.loads(t)["status"] for t, _ in data["trial_data"]}
+
+
+def _trial_dirs(exp: Path) -> dict[str, Path]:
+    return {p.name.split("_")[2]: p for p in exp.glob("train_trial_*") if p.is_dir()}
+
+
+def _digest(p: Path) -> str:
+    return hashlib.sha256((p / "result.json").read_bytes()).hexdigest()
+
+
+def _cmd(root: Path) -> list[str]:
+    return [sys.executable, str(REPO / "jobs" / "search.py"), "--space",
+            str(REPO / "search_spaces" / "digits.yaml"), "--storage-path", str(root), "--name",
+            "resume", "--smoke-test", "--num-samples", str(N), "--max-concurrent", "1",
+            "--num-cpus", "2"]
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver's own process group (the driver and the Ray it started)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
+def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
+    exp = tmp_path / "resume"
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    log1 = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(_cmd(tmp_path), stdout=log1, stderr=subprocess.STDOUT, env=env,
+                             start_new_session=True)
+    finished, in_flight = {}, None
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and first.poll() is None:
+            states = _trial_states(exp)
+            done = [t for t, s in states.items() if s == "TERMINATED"]
+            running = [t for t, s in states.items() if s == "RUNNING"]
+            dirs = _trial_dirs(exp)
+            ckpt = [t for t in running if t in dirs and any(dirs[t].glob("checkpoint_*"))]
+            if len(done) >= 2 and ckpt:
+                finished = {t: _digest(dirs[t]) for t in done}
+                in_flight = ckpt[0]
+                break
+            time.sleep(0.1)
+    finally:
+        _kill_group(first)
+        log1.close()
+    assert in_flight is not None, (tmp_path / "first.log").read_text()[-3000:]
+    assert not (exp / "trials.parquet").exists()  # the first driver did not finish
+
+    second = subprocess.run(_cmd(tmp_path), capture_output=True, text=True, timeout=300,
+                            env=env, start_new_session=True)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert json.loads((exp / "summary.json").read_text())["resumed"]
+
+    df = pd.read_parquet(exp / "trials.parquet")
+    assert len(df) == N and (df.status == "TERMINATED").all() and df.is_pareto.any()
+    dirs = _trial_dirs(exp)
+    assert len(dirs) == N  # no trial was added twice
+    for t, digest in finished.items():  # finished trials were not run again
+        assert _digest(dirs[t]) == digest, t
+    # the interrupted trial continued: its own epoch counter never went back to 0
+    epochs = [json.loads(line)["epoch"]
+              for line in (dirs[in_flight] / "result.json").read_text().splitlines()]
+    assert epochs[-1] == 3 and all(b >= a for a, b in zip(epochs, epochs[1:], strict=False))
