@@ -120,8 +120,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--torch-threads", type=int, default=1,
                    help="torch intra-op threads per actor (default: 1)")
     p.add_argument("--address", default=None,
-                   help="Ray cluster address, e.g. auto or ray://host:10001 (default: start a "
-                   "local Ray); --out must then be on storage every node sees")
+                   help="Ray cluster address, e.g. auto or ray://host:10001 (default: "
+                   "$RAY_ADDRESS, else a new local Ray); --out must be on storage every node sees")
     p.add_argument("--resume", action="store_true",
                    help="complete an interrupted run of the same job in --out (default: off)")
     p.add_argument("--overwrite", action="store_true",
@@ -253,7 +253,9 @@ def main(args: argparse.Namespace) -> Summary:
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=args.address)
+        # "local" starts a private Ray: with no address, ray.init would join whatever cluster
+        # `ray start` last left on this machine. Under `ray job submit`, RAY_ADDRESS is set.
+        ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or "local")
     workers = args.workers or default_workers(args.gpus_per_worker)
     log.info("generating %d images of classes %s into %s with %d..%d actors", spec.count,
              list(spec.classes), out, *workers)

@@ -295,6 +295,7 @@ def job_metadata(spec: MassSpec, hashes: dict[str, str]) -> dict:
 def prepare_output(out: Path, identity: dict, *, resume: bool, overwrite: bool) -> bool:
     """Create OUT or check it holds this job. Returns True when an earlier attempt is resumed."""
     job = out / JOB_FILE
+    identity = json.loads(json.dumps(identity))  # as job.json holds it (tuples become lists)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file; pass a folder path")
     resumed = False

@@ -1,0 +1,361 @@
+"""Mass generation: the batch transform without Ray, and the job on a real local Ray cluster.
+
+Exact count, unique ids, convex weights, provenance, thresholds, independence of the worker
+count, a worker dying mid-batch, a killed driver resumed, refusing another job's output, and
+the messages of bad flags.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from regene_ray import mass
+from regene_ray.classifier import Classifier
+from regene_ray.decoder import Decoder
+from regene_ray.generator import to_uint8
+from regene_ray.latent_bank import LatentBank
+
+REPO = Path(__file__).resolve().parents[1]
+JOB = REPO / "jobs" / "mass_generate.py"
+K = 10  # classes of the digits run
+
+
+def _load_job():
+    spec = importlib.util.spec_from_file_location("mass_generate_job", JOB)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+job = _load_job()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(address="local", num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=False,
+             log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+def generate(run: Path, out: Path, *flags: str) -> mass.Summary:
+    """Run jobs/mass_generate.py's main in this process, on the module's Ray cluster."""
+    args = job.get_args_parser().parse_args(["--run", str(run), "--out", str(out), *flags])
+    return job.main(args)
+
+
+def read_out(out: Path) -> pa.Table:
+    files = sorted((out / mass.DATA_DIR).glob("*.parquet"))
+    return pa.concat_tables([pq.read_table(f) for f in files]).sort_by("id")
+
+
+def check_output(run: Path, out: Path, count: int, classes: list[int], n_parents: list[int]):
+    t = read_out(out)
+    assert t.num_rows == count == mass.count_rows(out)
+    ids = t["id"].to_numpy()
+    assert len(np.unique(ids)) == count
+    labels = t["label"].to_numpy()
+    assert (labels == ids % K).all()
+    per_class = {c: int((labels == c).sum()) for c in classes}
+    assert per_class == mass.quotas(count, classes)
+    assert set(np.unique(labels)) <= set(classes)
+    w = t["weights"].to_pylist()
+    p = t["parent_ids"].to_pylist()
+    n = t["n_parents"].to_numpy()
+    assert all(len(wi) == len(pi) == ni for wi, pi, ni in zip(w, p, n, strict=True))
+    assert set(n.tolist()) <= set(n_parents)
+    np.testing.assert_allclose([sum(wi) for wi in w], 1.0, atol=1e-5)
+    assert min(min(wi) for wi in w) >= 0
+    # parents are distinct codes of the row's own class
+    bank = LatentBank.load(run / "latent_bank.parquet")
+    bank_label = dict(zip(bank.ids.tolist(), bank.labels.tolist(), strict=True))
+    assert all(len(set(pi)) == len(pi) and {bank_label[x] for x in pi} == {lab}
+               for pi, lab in zip(p, labels.tolist(), strict=True))
+    thr = json.loads((run / "thresholds.json").read_text())
+    assert (t["latent_confidence"].to_numpy() >= np.array(thr["latent"])[labels]).all()
+    assert (t["image_confidence"].to_numpy() >= np.array(thr["image"])[labels]).all()
+    summary = json.loads((out / mass.SUMMARY_FILE).read_text())
+    assert summary["requested"] == count
+    assert summary["accepted_per_class"] == {str(c): q for c, q in per_class.items()}
+    assert summary["candidates_tried"] >= count and summary["images_per_s"] > 0
+    assert set(summary["acceptance"]) == {"latent_step", "image_step_given_latent", "both_steps"}
+    assert not list((out / mass.CHUNKS_DIR).glob("*.parquet"))  # staging emptied
+    return t
+
+
+# pure helpers
+
+
+@pytest.mark.parametrize("text", ["1e6", "1000000", "1_000_000", " 1E6 ", "1.0e6"])
+def test_parse_count_accepts(text):
+    assert mass.parse_count(text) == 1_000_000
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("0", "at least 1"), ("-5", "at least 1"), ("1.5", "fraction"), ("1e-3", "fraction"),
+    ("nan", "not a number"), ("inf", "not a number"), ("abc", "not a number"), ("", "not a number"),
+])
+def test_parse_count_rejects(text, msg):
+    with pytest.raises(ValueError, match=msg):
+        mass.parse_count(text)
+
+
+def test_quotas_balanced_remainder_spread():
+    q = mass.quotas(103, [2, 5, 7, 9])
+    assert q == {2: 26, 5: 26, 7: 26, 9: 25} and sum(q.values()) == 103
+
+
+def test_plan_wave_and_cutoffs():
+    info = lambda c, k, a: mass.ChunkInfo(c, k, 10, 10, a)  # noqa: E731
+    quota = {0: 15, 1: 5}
+    assert mass.plan_wave({}, quota, 10, {0: None, 1: None}) == [(0, 0), (1, 0)]  # pilots
+    done = {(0, 0): info(0, 0, 8), (1, 0): info(1, 0, 9)}
+    todo = mass.plan_wave(done, quota, 10, {0: 0.8, 1: 0.9})
+    assert (1, 0) not in todo and todo[0] == (0, 1)
+    assert mass.cutoffs(done, quota) is None
+    done[(0, 2)] = info(0, 2, 9)  # a gap at k=1 blocks the cutoff
+    assert mass.cutoffs(done, quota) is None
+    done[(0, 1)] = info(0, 1, 8)
+    assert mass.cutoffs(done, quota) == {0: (1, 7), 1: (0, 5)}
+    assert mass.plan_wave(done, quota, 10, {0: 0.8, 1: 0.9}) == []
+
+
+# the batch transform, without Ray
+
+
+def test_transform_without_ray(tiny_run):
+    threads = torch.get_num_threads()
+    try:
+        stage = mass.GenerateChunks(tiny_run, n_parents=(2, 3), seed=3, chunk_size=48)
+        both = stage({"label": np.array([1, 6]), "chunk": np.array([0, 2])})
+        one = stage({"label": np.array([6]), "chunk": np.array([2])})
+    finally:
+        torch.set_num_threads(threads)
+    ids = both["id"]
+    assert len(ids) > 48  # most of 2 x 48 candidates pass at these thresholds
+    assert set(ids % K) == {1, 6}
+    assert set(((ids // K) // 48)[ids % K == 6]) == {2}  # chunk 2 of class 6
+    # a chunk's rows do not depend on the other chunks of the call
+    six = ids % K == 6
+    assert np.array_equal(ids[six], one["id"])
+    assert [r["bytes"] for r in both["image"][six]] == [r["bytes"] for r in one["image"]]
+    assert all(abs(sum(w) - 1) < 1e-5 for w in both["weights"])
+    png = Image.open(io.BytesIO(both["image"][0]["bytes"]))
+    assert png.size == (16, 16)
+
+
+# the job on Ray
+
+
+@pytest.mark.parametrize("count,classes,n_parents,weights", [
+    (137, None, "2", "uniform"),
+    (250, "1,3,5", "2,3,5", "dirichlet:1"),
+    (41, "7", "3", "uniform"),
+])
+def test_exact_count(ray_cluster, tiny_run, tmp_path, count, classes, n_parents, weights):
+    flags = ["--count", str(count), "--n-parents", n_parents, "--weights", weights,
+             "--batch-size", "32", "--workers", "2"]
+    if classes:
+        flags += ["--classes", classes]
+    s = generate(tiny_run, tmp_path / "out", *flags)
+    cls = [int(c) for c in classes.split(",")] if classes else list(range(K))
+    check_output(tiny_run, tmp_path / "out", count, cls, [int(n) for n in n_parents.split(",")])
+    assert s.requested == count and s.waves >= 1
+
+
+@pytest.fixture(scope="module")
+def reference(ray_cluster, tiny_run, tmp_path_factory) -> Path:
+    """300 images with 3-parent mixes and PNG files, on one worker."""
+    out = tmp_path_factory.mktemp("mass") / "ref"
+    generate(tiny_run, out, "--count", "300", "--n-parents", "3", "--batch-size", "40",
+             "--workers", "1", "--png", "--seed", "5")
+    return out
+
+
+def test_png_files_and_readers(reference, tiny_run):
+    t = check_output(tiny_run, reference, 300, list(range(K)), [3])
+    paths = [r["path"] for r in t["image"].to_pylist()]
+    on_disk = sorted(str(p.relative_to(reference)) for p in (reference / "png").rglob("*.png"))
+    assert sorted(paths) == on_disk  # exactly the kept rows, surplus PNGs deleted
+    first = t["image"][0].as_py()
+    assert (reference / first["path"]).read_bytes() == first["bytes"]
+    assert first["path"].startswith(f"png/{t['label'][0].as_py()}/00000/")
+    # plain readers see plain columns; the metadata tells `datasets` the column is an Image
+    import pandas as pd
+
+    df = pd.read_parquet(reference / "data")
+    assert len(df) == 300 and isinstance(df["image"].iloc[0]["bytes"], bytes)
+    f = sorted((reference / "data").glob("*.parquet"))[0]
+    meta = pq.read_schema(f).metadata
+    assert json.loads(meta[b"huggingface"])["info"]["features"]["image"] == {"_type": "Image"}
+    prov = json.loads(meta[b"regene_ray"])
+    assert prov["spec"]["seed"] == 5 and prov["spec"]["run"] == str(tiny_run.resolve())
+    assert set(prov["checkpoint_sha256"]) >= {"classifier/weights.pt", "decoder/weights.pt"}
+    assert len(prov["thresholds"]["image"]) == K
+
+
+def test_provenance_reproduces(reference, tiny_run):
+    """Mixing the stored parents with the stored weights and decoding gives the stored image.
+
+    Decoding one row alone can differ from decoding it inside its chunk by float noise of the
+    batched conv kernels, so the pixels are compared within 1 grey level; regenerating the
+    chunk (the same batch) reproduces the PNG bytes exactly.
+    """
+    t = read_out(reference)
+    rows = t.take(np.linspace(0, t.num_rows - 1, 12).astype(int)).to_pylist()
+    bank = LatentBank.load(tiny_run / "latent_bank.parquet")
+    row_of = {int(i): r for r, i in enumerate(bank.ids)}
+    dec = Decoder.load(tiny_run / "decoder").eval()
+    clf = Classifier.load(tiny_run / "classifier").eval()
+    with torch.inference_mode():
+        for r in rows:
+            z_parents = torch.from_numpy(bank.latents[[row_of[p] for p in r["parent_ids"]]])
+            z = (torch.tensor(r["weights"])[:, None] * z_parents).sum(0, keepdim=True)
+            x = to_uint8(dec(z))[0, 0].numpy().astype(int)  # (H, W)
+            stored = np.asarray(Image.open(io.BytesIO(r["image"]["bytes"]))).astype(int)
+            assert np.abs(x - stored).max() <= 1
+            conf = clf(torch.from_numpy(stored)[None, None].float() / 255).softmax(1)
+            assert abs(conf[0, r["label"]].item() - r["image_confidence"]) < 1e-4
+    threads = torch.get_num_threads()
+    try:
+        stage = mass.GenerateChunks(tiny_run, n_parents=(3,), seed=5, chunk_size=40)
+        r = rows[3]
+        again = stage({"label": np.array([r["label"]]), "chunk": np.array([r["id"] // K // 40])})
+    finally:
+        torch.set_num_threads(threads)
+    pos = list(again["id"]).index(r["id"])
+    assert again["image"][pos]["bytes"] == r["image"]["bytes"]
+
+
+def test_worker_count_does_not_change_output(reference, ray_cluster, tiny_run, tmp_path):
+    out = tmp_path / "two"
+    generate(tiny_run, out, "--count", "300", "--n-parents", "3", "--batch-size", "40",
+             "--workers", "1,2", "--png", "--seed", "5")
+    assert read_out(out).equals(read_out(reference))
+    names = lambda d: sorted(p.name for p in (d / "data").glob("*.parquet"))  # noqa: E731
+    assert names(out) == names(reference)
+
+
+def test_dying_worker_is_retried(reference, ray_cluster, tiny_run, tmp_path, monkeypatch):
+    marker = tmp_path / "died"
+    monkeypatch.setenv(job.FAIL_ONCE_ENV, f"4,0,{marker}")  # exit mid-batch on chunk (4, 0)
+    out = tmp_path / "retried"
+    generate(tiny_run, out, "--count", "300", "--n-parents", "3", "--batch-size", "40",
+             "--workers", "2", "--png", "--seed", "5")
+    assert marker.read_text().startswith("worker ")  # the worker did die
+    assert read_out(out).equals(read_out(reference))
+
+
+def test_killed_driver_resumes_exactly(reference, ray_cluster, tiny_run, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, str(JOB), "--run", str(tiny_run), "--count", "300", "--n-parents",
+           "3", "--batch-size", "40", "--workers", "2", "--png", "--seed", "5", "--out",
+           str(out)]
+    env = {**os.environ, job.FAIL_ONCE_ENV: ""}
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(list((out / "_chunks").glob("*.parquet"))) < 2:
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
+        proc.wait()
+    assert not (out / mass.SUMMARY_FILE).exists(), "the job finished before it was killed"
+    for f in (out / "_chunks").glob("*.parquet"):  # whatever is visible is whole
+        pq.read_table(f)
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        generate(tiny_run, out, "--count", "300", "--n-parents", "3", "--batch-size", "40",
+                 "--png", "--seed", "5")
+    s = generate(tiny_run, out, "--count", "300", "--n-parents", "3", "--batch-size", "40",
+                 "--workers", "2", "--png", "--seed", "5", "--resume")
+    assert s.resumed
+    assert read_out(out).equals(read_out(reference))
+    assert sorted(p.name for p in (out / "png").rglob("*.png")) == \
+        sorted(p.name for p in (reference / "png").rglob("*.png"))
+
+
+def test_refuses_another_jobs_output(reference, ray_cluster, tiny_run, tmp_path):
+    same = ["--count", "300", "--n-parents", "3", "--batch-size", "40", "--png"]
+    with pytest.raises(FileExistsError, match=r"different job's output \(differs in: seed\)"):
+        generate(tiny_run, reference, *same, "--seed", "6", "--resume")
+    # resuming a finished job changes nothing
+    before = read_out(reference)
+    s = generate(tiny_run, reference, *same, "--seed", "5", "--resume")
+    assert s.waves == 0 and read_out(reference).equals(before)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a mass-generation output"):
+        generate(tiny_run, tmp_path / "other", "--count", "10", "--overwrite")
+    # --overwrite replaces a different job's output
+    out = tmp_path / "over"
+    generate(tiny_run, out, "--count", "20", "--batch-size", "32", "--classes", "0,1")
+    generate(tiny_run, out, "--count", "30", "--batch-size", "32", "--classes", "2",
+             "--overwrite")
+    assert set(read_out(out)["label"].to_pylist()) == {2} and mass.count_rows(out) == 30
+
+
+BAD_FLAGS = [
+    (["--count", "0"], "must be at least 1"),
+    (["--count", "2.5"], "is a fraction"),
+    (["--count", "nan"], "is not a number"),
+    (["--count", "10", "--classes", "3,12"], "[12] not in 0..9"),
+]
+
+
+def test_bad_flags_in_a_subprocess(tiny_run, tmp_path):
+    """Each bad flag: exit status 2, its one-line message on stderr, no traceback, no output."""
+    procs = [subprocess.Popen([sys.executable, str(JOB), "--run", str(tiny_run), "--out",
+                               str(tmp_path / f"o{i}"), *flags], stderr=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, text=True)
+             for i, (flags, _) in enumerate(BAD_FLAGS)]  # in parallel: each imports torch
+    for i, (p, (flags, message)) in enumerate(zip(procs, BAD_FLAGS, strict=True)):
+        err = p.communicate(timeout=180)[1]
+        assert p.returncode == 2, (flags, err)
+        assert message in err, (flags, err)
+        assert "Traceback" not in err
+        assert not (tmp_path / f"o{i}").exists()
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--count", "-3"], "must be at least 1"),
+    (["--count", "1e-2"], "is a fraction"),
+    (["--count", "10", "--workers", "3,1"], "1 <= MIN <= MAX"),
+    (["--count", "10", "--gpus-per-worker", "0"], "must be a positive number"),
+    (["--count", "10", "--n-parents", "2,x"], "whole numbers separated by commas"),
+])
+def test_bad_flags_parser(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as e:
+        job.get_args_parser().parse_args(["--run", "r", "--out", str(tmp_path / "o"), *flags])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--count", "10", "--n-parents", "1"], "at least 2 parents"),
+    (["--count", "10", "--n-parents", "400"], "fewer eligible parents"),
+    (["--count", "10", "--resume", "--overwrite"], "exclude each other"),
+    (["--count", "10", "--batch-size", "0"], "--batch-size 0 must be at least 1"),
+    (["--count", "10", "--weights", "dirichlet:-1"], "positive alpha"),
+])
+def test_bad_flags_main(tiny_run, tmp_path, flags, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        generate(tiny_run, tmp_path / "o", *flags)
+    assert not (tmp_path / "o").exists()
