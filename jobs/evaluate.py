@@ -1,0 +1,162 @@
+"""Evaluate a run's generations the way the paper does, into metrics.json and a report.html.
+
+    python jobs/evaluate.py --run runs/digits --out reports/digits          # samples in-process
+    python jobs/evaluate.py --run runs/mnist --generated gen/mnist --out reports/mnist \\
+        --neutral-depth 56 --neutral-epochs 30 --device cuda
+    python jobs/evaluate.py --smoke-test --out /tmp/eval-smoke   # trains a tiny run first
+
+Measures: the neutral classifier's accuracy on generations (overall, per class, per n), FID
+Org vs Gen / Org vs Recon / Recon vs Gen (mean +- std over --seeds; Inception features when its
+weights are on disk, otherwise the neutral classifier's, named beside every number), novelty
+(closest training images by MSE, SSIM and features; copy flags; near-duplicates) and pictures.
+The neutral classifier is cached in RUN_DIR/neutral/ and reused when its config matches.
+Output: OUT/report.html (self-contained, opens from disk), OUT/metrics.json, OUT/figures/*.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from regene_ray.cli import run_main, setup_logging  # noqa: E402
+from regene_ray.config import ConfigError  # noqa: E402
+from regene_ray.evaluation import REPORT_FILE, EvalConfig, evaluate  # noqa: E402
+
+SMOKE_RUN = "smoke-run"  # with --smoke-test and no --run: a tiny run trained inside --out
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give whole numbers like 2,3,5") from None
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    d = EvalConfig()
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, help="run folder from jobs/train.py (required unless "
+                   "--smoke-test)")
+    p.add_argument("--generated", type=Path, help="output folder of jobs/mass_generate.py: every "
+                   "*.parquet under it is read (default: sample generations in-process)")
+    p.add_argument("--out", type=Path, required=True, help="report folder to write (required)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder that "
+                   "is not an earlier report (default: off; nothing is deleted either way)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (default: auto)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--neutral-depth", type=int, default=d.neutral_depth,
+                   help=f"neutral ResNet depth, 6n+2 (default: {d.neutral_depth}; paper: 56)")
+    p.add_argument("--neutral-width", type=int, default=d.neutral_width,
+                   help=f"neutral ResNet first-stage channels (default: {d.neutral_width})")
+    p.add_argument("--neutral-epochs", type=int, default=d.neutral_epochs,
+                   help=f"neutral training epochs (default: {d.neutral_epochs})")
+    p.add_argument("--neutral-batch-size", type=int, default=d.neutral_batch_size,
+                   help=f"neutral training batch size (default: {d.neutral_batch_size})")
+    p.add_argument("--seeds", type=int, default=d.seeds,
+                   help=f"sampling seeds for FID mean +- std (default: {d.seeds})")
+    p.add_argument("--fid-samples", type=int, default=d.fid_samples,
+                   help=f"images per side and seed in each FID (default: {d.fid_samples})")
+    p.add_argument("--fid-features", default=d.fid_features, choices=["auto", "neutral",
+                   "inception"], help="auto: Inception when its weights are on disk, else the "
+                   f"neutral classifier (default: {d.fid_features})")
+    p.add_argument("--inception-weights", help="path of the FID Inception weights file "
+                   "(default: $TORCH_HOME/hub/checkpoints, if present)")
+    p.add_argument("--n-parents", type=_int_list, default=d.n_parents,
+                   help="n of the in-process sample (default: 2,3,5)")
+    p.add_argument("--num-generated", type=int, default=d.num_generated,
+                   help=f"in-process sample size (default: {d.num_generated})")
+    p.add_argument("--max-generated", type=int, default=d.max_generated,
+                   help=f"rows read from --generated (default: {d.max_generated})")
+    p.add_argument("--novelty-samples", type=int, default=d.novelty_samples,
+                   help=f"generations in the copy analysis (default: {d.novelty_samples})")
+    p.add_argument("--embedding", default=d.embedding, choices=["pca", "tsne"],
+                   help=f"latent-space picture (default: {d.embedding})")
+    p.add_argument("--data-root", help="folder with the run's dataset files (default: the run "
+                   "config's, else $REGENE_DATA_ROOT)")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"sampling seed (default: {d.seed})")
+    p.add_argument("--smoke-test", action="store_true", help="shrink everything to run in "
+                   "seconds; without --run, train a tiny digits run inside --out first")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def build_config(args: argparse.Namespace) -> EvalConfig:
+    cfg = EvalConfig(
+        neutral_depth=args.neutral_depth, neutral_width=args.neutral_width,
+        neutral_epochs=args.neutral_epochs, neutral_batch_size=args.neutral_batch_size,
+        seeds=args.seeds, fid_samples=args.fid_samples,
+        fid_features=args.fid_features, inception_weights=args.inception_weights,
+        n_parents=args.n_parents, num_generated=args.num_generated,
+        max_generated=args.max_generated, novelty_samples=args.novelty_samples,
+        embedding=args.embedding, data_root=args.data_root, seed=args.seed)
+    if args.smoke_test:
+        cfg.neutral_depth, cfg.neutral_width = 8, 16
+        cfg.neutral_epochs, cfg.neutral_batch_size = min(cfg.neutral_epochs, 3), 32
+        cfg.fid_samples = min(cfg.fid_samples, 150)
+        cfg.num_generated = min(cfg.num_generated, 300)
+        cfg.max_generated = min(cfg.max_generated, 1000)
+        cfg.novelty_samples = min(cfg.novelty_samples, 150)
+        cfg.match_samples, cfg.acceptance_per_class, cfg.embedding_points = 4, 20, 500
+    return cfg
+
+
+def smoke_run(out: Path, device: str) -> Path:
+    """Train (or reuse) a tiny digits run in OUT/smoke-run."""
+    from regene_ray.classifier import ArchConfig
+    from regene_ray.data import DataConfig
+    from regene_ray.losses import LossConfig
+    from regene_ray.run import RunConfig, train_run
+    from regene_ray.train import ClassifierTrainConfig, DecoderTrainConfig
+
+    cfg = RunConfig(
+        data=DataConfig(dataset="digits", image_size=16, holdout_fraction=0.15),
+        classifier=ArchConfig(depth=2, convs_per_block=1, base_channels=8, latent_dim=32),
+        classifier_training=ClassifierTrainConfig(epochs=4, batch_size=64, lr=3e-3),
+        decoder_training=DecoderTrainConfig(epochs=4, batch_size=64, lr=3e-3,
+                                            loss=LossConfig(perceptual="classifier")),
+        acceptance_candidates=200, grid_n_parents=[2, 3, 5])
+    run = out / SMOKE_RUN
+    train_run(cfg, run, device=device)
+    return run
+
+
+def main(args: argparse.Namespace) -> dict:
+    setup_logging(args.verbose)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads {args.threads} must be >= 1")
+        torch.set_num_threads(args.threads)
+    cfg = build_config(args)
+    run = args.run
+    if run is None:
+        if not args.smoke_test:
+            raise ConfigError("--run is required: pass a run folder made by jobs/train.py")
+        from regene_ray.evaluation import prepare_report_dir
+
+        prepare_report_dir(args.out, overwrite=args.overwrite)
+        run = smoke_run(args.out, args.device)
+    metrics = evaluate(run, args.out, cfg, generated=args.generated, device=args.device,
+                       overwrite=args.overwrite or args.run is None)
+    rows = metrics["fid"]["rows"]
+    summary = {
+        "neutral_test_accuracy": metrics["neutral"]["test_accuracy"],
+        "generation_accuracy": metrics["generation_accuracy"]["overall"],
+        "generation_accuracy_per_n": metrics["generation_accuracy"]["per_n"],
+        "fid_features": metrics["fid"]["features"],
+        **{f"fid_{k}": f"{r['mean']:.4g} +- {r['std']:.2g}" for k, r in rows.items()},
+        "copy_fraction_pixel": metrics["novelty"]["pixel"]["copy_fraction"],
+    }
+    print(json.dumps(summary))
+    print(f"report: {(args.out / REPORT_FILE).resolve()}")
+    return metrics
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(get_args_parser().parse_args()))
