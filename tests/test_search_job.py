@@ -1,0 +1,131 @@
+"""End to end: a real local head (`ray start --head`, token auth on), `ray job submit` of
+`jobs/search.py --smoke-test`, wait for SUCCEEDED, check the outputs, stop the head.
+
+The head uses free ports (never Ray's defaults, another Ray may be running) and its own temp
+dir, and runs in its own process session; teardown kills that session's processes only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
+RAY = str(VENV_BIN / "ray") if (VENV_BIN / "ray").exists() else shutil.which("ray")
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _session_pids(sid: int) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
+    return [int(p) for p, s in (line.split() for line in out.splitlines()) if int(s) == sid]
+
+
+def _kill_session(sid: int) -> None:
+    """SIGTERM, then SIGKILL, every process of the head's own session."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _session_pids(sid):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + 5
+        while _session_pids(sid) and time.time() < deadline:
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A head on free ports; yields (dashboard url, env for clients)."""
+    if RAY is None:
+        pytest.skip("the ray CLI is not installed")
+    gcs, dash, client, agent, agent_grpc, metrics, rt_env, node_mgr, obj_mgr = _free_ports(9)
+    temp_dir = tempfile.mkdtemp(prefix="rrh", dir="/tmp")  # short: Unix socket paths
+    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
+           "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [RAY, "start", "--head", "--block", "--port", str(gcs), "--num-cpus", "2",
+           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+           "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent),
+           "--dashboard-agent-grpc-port", str(agent_grpc), "--metrics-export-port", str(metrics),
+           "--runtime-env-agent-port", str(rt_env), "--node-manager-port", str(node_mgr),
+           "--object-manager-port", str(obj_mgr), "--object-store-memory", str(200 * 1024**2),
+           "--temp-dir", temp_dir, "--disable-usage-stats"]
+    log = open(Path(temp_dir) / "head.log", "w")
+    head = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True, cwd=REPO)
+    url = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            ok = subprocess.run([RAY, "job", "list", "--address", url], env=env,
+                                capture_output=True, text=True, timeout=60).returncode == 0
+            if ok:
+                break
+            if head.poll() is not None or time.time() > deadline:
+                pytest.fail("ray head did not come up:\n" +
+                            (Path(temp_dir) / "head.log").read_text()[-3000:])
+            time.sleep(1)
+        yield url, env
+    finally:
+        _kill_session(head.pid)
+        head.wait(timeout=30)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_search_submitted_as_ray_job(ray_head, tmp_path):
+    url, env = ray_head
+    job_id = f"search_{os.getpid()}_{int(time.time())}"
+    submit = subprocess.run(
+        [RAY, "job", "submit", "--address", url, "--working-dir", ".", "--submission-id",
+         job_id, "--no-wait", "--", "python", "jobs/search.py", "--space",
+         "search_spaces/digits.yaml", "--storage-path", str(tmp_path), "--name", "job",
+         "--smoke-test"],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert submit.returncode == 0, submit.stdout + submit.stderr
+    deadline, status = time.time() + 300, ""
+    while time.time() < deadline:  # `ray job status` ends with "Job '<id>' succeeded" when done
+        proc = subprocess.run([RAY, "job", "status", "--address", url, job_id], env=env,
+                              capture_output=True, text=True, timeout=60)
+        status = (proc.stdout + proc.stderr).lower()
+        if any(f"' {s}" in status for s in ("succeeded", "failed", "was stopped")):
+            break
+        time.sleep(2)
+    logs = subprocess.run([RAY, "job", "logs", "--address", url, job_id], env=env,
+                          capture_output=True, text=True, timeout=60).stdout
+    assert f"job '{job_id}' succeeded" in status, status + logs[-4000:]
+    out = tmp_path / "job"
+    for name in ("trials.parquet", "pareto.png", "best_config.yaml", "optuna.sqlite"):
+        assert (out / name).is_file(), name
+    df = pd.read_parquet(out / "trials.parquet")
+    assert len(df) == 3 and (df.status == "TERMINATED").all() and df.is_pareto.any()
+    assert "Pareto front" in logs and "chosen: trial" in logs
+
+
+def test_job_client_without_token_mode_is_refused(ray_head):
+    """Documents the pitfall: without RAY_AUTH_MODE=token the client sends no token."""
+    url, env = ray_head
+    env = {k: v for k, v in env.items() if k != "RAY_AUTH_MODE"}
+    proc = subprocess.run([RAY, "job", "list", "--address", url], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "auth" in (proc.stdout + proc.stderr).lower()
