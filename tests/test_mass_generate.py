@@ -359,3 +359,41 @@ def test_bad_flags_main(tiny_run, tmp_path, flags, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         generate(tiny_run, tmp_path / "o", *flags)
     assert not (tmp_path / "o").exists()
+
+
+def test_crash_inside_finalize_is_repaired(tiny_run, tmp_path, monkeypatch):
+    """Without Ray: the serial runner, and a crash after the 2nd file move of finalize."""
+    spec = mass.MassSpec(run=str(tiny_run.resolve()), count=90, classes=(0, 8), chunk_size=24,
+                         png=True)
+    identity = mass.job_metadata(spec, mass.run_hashes(spec.run))
+    threads = torch.get_num_threads()
+    try:
+        stage = mass.WriteChunks(spec.run, tmp_path / "a", metadata=identity, png=True,
+                                 chunk_size=24, torch_threads=threads)
+        clean = tmp_path / "clean"
+        stage.out = clean
+        mass.run_job(spec, clean, mass.serial_runner(stage), identity=identity)
+        crashed = tmp_path / "crashed"
+        stage.out = crashed
+        real_replace, calls = os.replace, []
+
+        def replace_then_crash(src, dst):  # os.replace is shared by every module
+            if Path(dst).parent == crashed / mass.DATA_DIR:
+                calls.append(dst)
+                if len(calls) == 2:
+                    raise KeyboardInterrupt("simulated kill inside finalize")
+            return real_replace(src, dst)
+
+        monkeypatch.setattr(mass.os, "replace", replace_then_crash)
+        with pytest.raises(KeyboardInterrupt):
+            mass.run_job(spec, crashed, mass.serial_runner(stage), identity=identity)
+        monkeypatch.setattr(mass.os, "replace", real_replace)
+        assert not (crashed / mass.SUMMARY_FILE).exists()
+        s = mass.run_job(spec, crashed, mass.serial_runner(stage), resume=True,
+                         identity=identity)
+    finally:
+        torch.set_num_threads(threads)
+    assert s.resumed and s.waves == 0
+    assert read_out(crashed).equals(read_out(clean))
+    pngs = lambda d: sorted(p.name for p in (d / "png").rglob("*.png"))  # noqa: E731
+    assert pngs(crashed) == pngs(clean) and len(pngs(clean)) == 90
