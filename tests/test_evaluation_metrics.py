@@ -1,0 +1,208 @@
+"""Evaluation metrics on cases with known answers: FID, the neutral classifier, novelty."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from regene_ray.config import ConfigError, to_dict
+from regene_ray.data import DataConfig, load_data
+from regene_ray.fid import (
+    FeatureNet,
+    NeutralFeatures,
+    choose_feature_net,
+    fid,
+    fid_from_features,
+    fid_table,
+)
+from regene_ray.neutral import (
+    NeutralClassifier,
+    NeutralTrainConfig,
+    ResNetConfig,
+    load_or_train_neutral,
+    random_shift,
+    score_generations,
+)
+from regene_ray.novelty import (
+    copy_report,
+    near_duplicate_fraction,
+    nearest_l2,
+    nearest_ssim,
+    novelty,
+)
+
+TINY = ResNetConfig(depth=8, width=16)  # 3 epochs on digits reach ~0.95 in about 15 s on 2 cores
+TINY_TRAIN = NeutralTrainConfig(epochs=3, batch_size=32, lr=3e-3)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # one thread: on a loaded 2-core machine, 2 threads made small-batch training 10x slower
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data(DataConfig(dataset="digits", image_size=16, holdout_fraction=0.15))
+
+
+@pytest.fixture(scope="module")
+def neutral(digits, tmp_path_factory):
+    run = tmp_path_factory.mktemp("neutral-run")
+    ident = to_dict(DataConfig(dataset="digits", image_size=16, holdout_fraction=0.15))
+    model, metrics = load_or_train_neutral(run, digits, TINY, TINY_TRAIN, torch.device("cpu"),
+                                           ident)
+    return run, model, metrics, ident
+
+
+def _noisy(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return (x.float() + sigma * torch.randn(x.shape, generator=g)).clamp(0, 255).to(torch.uint8)
+
+
+# FID
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise(digits, neutral):
+    _, model, _, _ = neutral
+    net = FeatureNet("neutral", NeutralFeatures(model), model.num_features)
+    x = digits.train_x[:500]
+    assert abs(fid(x, x, net)) < 1e-6
+    values = [fid(x, _noisy(x, s), net) for s in (8, 32, 96)]
+    assert values[0] > 1e-4
+    assert values[0] < values[1] < values[2], values
+
+
+def test_fid_matches_the_gaussian_closed_form():
+    # two Gaussians with identity covariance, means 3 apart in one coordinate: FID = 9
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(20000, 4, generator=g, dtype=torch.float64)
+    b = torch.randn(20000, 4, generator=g, dtype=torch.float64)
+    b[:, 0] += 3.0
+    assert fid_from_features(a, b) == pytest.approx(9.0, abs=0.25)
+    # scaled covariance: Tr(I + 4I - 2*2I) = d = 4
+    assert fid_from_features(a, 2 * b - torch.tensor([6.0, 0, 0, 0], dtype=torch.float64)
+                             ) == pytest.approx(4.0, abs=0.25)
+
+
+def test_fid_table_rows_seeds_and_floor(digits, neutral):
+    _, model, _, _ = neutral
+    net = FeatureNet("neutral", NeutralFeatures(model), model.num_features)
+    sets = {"org": digits.train_x[:400], "gen": _noisy(digits.train_x[400:800], 40)}
+    rows = fid_table(sets, [("org", "gen"), ("org", "org")], seeds=3, sample_size=150,
+                     net=net, device="cpu")
+    assert set(rows) == {"org_vs_gen", "org_vs_org"}
+    for r in rows.values():
+        assert len(r["values"]) == 3 and r["sample_size"] == 150 and r["features"] == "neutral"
+        assert r["std"] > 0  # different samples per seed
+    assert rows["org_vs_gen"]["mean"] > rows["org_vs_org"]["mean"]
+    again = fid_table(sets, [("org", "gen")], seeds=3, sample_size=150, net=net, device="cpu")
+    assert again["org_vs_gen"]["values"] == rows["org_vs_gen"]["values"]  # seeded
+
+
+def test_feature_net_choice_is_explicit(neutral, tmp_path, monkeypatch):
+    _, model, _, _ = neutral
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    net = choose_feature_net(model)
+    assert net.name == "neutral-resnet8-penultimate" and net.dim == 64
+    assert "weights-inception" in net.note
+    with pytest.raises(FileNotFoundError, match="inception-weights"):
+        choose_feature_net(model, tmp_path / "missing.pth")
+
+
+# neutral classifier
+
+
+def test_resnet20_has_the_papers_parameter_count():
+    # ResNet-20 v1 with option-A shortcuts on CIFAR: 0.27M parameters (He et al. 2016, Table 6)
+    m = NeutralClassifier(ResNetConfig(depth=20, in_channels=3, num_classes=10))
+    assert 0.26e6 < sum(p.numel() for p in m.parameters()) < 0.28e6
+    assert m(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    assert m.features(torch.rand(2, 3, 28, 28)).shape == (2, 64)
+    with pytest.raises(ConfigError, match="6n"):
+        ResNetConfig(depth=21)
+
+
+def test_random_shift_moves_pixels_without_changing_shape():
+    x = torch.zeros(4, 1, 8, 8)
+    x[:, :, 4, 4] = 1.0
+    y = random_shift(x, 2, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and torch.all(y.sum((1, 2, 3)) == 1)
+    assert random_shift(x, 0, torch.Generator()) is x
+
+
+def test_neutral_scores_real_test_images_at_its_test_accuracy(digits, neutral):
+    _, model, metrics, _ = neutral
+    assert metrics["test_accuracy"] > 0.8 and not metrics["cached"]
+    s = score_generations(model, digits.test_x, digits.test_y.numpy(), None, 10, "cpu")
+    assert s["overall"] == pytest.approx(metrics["test_accuracy"])
+    assert s["count"] == len(digits.test_x) and set(s["per_class"]) == {str(c) for c in range(10)}
+    held = score_generations(model, digits.holdout_x, digits.holdout_y.numpy(), None, 10, "cpu")
+    assert abs(held["overall"] - metrics["test_accuracy"]) < 0.1
+
+
+def test_score_breaks_down_by_n_and_class(digits, neutral):
+    _, model, _, _ = neutral
+    x, y = digits.test_x[:90], digits.test_y[:90].numpy()
+    n = np.array([2, 3, 5] * 30)
+    wrong = (y + 1) % 10
+    s = score_generations(model, x, np.where(n == 5, wrong, y), n, 10, "cpu")
+    assert set(s["per_n"]) == {"2", "3", "5"}
+    assert s["per_n"]["5"] < 0.2 < 0.6 < s["per_n"]["2"]  # wrong intended labels score low
+
+
+def test_neutral_is_cached_by_config(digits, neutral):
+    run, model, _, ident = neutral
+    again, metrics = load_or_train_neutral(run, digits, TINY, TINY_TRAIN, torch.device("cpu"),
+                                           ident)
+    assert metrics["cached"]
+    for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert NeutralClassifier.load(run / "neutral").cfg == TINY
+
+
+# novelty
+
+
+def test_nearest_l2_and_ssim_find_exact_matches(digits):
+    ref = digits.train_x[:300]
+    q = ref[[5, 17, 250]]
+    d, i = nearest_l2(q.reshape(3, -1).float(), ref.reshape(300, -1).float())
+    assert i.tolist() == [5, 17, 250] and torch.all(d < 1e-6)
+    s, j = nearest_ssim(q, ref)
+    assert j.tolist() == [5, 17, 250] and torch.allclose(s, torch.ones(3), atol=1e-4)
+    d2, i2 = nearest_l2(q.reshape(3, -1).float(), q.reshape(3, -1).float(), exclude_self=True)
+    assert all(i2[k] != k for k in range(3)) and torch.all(d2 > 0)  # never matches itself
+
+
+def test_training_images_are_flagged_as_copies_and_test_images_are_not(digits, neutral):
+    _, model, _, _ = neutral
+
+    def feats(x):
+        return NeutralFeatures(model)(x.float() / 255)
+
+    train = digits.train_x
+    copies = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:150]]
+    test = digits.test_x[:150]
+    rep = novelty(copies, digits.test_x[150:300], train, feats)
+    for space in ("pixel", "feature"):
+        assert rep[space]["copy_fraction"] == 1.0, space
+        assert rep[space]["median_ratio"] < 1e-3
+    fresh = novelty(test, digits.test_x[150:300], train, feats)
+    for space in ("pixel", "feature"):
+        assert fresh[space]["copy_fraction"] <= 0.1, space
+        assert 0.3 < fresh[space]["median_ratio"] < 3
+
+
+def test_copy_report_and_near_duplicates_known_answers():
+    rep = copy_report(np.array([0.0, 0.5, 2.0, 3.0]), np.linspace(1, 10, 101), 0.01)
+    assert rep["threshold"] == pytest.approx(1.09)
+    assert rep["flags"].tolist() == [True, True, False, False] and rep["copy_fraction"] == 0.5
+    x = torch.rand(10, 16)
+    dup = torch.cat([x, x])  # every row has an exact twin
+    assert near_duplicate_fraction(dup, 1e-6) == 1.0
+    assert near_duplicate_fraction(x, 1e-6) == 0.0
