@@ -134,3 +134,16 @@ def test_failing_trial_is_recorded_and_sweep_goes_on(tmp_path):
     study = optuna.load_study(study_name="fail", storage=study_url(tmp_path / "fail"))
     states = [t.state for t in study.trials]
     assert states.count(optuna.trial.TrialState.FAIL) == bad.sum()
+
+
+def test_asha_stops_only_in_classifier_phase(tmp_path):
+    summary = _run("--space", str(REPO / "search_spaces" / "digits.yaml"), "--storage-path",
+                   str(tmp_path), "--name", "asha", "--smoke-test", "--num-samples", "4",
+                   "--scheduler", "asha")
+    df = pd.read_parquet(tmp_path / "asha" / "trials.parquet")
+    stopped = df.status == "STOPPED"
+    assert set(df.status) <= {"TERMINATED", "STOPPED"} and stopped.any()
+    # stopped while the classifier trained (2 epochs in the smoke test): no decoder epoch ran
+    assert (df.epochs_done[stopped] <= 2).all() and (df.epochs_done[~stopped] == 4).all()
+    assert df.val_mae[stopped].isna().all() and not df.is_pareto[stopped].any()
+    assert summary["matches_optuna_best_trials"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-N = 5
+N = 4
 
 
 def _trial_states(exp: Path) -> dict[str, str]:
