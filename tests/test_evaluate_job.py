@@ -1,0 +1,202 @@
+"""jobs/evaluate.py as users run it: a subprocess on a trained run, the report it writes, the
+generated-Parquet reader, error messages, and the HTML rendered by headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from regene_ray.evaluation import REPORT_KIND, prepare_report_dir, read_generated
+from regene_ray.generator import ConvexGenerator, encode_png
+from regene_ray.neutral import NeutralClassifier
+from tests.conftest import REPO
+
+JOB = [sys.executable, str(REPO / "jobs" / "evaluate.py")]
+FAST = ["--smoke-test", "--threads", "1", "--device", "cpu"]
+
+
+def run(*args, check=True):
+    p = subprocess.run([*JOB, *map(str, args)], capture_output=True, text=True, cwd=REPO,
+                       timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(p.stderr[-3000:])
+    return p
+
+
+@pytest.fixture(scope="module")
+def report(tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "report"
+    p = run("--run", tiny_run, "--out", out, *FAST)
+    return out, p
+
+
+def write_generated(folder, gen: ConvexGenerator, n: int, *, seed: int = 0, n_parents=(2, 3),
+                    with_n_column: bool = True):
+    """A small Parquet file in mass generation's schema (without its metadata)."""
+    b = gen(np.arange(n) % gen.num_classes, n_parents=list(n_parents), seed=seed).accepted_only()
+    k = b.n_parents
+    cols = {
+        "id": pa.array(b.ids, pa.int64()),
+        "label": pa.array(b.labels.astype(np.int16), pa.int16()),
+        "parent_ids": pa.array([r[:m].tolist() for r, m in zip(b.parent_ids, k, strict=True)],
+                               pa.list_(pa.int64())),
+        "weights": pa.array([r[:m].tolist() for r, m in zip(b.weights, k, strict=True)],
+                            pa.list_(pa.float32())),
+        "latent_confidence": pa.array(b.latent_confidence, pa.float32()),
+        "image_confidence": pa.array(b.image_confidence, pa.float32()),
+        "image": pa.StructArray.from_arrays(
+            [pa.array([encode_png(im) for im in b.images], pa.binary()),
+             pa.array([None] * len(b), pa.string())], names=["bytes", "path"]),
+    }
+    if with_n_column:
+        cols["n_parents"] = pa.array(k.astype(np.int8), pa.int8())
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(cols), folder / f"part-{seed}.parquet")
+    return b
+
+
+# the job and its report
+
+
+def test_report_is_written_and_every_embedded_image_decodes(report):
+    out, p = report
+    assert f"report: {out / 'report.html'}" in p.stdout
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["kind"] == REPORT_KIND and m["generated"]["source"] == "in-process"
+    assert set(m["generation_accuracy"]["per_n"]) == {"2", "3", "5"}
+    assert 0 <= m["generation_accuracy"]["overall"] <= 1
+    assert m["neutral"]["test_accuracy"] > 0.8
+    rows = m["fid"]["rows"]
+    assert set(rows) == {"org_vs_gen", "org_vs_recon", "recon_vs_gen", "org_vs_org"}
+    for r in rows.values():
+        assert r["features"] == m["fid"]["features"] != "" and len(r["values"]) == 3
+        assert np.isfinite(r["mean"]) and r["std"] >= 0
+    for space in ("pixel", "feature"):
+        assert 0 <= m["novelty"][space]["copy_fraction"] <= 1
+    html = (out / "report.html").read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:|//)""", html), "external resource"
+    assert "<script" not in html and "<link" not in html
+    uris = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert len(uris) == len(m["figures"]) >= 6
+    for u in uris:
+        with Image.open(io.BytesIO(base64.b64decode(u))) as im:
+            im.load()
+            assert im.size[0] > 100 and im.size[1] > 100
+    for key in m["figures"]:
+        assert (out / "figures" / f"{key}.png").is_file()
+    for name in ("Org vs Gen", "Org vs Recon", "Recon vs Gen", m["fid"]["features"]):
+        assert name in html
+
+
+def test_neutral_model_is_cached_in_the_run_folder(report, tiny_run):
+    m = json.loads((report[0] / "metrics.json").read_text())
+    model = NeutralClassifier.load(tiny_run / "neutral")
+    assert model.cfg.depth == 8 and m["neutral"]["folder"] == str((tiny_run / "neutral").resolve())
+
+
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium not installed (Debian: apt-get install -y chromium); "
+                    ".ci/run installs it")
+    shot = tmp_path / "shot.png"
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+           "--no-first-run", "--disable-background-networking", "--disable-component-update",
+           "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
+           "--window-size=1200,2600", (report[0] / "report.html").resolve().as_uri()]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert shot.is_file(), p.stderr[-2000:]
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert img.shape[:2] == (2600, 1200)
+    ink = (img.min(axis=2) < 200).mean()  # text, tables and pictures
+    assert ink > 0.02, f"screenshot is nearly blank ({ink:.4f} non-white)"
+    # matplotlib's first colour (n = 2 bars, 31,119,180) proves the embedded figures render
+    blue = (np.abs(img - np.array([31, 119, 180])).max(axis=2) < 12).sum()
+    assert blue > 500, f"no figure pixels in the screenshot ({blue})"
+
+
+# the report folder and errors
+
+
+def test_report_folder_rules(tmp_path):
+    prepare_report_dir(tmp_path / "new", overwrite=False)
+    (tmp_path / "new" / "metrics.json").write_text(json.dumps({"kind": REPORT_KIND}))
+    prepare_report_dir(tmp_path / "new", overwrite=False)  # an earlier report: fine
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not an earlier evaluation report"):
+        prepare_report_dir(foreign, overwrite=False)
+    prepare_report_dir(foreign, overwrite=True)
+    assert (foreign / "thesis.tex").read_text() == "keep me"  # nothing is deleted
+
+
+def test_user_errors_are_one_line(tmp_path):
+    p = run("--run", tmp_path / "nope", "--out", tmp_path / "r", check=False)
+    assert p.returncode == 2 and "not a run folder" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "r").exists()
+
+
+# the generated-Parquet reader
+
+
+def test_read_generated_reads_the_mass_generation_schema(tiny_run, tmp_path):
+    gen = ConvexGenerator.from_run(tiny_run)
+    b0 = write_generated(tmp_path / "gen" / "data", gen, 60, seed=0)
+    b1 = write_generated(tmp_path / "gen" / "data" / "more", gen, 40, seed=1, with_n_column=False)
+    (tmp_path / "gen" / "_chunks").mkdir()
+    (tmp_path / "gen" / "_chunks" / "x.parquet").write_bytes(b"not parquet")  # skipped
+    (tmp_path / "gen" / "data" / ".part-9.parquet.tmp1.parquet").write_bytes(b"half")  # skipped
+    g = read_generated(tmp_path / "gen")  # files in sorted path order: data/more/ first
+    assert len(g) == len(b0) + len(b1) == g.total_rows
+    assert torch.equal(g.images, torch.from_numpy(np.concatenate([b1.images, b0.images])))
+    assert g.labels.tolist() == b1.labels.tolist() + b0.labels.tolist()
+    assert g.n_parents.tolist() == b1.n_parents.tolist() + b0.n_parents.tolist()
+    assert [len(p) for p in g.parent_ids] == g.n_parents.tolist()
+    sub = read_generated(tmp_path / "gen", max_images=25, seed=3)
+    assert len(sub) == 25 and sub.total_rows == len(g)
+
+
+def test_read_generated_errors(tiny_run, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_generated(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no Parquet files"):
+        read_generated(tmp_path / "empty")
+    (tmp_path / "cols").mkdir()
+    pq.write_table(pa.table({"id": [1, 2]}), tmp_path / "cols" / "a.parquet")
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['image', 'label'\]"):
+        read_generated(tmp_path / "cols")
+    (tmp_path / "png").mkdir()
+    img = pa.StructArray.from_arrays([pa.array([b"junk"]), pa.array(["x"])],
+                                     names=["bytes", "path"])
+    pq.write_table(pa.table({"label": pa.array([1], pa.int16()), "image": img}),
+                   tmp_path / "png" / "a.parquet")
+    with pytest.raises(ValueError, match="not a readable PNG"):
+        read_generated(tmp_path / "png")
+
+
+def test_job_evaluates_a_generated_folder(report, tiny_run, tmp_path):
+    gen = ConvexGenerator.from_run(tiny_run)
+    write_generated(tmp_path / "gen", gen, 200, n_parents=(2, 3, 5))
+    out = tmp_path / "report"
+    run("--run", tiny_run, "--generated", tmp_path / "gen", "--out", out, *FAST)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["generated"]["source"] == f"parquet:{tmp_path / 'gen'}"
+    assert m["neutral"]["cached"]  # trained by the first job, reused
+    assert set(m["generation_accuracy"]["per_n"]) == {"2", "3", "5"}
+    bad = run("--run", tiny_run, "--generated", tmp_path / "nowhere", "--out", tmp_path / "r2",
+              *FAST, check=False)
+    assert bad.returncode == 2 and "--generated" in bad.stderr
