@@ -128,7 +128,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="replace a different job's output in --out (default: off)")
     p.add_argument("--smoke-test", action="store_true",
                    help="tiny run: at most 200 images, batch 64, one worker; without --run it "
-                   "first trains a 1-epoch digits run into OUT/run")
+                   "first trains a small digits run into OUT/run and generates into OUT/generated")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -190,19 +190,22 @@ def default_workers(gpus_per_worker: float | None) -> tuple[int, int]:
 
 
 def smoke_run(out: Path) -> Path:
-    """Train a 1-epoch digits run into OUT/run (seconds), unless it is already there."""
+    """Train a small digits run into OUT/run (tens of seconds), unless it is already there."""
     from regene_ray.classifier import ArchConfig
     from regene_ray.data import DataConfig
+    from regene_ray.losses import LossConfig
     from regene_ray.run import RunConfig, train_run
     from regene_ray.train import ClassifierTrainConfig, DecoderTrainConfig
 
     run = out / "run"
     if not (run / "thresholds.json").is_file():
         cfg = RunConfig(
-            data=DataConfig(dataset="digits", image_size=16, max_train=600, max_test=200),
+            data=DataConfig(dataset="digits", image_size=16, holdout_fraction=0.15),
             classifier=ArchConfig(depth=2, convs_per_block=1, base_channels=8, latent_dim=32),
-            classifier_training=ClassifierTrainConfig(epochs=2),
-            decoder_training=DecoderTrainConfig(epochs=2), acceptance_candidates=200)
+            classifier_training=ClassifierTrainConfig(epochs=6, batch_size=64, lr=3e-3),
+            decoder_training=DecoderTrainConfig(epochs=6, batch_size=64, lr=3e-3,
+                                                loss=LossConfig(perceptual="classifier")),
+            acceptance_candidates=200, grid_n_parents=[2, 3])
         train_run(cfg, run, device="cpu")
     return run
 

@@ -397,3 +397,12 @@ def test_crash_inside_finalize_is_repaired(tiny_run, tmp_path, monkeypatch):
     assert read_out(crashed).equals(read_out(clean))
     pngs = lambda d: sorted(p.name for p in (d / "png").rglob("*.png"))  # noqa: E731
     assert pngs(crashed) == pngs(clean) and len(pngs(clean)) == 90
+
+
+def test_hugging_face_reads_an_image_column(reference):
+    """Runs where `datasets` is installed (not a project dependency)."""
+    datasets = pytest.importorskip("datasets")
+    files = sorted(str(p) for p in (reference / "data").glob("*.parquet"))
+    ds = datasets.load_dataset("parquet", data_files=files, split="train")
+    assert isinstance(ds.features["image"], datasets.Image) and len(ds) == 300
+    assert ds[0]["image"].size == (16, 16)
