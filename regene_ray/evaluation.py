@@ -627,7 +627,7 @@ def evaluate(run_dir: str | Path, out: str | Path, cfg: EvalConfig | None = None
         _write(out / FIGURES_DIR / f"{f.key}.png", f.png)
     html = render_html(f"ReGene evaluation: {run_dir.name} ({data_cfg.dataset})",
                        _intro(metrics), _tables(metrics), figures, warnings,
-                       footer=f"regene-ray {REPORT_KIND}; timings {timings}")
+                       footer=f"{REPORT_KIND}; timings (s) {timings}")
     _write(out / REPORT_FILE, html)
     save_json(metrics, out / METRICS_FILE)
     log.info("evaluation: neutral test acc %.4f, generations %.4f; FID org-gen %.3g +- %.2g (%s); "
