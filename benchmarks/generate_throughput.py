@@ -99,13 +99,16 @@ def bare(args: argparse.Namespace) -> dict:
 
     threads = args.bare_threads or os.cpu_count()
     torch.set_num_threads(threads)
-    spec = mass.MassSpec(run=str(args.run.resolve()), count=args.count,
-                         classes=tuple(range(_num_classes(args.run))),
+    classes = tuple(range(_num_classes(args.run)))
+    spec = mass.MassSpec(run=str(args.run.resolve()), count=args.count, classes=classes,
                          n_parents=tuple(args.n_parents), seed=args.seed,
-                         chunk_size=args.batch_size)
+                         chunk_size=mass.auto_chunk_size(args.count, len(classes),
+                                                         args.batch_size),
+                         batch_size=args.batch_size)  # as the job's --chunk-size auto
     identity = mass.job_metadata(spec, mass.run_hashes(spec.run))
     stage = mass.WriteChunks(spec.run, args.out, metadata=identity, n_parents=spec.n_parents,
-                             seed=spec.seed, chunk_size=spec.chunk_size, torch_threads=threads)
+                             seed=spec.seed, chunk_size=spec.chunk_size,
+                             batch_size=spec.batch_size, torch_threads=threads)
     s = mass.run_job(spec, args.out, mass.serial_runner(stage), identity=identity)
     return {"wall_s": s.wall_s, "candidates": s.candidates_generated_this_run,
             "latent_step": s.acceptance["latent_step"], "torch_threads": threads}
@@ -168,7 +171,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="run folder (default: runs/demo)")
     p.add_argument("--count", type=lambda s: int(float(s.replace("_", ""))), default=100_000,
                    help="images per side (default: 100000)")
-    p.add_argument("--batch-size", type=int, default=256, help="chunk = batch (default: 256)")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="decoder batch; chunks as the job's --chunk-size auto (default: 256)")
     p.add_argument("--n-parents", type=lambda s: [int(v) for v in s.split(",")], default=[2],
                    help="parents per mix (default: 2)")
     p.add_argument("--seed", type=int, default=0, help="generation seed (default: 0)")
@@ -176,7 +180,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "job's, 1..#CPUs)")
     p.add_argument("--bare-threads", type=int, default=None,
                    help="torch threads of the bare loop (default: all cores)")
-    p.add_argument("--sides", default="bare,ray", help="which sides to run (default: bare,ray)")
+    p.add_argument("--sides", default="bare,ray",
+                   help="which sides to run, in this order (default: bare,ray)")
     p.add_argument("--out", type=Path, default=None,
                    help="scratch folder, emptied first (default: a temporary folder)")
     p.add_argument("--phase", choices=["bare"], help=argparse.SUPPRESS)  # the child process
@@ -191,27 +196,27 @@ def main(args: argparse.Namespace) -> dict:
     common = ["--run", str(args.run), "--count", str(args.count), "--batch-size",
               str(args.batch_size), "--n-parents", ",".join(map(str, args.n_parents)),
               "--seed", str(args.seed)]
-    sides = args.sides.split(",")
     results = {}
-    if "bare" in sides:
-        out = scratch / "bare"
+    for side in args.sides.split(","):  # in the order given
+        out = scratch / side
         subprocess.run(["rm", "-rf", str(out)], check=True)
-        cmd = [sys.executable, __file__, "--phase", "bare", "--out", str(out), *common]
-        if args.bare_threads:
-            cmd += ["--bare-threads", str(args.bare_threads)]
-        results["bare"] = run_side("bare", cmd)
-    if "ray" in sides:
-        out = scratch / "ray"
-        subprocess.run(["rm", "-rf", str(out)], check=True)
-        cmd = [sys.executable, str(REPO / "jobs" / "mass_generate.py"), "--out", str(out),
-               *common]
-        if args.workers:
-            cmd += ["--workers", args.workers]
-        r = run_side("ray", cmd)
-        s = json.loads((out / "summary.json").read_text())
-        r.update(wall_s=s["wall_s"], candidates=s["candidates_generated_this_run"],
-                 latent_step=s["acceptance"]["latent_step"])
-        results["ray"] = r
+        if side == "bare":
+            cmd = [sys.executable, __file__, "--phase", "bare", "--out", str(out), *common]
+            if args.bare_threads:
+                cmd += ["--bare-threads", str(args.bare_threads)]
+            results["bare"] = run_side("bare", cmd)
+        elif side == "ray":
+            cmd = [sys.executable, str(REPO / "jobs" / "mass_generate.py"), "--out", str(out),
+                   *common]
+            if args.workers:
+                cmd += ["--workers", args.workers]
+            r = run_side("ray", cmd)
+            s = json.loads((out / "summary.json").read_text())
+            r.update(wall_s=s["wall_s"], candidates=s["candidates_generated_this_run"],
+                     latent_step=s["acceptance"]["latent_step"])
+            results["ray"] = r
+        else:
+            raise SystemExit(f"--sides {args.sides}: unknown side {side!r}; use bare and/or ray")
     gflop = stage_gflop_per_candidate(args.run, next(iter(results.values()))["latent_step"])
     peak = {t: matmul_gflops(t) for t in sorted({1, os.cpu_count()})}
     print(f"run {args.run}  count {args.count}  batch {args.batch_size}  cores {os.cpu_count()}"

@@ -123,6 +123,12 @@ def test_quotas_balanced_remainder_spread():
     assert q == {2: 26, 5: 26, 7: 26, 9: 25} and sum(q.values()) == 103
 
 
+def test_auto_chunk_size():
+    assert mass.auto_chunk_size(1_000_000, 10, 256) == 16 * 256  # capped at 16 batches
+    assert mass.auto_chunk_size(100_000, 10, 256) == 5 * 256  # >= 8 chunks per class
+    assert mass.auto_chunk_size(1000, 10, 256) == 256  # at least one batch
+
+
 def test_plan_wave_and_cutoffs():
     info = lambda c, k, a: mass.ChunkInfo(c, k, 10, 10, a)  # noqa: E731
     quota = {0: 15, 1: 5}
@@ -162,17 +168,31 @@ def test_transform_without_ray(tiny_run):
     assert png.size == (16, 16)
 
 
+def test_decoder_batches_are_fixed_by_ids(tiny_run):
+    """A chunk of 96 decoded in batches of 32 == chunks 0, 1, 2 of 32: same rows, same bytes."""
+    threads = torch.get_num_threads()
+    try:
+        big = mass.GenerateChunks(tiny_run, seed=1, chunk_size=96, batch_size=32)
+        small = mass.GenerateChunks(tiny_run, seed=1, chunk_size=32)
+        a = big.generate(4, 0)[0]
+        b = pa.concat_tables([small.generate(4, k)[0] for k in range(3)])
+    finally:
+        torch.set_num_threads(threads)
+    assert a.num_rows > 80 and a.select(["id", "image", "weights"]).equals(
+        b.select(["id", "image", "weights"]))
+
+
 # the job on Ray
 
 
-@pytest.mark.parametrize("count,classes,n_parents,weights", [
-    (137, None, "2", "uniform"),
-    (250, "1,3,5", "2,3,5", "dirichlet:1"),
-    (41, "7", "3", "uniform"),
+@pytest.mark.parametrize("count,classes,n_parents,weights,chunk", [
+    (137, None, "2", "uniform", "auto"),
+    (250, "1,3,5", "2,3,5", "dirichlet:1", "80"),  # chunks of 2.5 decoder batches
+    (41, "7", "3", "uniform", "auto"),
 ])
-def test_exact_count(ray_cluster, tiny_run, tmp_path, count, classes, n_parents, weights):
+def test_exact_count(ray_cluster, tiny_run, tmp_path, count, classes, n_parents, weights, chunk):
     flags = ["--count", str(count), "--n-parents", n_parents, "--weights", weights,
-             "--batch-size", "32", "--workers", "2"]
+             "--batch-size", "32", "--chunk-size", chunk, "--workers", "2"]
     if classes:
         flags += ["--classes", classes]
     s = generate(tiny_run, tmp_path / "out", *flags)
@@ -364,12 +384,12 @@ def test_bad_flags_main(tiny_run, tmp_path, flags, message):
 def test_crash_inside_finalize_is_repaired(tiny_run, tmp_path, monkeypatch):
     """Without Ray: the serial runner, and a crash after the 2nd file move of finalize."""
     spec = mass.MassSpec(run=str(tiny_run.resolve()), count=90, classes=(0, 8), chunk_size=24,
-                         png=True)
+                         batch_size=12, png=True)
     identity = mass.job_metadata(spec, mass.run_hashes(spec.run))
     threads = torch.get_num_threads()
     try:
         stage = mass.WriteChunks(spec.run, tmp_path / "a", metadata=identity, png=True,
-                                 chunk_size=24, torch_threads=threads)
+                                 chunk_size=24, batch_size=12, torch_threads=threads)
         clean = tmp_path / "clean"
         stage.out = clean
         mass.run_job(spec, clean, mass.serial_runner(stage), identity=identity)
