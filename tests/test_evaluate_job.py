@@ -169,6 +169,17 @@ def test_read_generated_reads_the_mass_generation_schema(tiny_run, tmp_path):
     assert len(sub) == 25 and sub.total_rows == len(g)
 
 
+def test_read_generated_reads_files_from_the_mass_generation_writer(tiny_run, tmp_path):
+    sinks = pytest.importorskip("regene_ray.sinks")
+    gen = ConvexGenerator.from_run(tiny_run)
+    b = gen(np.arange(50) % 10, n_parents=[2, 3, 5], seed=4).accepted_only()
+    table = sinks.rows_table(b, [encode_png(im) for im in b.images], [""] * len(b))
+    sinks.write_parquet_atomic(table, tmp_path / "out" / "data" / "00000.parquet", {"run": "x"})
+    g = read_generated(tmp_path / "out")
+    assert torch.equal(g.images, torch.from_numpy(b.images))
+    assert g.n_parents.tolist() == b.n_parents.tolist() and g.labels.tolist() == b.labels.tolist()
+
+
 def test_read_generated_errors(tiny_run, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_generated(tmp_path / "missing")

@@ -9,6 +9,7 @@ import torch
 from regene_ray.config import ConfigError, to_dict
 from regene_ray.data import DataConfig, load_data
 from regene_ray.fid import (
+    INCEPTION_FILE,
     FeatureNet,
     NeutralFeatures,
     choose_feature_net,
@@ -112,6 +113,26 @@ def test_feature_net_choice_is_explicit(neutral, tmp_path, monkeypatch):
     assert "weights-inception" in net.note
     with pytest.raises(FileNotFoundError, match="inception-weights"):
         choose_feature_net(model, tmp_path / "missing.pth")
+
+
+def test_inception_weights_without_torch_fidelity_are_reported_not_hidden(neutral, tmp_path,
+                                                                          monkeypatch):
+    pytest.importorskip("torchmetrics.image.fid")
+    try:
+        import torch_fidelity  # noqa: F401
+
+        pytest.skip("torch-fidelity is installed; this checks the path without it")
+    except ImportError:
+        pass
+    _, model, _, _ = neutral
+    weights = tmp_path / "hub" / "checkpoints" / INCEPTION_FILE
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"not really weights")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    net = choose_feature_net(model)  # found the file, cannot build the network: says so
+    assert net.name.startswith("neutral") and "torch-fidelity is not installed" in net.note
+    with pytest.raises(ValueError, match="torch-fidelity"):
+        choose_feature_net(model, weights)  # asked for explicitly: an error, not a fallback
 
 
 # neutral classifier
