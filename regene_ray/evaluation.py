@@ -48,7 +48,7 @@ from regene_ray.neutral import (
     load_or_train_neutral,
     score_generations,
 )
-from regene_ray.novelty import nearest_l2, nearest_ssim, novelty
+from regene_ray.novelty import nearest_ssim, novelty
 from regene_ray.report import Figure, Table, render_html
 from regene_ray.run import CONFIG_FILE, METRICS_FILE, load_run_config
 from regene_ray.train import resolve_device
@@ -373,6 +373,36 @@ def latent_embedding(gen: ConvexGenerator, class_names: list[str], points: int, 
     return figs.latent_embedding(pts, labels, class_names, out_paths, name, vertices)
 
 
+def closest_training_matches(gens: torch.Tensor, positions: np.ndarray, train_x: torch.Tensor,
+                             nov: dict, flagged: set) -> list[dict]:
+    """Nearest training image of each chosen generation by MSE and features (from `nov`) and
+    by SSIM (an exhaustive search here).
+
+    Args:
+        gens: uint8 (G, C, H, W), the generations `nov` was computed on.
+        positions: rows of `gens` to describe.
+        train_x: uint8 training images.
+        nov: novelty() output (still holding gen_nearest / gen_distances).
+        flagged: rows of `gens` flagged as likely copies.
+    """
+    positions = np.asarray(positions, dtype=np.int64)
+    if len(positions) == 0:
+        return []
+    ssim_s, ssim_i = nearest_ssim(gens[torch.from_numpy(positions)], train_x)
+    out = []
+    for j, i in enumerate(positions.tolist()):
+        out.append({
+            "position": i,
+            "mse": {"train_index": int(nov["pixel"]["gen_nearest"][i]),
+                    "distance": float(nov["pixel"]["gen_distances"][i])},
+            "ssim": {"train_index": int(ssim_i[j]), "ssim": float(ssim_s[j])},
+            "feature": {"train_index": int(nov["feature"]["gen_nearest"][i]),
+                        "distance": float(nov["feature"]["gen_distances"][i])},
+            "flagged": i in flagged,
+        })
+    return out
+
+
 # report folder
 
 
@@ -520,18 +550,26 @@ def evaluate(run_dir: str | Path, out: str | Path, cfg: EvalConfig | None = None
     nov = novelty(g_nov, data.test_x[torch.from_numpy(test_rows)], data.train_x, feats,
                   cfg.copy_quantile)
     q = min(cfg.match_samples, len(g_nov))
-    queries = g_nov[:q]
-    mse_d, mse_i = nearest_l2(queries.reshape(q, -1).float() / 255,
-                              data.train_x.reshape(len(data.train_x), -1).float() / 255)
-    ssim_s, ssim_i = nearest_ssim(queries, data.train_x)
-    feat_i = torch.tensor(nov["feature"]["gen_nearest"][:q])
-    feat_d = np.asarray(nov["feature"]["gen_distances"][:q])
     flagged = set(nov["pixel"]["flagged"]) | set(nov["feature"]["flagged"])
-    matches = [{"generation_row": int(nov_rows[i]), "label": int(gset.labels[nov_rows[i]]),
-                "mse": {"train_index": int(mse_i[i]), "distance": float(mse_d[i])},
-                "ssim": {"train_index": int(ssim_i[i]), "ssim": float(ssim_s[i])},
-                "feature": {"train_index": int(feat_i[i]), "distance": float(feat_d[i])},
-                "flagged": i in flagged} for i in range(q)]
+    pix_d = np.asarray(nov["pixel"]["gen_distances"])
+    picks = {  # positions in g_nov: a random sample, and the generations closest to training
+        "random": rng.permutation(len(g_nov))[:q],
+        "closest": np.argsort(pix_d, kind="stable")[:q],
+    }
+    matches = {k: closest_training_matches(g_nov, v, data.train_x, nov, flagged)
+               for k, v in picks.items()}
+    for ms in matches.values():
+        for m in ms:
+            m["generation_row"] = int(nov_rows[m["position"]])
+            m["label"] = int(gset.labels[m["generation_row"]])
+    for name in ("pixel", "feature"):
+        rows_f = nov_rows[np.asarray(nov[name]["flagged"], dtype=np.int64)]
+        nov[name]["flagged_per_class"] = {
+            str(c): int((gset.labels[rows_f] == c).sum()) for c in range(data.num_classes)}
+        if gset.n_parents is not None:
+            nov[name]["flagged_per_n"] = {
+                str(int(k)): int((gset.n_parents[rows_f] == k).sum())
+                for k in np.unique(gset.n_parents)}
     t0 = lap("novelty_s", t0)
 
     # 6. acceptance per class and step
@@ -565,17 +603,28 @@ def evaluate(run_dir: str | Path, out: str | Path, cfg: EvalConfig | None = None
             "like the overlay.", figs.parents_overlay(groups, cfg.overlay_per_n)))
     else:
         warnings.append("the generated set has no parent_ids; the parents overlay is left out")
-    columns = [
-        ("MSE", data.train_x[mse_i].numpy(), [f"mse {d:.4f}" for d in mse_d.tolist()]),
-        ("SSIM", data.train_x[ssim_i].numpy(), [f"ssim {s:.3f}" for s in ssim_s.tolist()]),
-        (f"features (ResNet-{cfg.neutral_depth})", data.train_x[feat_i].numpy(),
-         [f"d {d:.3g}" for d in feat_d.tolist()]),
-    ]
-    figures.append(Figure(
-        "closest_matches", "Closest training images (paper Fig. 6)",
-        "Each generation (first column) beside the training image nearest by pixel MSE, most "
-        "similar by SSIM (exhaustive search) and nearest in the neutral classifier's features.",
-        figs.closest_matches(queries.numpy(), columns, [m["flagged"] for m in matches])))
+    for key, title, what in (
+            ("closest_matches", "Closest training images (paper Fig. 6)",
+             "randomly chosen generations"),
+            ("closest_matches_nearest", "Closest training images of the least novel generations",
+             "the generations nearest to the training set in pixels (where copies would show)")):
+        ms = matches["random" if key == "closest_matches" else "closest"]
+        columns = [
+            ("MSE", data.train_x[[m["mse"]["train_index"] for m in ms]].numpy(),
+             [f"mse {m['mse']['distance']:.4f}" for m in ms]),
+            ("SSIM", data.train_x[[m["ssim"]["train_index"] for m in ms]].numpy(),
+             [f"ssim {m['ssim']['ssim']:.3f}" for m in ms]),
+            (f"features (ResNet-{cfg.neutral_depth})",
+             data.train_x[[m["feature"]["train_index"] for m in ms]].numpy(),
+             [f"d {m['feature']['distance']:.3g}" for m in ms]),
+        ]
+        figures.append(Figure(
+            key, title,
+            f"Each of {len(ms)} {what} (first column) beside the training image nearest by pixel "
+            "MSE, most similar by SSIM (exhaustive search) and nearest in the neutral "
+            "classifier's features; a red frame marks a likely copy.",
+            figs.closest_matches(g_nov[[m["position"] for m in ms]].numpy(), columns,
+                                 [m["flagged"] for m in ms])))
     figures.append(Figure(
         "nn_distances", "Nearest-neighbour distances: generations vs real test images",
         f"Distance from each of {len(g_nov)} generations and {len(test_rows)} real test images "

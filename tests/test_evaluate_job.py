@@ -199,6 +199,49 @@ def test_read_generated_errors(tiny_run, tmp_path):
         read_generated(tmp_path / "png")
 
 
+def _smoke_config(run_dir):
+    """The EvalConfig that `jobs/evaluate.py --smoke-test` uses (so the cached neutral fits)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evaluate_job", REPO / "jobs" / "evaluate.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    args = job.get_args_parser().parse_args(["--run", str(run_dir), "--out", "x", *FAST])
+    return job.build_config(args)
+
+
+def test_training_images_passed_as_generations_are_flagged_as_copies(report, tiny_run, tmp_path):
+    from regene_ray.data import load_data
+    from regene_ray.evaluation import evaluate
+    from regene_ray.run import load_run_config
+
+    data = load_data(load_run_config(tiny_run / "config.yaml").data)
+    rows = np.arange(0, len(data.train_x), 6)[:200]
+    img = pa.StructArray.from_arrays(
+        [pa.array([encode_png(data.train_x[i].numpy()) for i in rows], pa.binary()),
+         pa.array([None] * len(rows), pa.string())], names=["bytes", "path"])
+    (tmp_path / "gen").mkdir()
+    pq.write_table(pa.table({
+        "id": pa.array(rows, pa.int64()),
+        "label": pa.array(data.train_y[rows].numpy().astype(np.int16), pa.int16()),
+        "parent_ids": pa.array([[int(i), int(i)] for i in rows], pa.list_(pa.int64())),
+        "image": img}), tmp_path / "gen" / "copies.parquet")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        m = evaluate(tiny_run, tmp_path / "report", _smoke_config(tiny_run),
+                     generated=tmp_path / "gen", device="cpu")
+    finally:
+        torch.set_num_threads(before)
+    assert m["neutral"]["cached"]
+    for space in ("pixel", "feature"):
+        assert m["novelty"][space]["copy_fraction"] == 1.0, space
+    assert all(x["flagged"] for x in m["novelty"]["closest_matches"]["random"])
+    assert all(x["ssim"]["ssim"] > 0.999 for x in m["novelty"]["closest_matches"]["random"])
+    # n_parents comes from the parent_ids lengths when the column is absent
+    assert set(m["generation_accuracy"]["per_n"]) == {"2"}
+
+
 def test_job_evaluates_a_generated_folder(report, tiny_run, tmp_path):
     gen = ConvexGenerator.from_run(tiny_run)
     write_generated(tmp_path / "gen", gen, 200, n_parents=(2, 3, 5))
