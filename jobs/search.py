@@ -103,6 +103,10 @@ def main(args: argparse.Namespace) -> dict:
     from regene_ray.search import SweepOptions, run_sweep, trial_resources
 
     trial_resources(args.cpus_per_trial, args.gpus_per_trial)  # fail before starting Ray
+    if not args.storage_path.is_absolute() and (args.address or os.environ.get("RAY_ADDRESS")):
+        log.warning("--storage-path %s is relative: under `ray job submit` it resolves inside the "
+                    "job's temporary working dir; pass an absolute (shared) path",
+                    args.storage_path)
     init_ray(args.address, args.num_cpus)
     opts = SweepOptions(
         storage_path=args.storage_path, name=args.name, num_samples=args.num_samples,

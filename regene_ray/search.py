@@ -65,19 +65,20 @@ STATE_FILE = "trial_state.pt"
 # the trial
 
 
-def train_trial(config: dict, space: SearchSpace, threads: int = 1) -> None:
+def train_trial(config: dict, space: SearchSpace, threads: int = 1, device: str = "cpu") -> None:
     """Tune trainable: classifier epochs, then decoder epochs, one report + checkpoint per epoch.
 
     Args:
         config: the searched values (dotted RunConfig paths), chosen by the sampler.
         space: the search space; its base holds the fixed per-trial budget.
         threads: torch CPU threads (the trial's CPU share).
+        device: "cpu", or "auto" for the GPU (share) Tune gave the trial.
     """
     from ray import tune
 
     torch.set_num_threads(max(1, threads))
     cfg = space.run_config(config)
-    dev = resolve_device("auto")  # the GPU Tune gave this trial, else CPU
+    dev = resolve_device(device)
     data = load_data(cfg.data)
     clf, dec = build_models(cfg, data)
     clf, dec = clf.to(dev), dec.to(dev)
@@ -274,7 +275,8 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> dict:
     num_samples = opts.num_samples or space.num_samples
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, space=space,
-                             threads=max(1, math.floor(opts.cpus_per_trial))),
+                             threads=max(1, math.floor(opts.cpus_per_trial)),
+                             device="auto" if opts.gpus_per_trial > 0 else "cpu"),
         trial_resources(opts.cpus_per_trial, opts.gpus_per_trial),
     )
     record = _space_record(space, num_samples, opts)
@@ -331,13 +333,11 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> dict:
 
 def trials_table(grid, space: SearchSpace) -> pd.DataFrame:
     """One row per trial: searched values, final metrics, status (TERMINATED, STOPPED, ERROR)."""
-    n_steps = None
     rows = []
     for r in grid:
         m = r.metrics or {}
-        if n_steps is None:
-            cfg = space.run_config(r.config)
-            n_steps = cfg.classifier_training.epochs + cfg.decoder_training.epochs
+        cfg = space.run_config(r.config)  # epochs may be searched: the step count is per trial
+        n_steps = cfg.classifier_training.epochs + cfg.decoder_training.epochs
         finished = m.get("phase") == "decoder" and m.get("epoch") == n_steps - 1
         status = "ERROR" if r.error is not None else ("TERMINATED" if finished else "STOPPED")
         rows.append({
