@@ -78,28 +78,56 @@ def nearest_ssim(query: torch.Tensor, ref: torch.Tensor, chunk: int = 4096
 # memorisation
 
 
-def copy_report(gen_dist: np.ndarray, test_dist: np.ndarray, copy_quantile: float = 0.01) -> dict:
+def _low_quantile(d: np.ndarray, q: float) -> float:
+    """The q quantile of distances `d`, kept strictly positive (exact duplicates among test
+    images would make it 0 and flag nothing)."""
+    thr = float(np.quantile(d, q))
+    if thr <= 0:
+        thr = float(np.min(d[d > 0], initial=1e-6)) * 0.5
+    return thr
+
+
+def copy_report(gen_dist: np.ndarray, test_dist: np.ndarray, copy_quantile: float = 0.01,
+                gen_labels: np.ndarray | None = None, test_labels: np.ndarray | None = None
+                ) -> dict:
     """Flag generations closer to the training set than real test images usually are.
+
+    With labels, each generation is compared with real test images of its own class (some
+    classes, such as MNIST's plain 1s, sit much closer to their training images than others, and a
+    global threshold would flag only them); a class without test images uses the global one.
 
     Args:
         gen_dist: (G,) nearest-training-image distance of each generation.
         test_dist: (T,) the same for real test images (the "novel" reference).
-        copy_quantile: the threshold is this quantile of `test_dist`.
+        copy_quantile: the threshold is this quantile of `test_dist` (per class with labels).
+        gen_labels, test_labels: optional (G,), (T,) classes.
     Returns:
-        {"threshold", "flags" (G,) bool, "copy_fraction", "expected_fraction", quantiles of both
-        distributions and the median ratio gen/test}.
+        {"threshold" (global), "class_thresholds" ({c: thr}, with labels), "flags" (G,) bool,
+        "copy_fraction", "expected_fraction" (the same rule applied to the test images),
+        quantiles of both distributions and the median ratio gen/test}.
     """
     gen_dist, test_dist = np.asarray(gen_dist, np.float64), np.asarray(test_dist, np.float64)
-    thr = float(np.quantile(test_dist, copy_quantile))
-    if thr <= 0:  # exact duplicates among test images: fall back to a tiny positive distance
-        thr = float(np.min(test_dist[test_dist > 0], initial=1e-6)) * 0.5
-    flags = gen_dist < thr
+    thr = _low_quantile(test_dist, copy_quantile)
+    class_thr: dict[str, float] = {}
+    if gen_labels is not None and test_labels is not None:
+        gen_labels, test_labels = np.asarray(gen_labels), np.asarray(test_labels)
+        for c in np.union1d(np.unique(gen_labels), np.unique(test_labels)):
+            m = test_labels == c
+            class_thr[str(int(c))] = _low_quantile(test_dist[m], copy_quantile) if m.any() else thr
+
+        def limit(labels: np.ndarray) -> np.ndarray:
+            return np.array([class_thr[str(int(c))] for c in labels], dtype=np.float64)
+
+        flags, test_flags = gen_dist < limit(gen_labels), test_dist < limit(test_labels)
+    else:
+        flags, test_flags = gen_dist < thr, test_dist < thr
     qs = (0.01, 0.05, 0.25, 0.5, 0.75)
     return {
         "threshold": thr,
+        "class_thresholds": class_thr,
         "flags": flags,
         "copy_fraction": float(flags.mean()) if len(flags) else float("nan"),
-        "expected_fraction": float((test_dist < thr).mean()),
+        "expected_fraction": float(test_flags.mean()),
         "gen_quantiles": {str(q): float(np.quantile(gen_dist, q)) for q in qs},
         "test_quantiles": {str(q): float(np.quantile(test_dist, q)) for q in qs},
         "median_ratio": float(np.median(gen_dist) / max(np.median(test_dist), 1e-12)),
@@ -120,13 +148,15 @@ def near_duplicate_fraction(gen: torch.Tensor, threshold: float) -> float:
 
 
 def novelty(gen_x: torch.Tensor, test_x: torch.Tensor, train_x: torch.Tensor,
-            features=None, copy_quantile: float = 0.01) -> dict:
+            features=None, copy_quantile: float = 0.01, gen_labels: np.ndarray | None = None,
+            test_labels: np.ndarray | None = None) -> dict:
     """Nearest-training-image distances of generations vs real test images, in pixel space and
     (when `features` is given) in a feature space; copy flags and near-duplicate fractions.
 
     Args:
         gen_x, test_x, train_x: uint8 (N, C, H, W).
         features: optional callable uint8 images -> (N, d) float features.
+        gen_labels, test_labels: optional classes, for per-class copy thresholds.
     Returns:
         {"pixel": {...}, "feature": {...}} with copy_report fields (flags as a list of indices),
         each plus "near_duplicate_fraction" (and the same for the test images, as a reference),
@@ -141,7 +171,7 @@ def novelty(gen_x: torch.Tensor, test_x: torch.Tensor, train_x: torch.Tensor,
         g, t = f(gen_x), f(test_x)
         gd, gi = nearest_l2(g, tr)
         td, _ = nearest_l2(t, tr)
-        rep = copy_report(gd.numpy(), td.numpy(), copy_quantile)
+        rep = copy_report(gd.numpy(), td.numpy(), copy_quantile, gen_labels, test_labels)
         flags = rep.pop("flags")
         rep |= {
             "flagged": np.flatnonzero(flags).tolist(),

@@ -207,22 +207,34 @@ def test_training_images_are_flagged_as_copies_and_test_images_are_not(digits, n
         return NeutralFeatures(model)(x.float() / 255)
 
     train = digits.train_x
-    copies = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:150]]
-    test = digits.test_x[:150]
-    rep = novelty(copies, digits.test_x[150:300], train, feats)
-    for space in ("pixel", "feature"):
-        assert rep[space]["copy_fraction"] == 1.0, space
-        assert rep[space]["median_ratio"] < 1e-3
-    fresh = novelty(test, digits.test_x[150:300], train, feats)
-    for space in ("pixel", "feature"):
-        assert fresh[space]["copy_fraction"] <= 0.1, space
-        assert 0.3 < fresh[space]["median_ratio"] < 3
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:150]
+    ref_x, ref_y = digits.test_x[150:300], digits.test_y[150:300].numpy()
+    for labels in (None, (digits.train_y[pick].numpy(), ref_y)):  # global, then per class
+        kw = {} if labels is None else {"gen_labels": labels[0], "test_labels": labels[1]}
+        rep = novelty(train[pick], ref_x, train, feats, **kw)
+        for space in ("pixel", "feature"):
+            assert rep[space]["copy_fraction"] == 1.0, space
+            assert rep[space]["median_ratio"] < 1e-3
+        kw = {} if labels is None else {"gen_labels": digits.test_y[:150].numpy(),
+                                        "test_labels": ref_y}
+        fresh = novelty(digits.test_x[:150], ref_x, train, feats, **kw)
+        for space in ("pixel", "feature"):
+            assert fresh[space]["copy_fraction"] <= 0.15, space
+            assert 0.3 < fresh[space]["median_ratio"] < 3
 
 
 def test_copy_report_and_near_duplicates_known_answers():
     rep = copy_report(np.array([0.0, 0.5, 2.0, 3.0]), np.linspace(1, 10, 101), 0.01)
     assert rep["threshold"] == pytest.approx(1.09)
     assert rep["flags"].tolist() == [True, True, False, False] and rep["copy_fraction"] == 0.5
+    # per class: class 1 sits close to its training images, class 0 far; a 1 at 0.5 is normal
+    test_d = np.concatenate([np.linspace(1, 10, 101), np.linspace(0.1, 1.0, 101)])
+    test_y = np.repeat([0, 1], 101)
+    rep = copy_report(np.array([0.5, 0.5, 0.05]), test_d, 0.01, np.array([0, 1, 1]), test_y)
+    assert rep["class_thresholds"]["0"] == pytest.approx(1.09)
+    assert rep["class_thresholds"]["1"] == pytest.approx(0.109)
+    assert rep["flags"].tolist() == [True, False, True]
+    assert rep["expected_fraction"] == pytest.approx(2 / 202)
     x = torch.rand(10, 16)
     dup = torch.cat([x, x])  # every row has an exact twin
     assert near_duplicate_fraction(dup, 1e-6) == 1.0
