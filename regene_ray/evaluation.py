@@ -452,6 +452,8 @@ def evaluate(run_dir: str | Path, out: str | Path, cfg: EvalConfig | None = None
         raise FileNotFoundError(
             f"--run {run_dir} is not a run folder (no {CONFIG_FILE}); train one with "
             f"jobs/train.py --out {run_dir}")
+    if generated is not None and not Path(generated).is_dir():
+        read_generated(generated)  # raises the reader's error before anything is written
     prepare_report_dir(out, overwrite=overwrite)
     dev = resolve_device(device)
     t_start = time.perf_counter()

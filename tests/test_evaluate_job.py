@@ -254,3 +254,4 @@ def test_job_evaluates_a_generated_folder(report, tiny_run, tmp_path):
     bad = run("--run", tiny_run, "--generated", tmp_path / "nowhere", "--out", tmp_path / "r2",
               *FAST, check=False)
     assert bad.returncode == 2 and "--generated" in bad.stderr
+    assert not (tmp_path / "r2").exists()  # nothing written on a user error
