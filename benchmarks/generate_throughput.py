@@ -8,7 +8,7 @@ latent filter, decoding, the image filter, PNG encoding and Parquet writing of e
 images (regene_ray.mass.WriteChunks). The bare side runs the chunks one after another in one
 process with torch using every core; the Ray side runs jobs/mass_generate.py (actors with one
 torch thread each). Each side runs in its own child process, and a sampler sums the memory of
-that child and all its descendants (Ray's raylet, GCS and workers included) every 0.2 s:
+that child and all its descendants (Ray's raylet, GCS and workers included) every second:
 PSS from /proc/<pid>/smaps_rollup (shared pages such as the object store counted once) and RSS.
 It also reports the decode + classify stage's achieved GFLOP/s against a measured fp32 matmul.
 """
@@ -66,9 +66,13 @@ def _mem_kib(pid: int) -> tuple[int, int]:
 
 
 class PeakMemory(threading.Thread):
-    """Samples the summed PSS and RSS of a process tree until stopped; keeps the peaks."""
+    """Samples the summed PSS and RSS of a process tree until stopped; keeps the peaks.
 
-    def __init__(self, pid: int, every_s: float = 0.2):
+    Reading smaps_rollup walks each process's page tables: at 0.2 s over Ray's 24 processes the
+    sampler took about a quarter of a core, hence once a second.
+    """
+
+    def __init__(self, pid: int, every_s: float = 1.0):
         super().__init__(daemon=True)
         self.pid, self.every_s = pid, every_s
         self.peak_pss_mib = self.peak_rss_mib = 0.0

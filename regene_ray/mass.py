@@ -378,15 +378,16 @@ def prior_rate(run_dir: str | Path, n_parents: Sequence[int]) -> float | None:
     """Acceptance measured by jobs/train.py (metrics.json), averaged over the n_parents options."""
     try:
         acc = json.loads((Path(run_dir) / "metrics.json").read_text())["acceptance"]
-        return float(np.mean([acc[str(n)]["accepted"] for n in n_parents]))
+        rate = float(np.mean([acc[str(n)]["accepted"] for n in n_parents]))
     except (OSError, KeyError, ValueError, TypeError):
         return None
+    return rate if 0 < rate <= 1 else None
 
 
 def class_rates(done: dict[tuple[int, int], ChunkInfo], classes: Sequence[int],
-                prior: float | None, min_tried: int) -> dict[int, float | None]:
-    """Acceptance per class: measured once min_tried candidates ran, else the prior (lowered
-    by 10%, since the prior pools all classes and a shortfall costs a whole extra wave)."""
+                prior: float | None, min_tried: int) -> dict[int, tuple[float, bool] | None]:
+    """Acceptance per class as (rate, measured): measured once min_tried candidates ran, else
+    the prior (which pools all classes), else None."""
     rates = {}
     for c in classes:
         tried = sum(i.tried for (cc, _), i in done.items() if cc == c)
@@ -397,37 +398,43 @@ def class_rates(done: dict[tuple[int, int], ChunkInfo], classes: Sequence[int],
                     f"class {c}: none of {tried} candidates passed both filter steps; its "
                     "thresholds are out of reach for this run (check thresholds.json, retrain, or "
                     "leave the class out with --classes)")
-            rates[c] = max(acc, 0.5) / tried
+            rates[c] = (max(acc, 0.5) / tried, True)
         else:
-            rates[c] = None if prior is None else 0.9 * prior
+            rates[c] = None if prior is None else (prior, False)
     return rates
 
 
 def plan_wave(done: dict[tuple[int, int], ChunkInfo], quota: dict[int, int], chunk_size: int,
-              rates: dict[int, float | None]) -> list[tuple[int, int]]:
+              rates: dict[int, tuple[float, bool] | None]) -> list[tuple[int, int]]:
     """Chunks to run next, or [] when every class's chunks 0..k* are done and reach its quota.
 
-    A class with no rate yet gets one pilot chunk. Otherwise chunks are added in order until the
-    expected accepted rows reach q_c plus a 2-sigma margin.
+    With a measured rate, chunks are added in order until the expected accepted rows reach q_c
+    plus a 2-sigma margin. With only the prior, a class that needs a few chunks gets them at 0.9x
+    the prior (a shortfall costs a whole extra wave), and a class that needs many gets half of
+    them first, so the rest is planned from its measured rate without surplus. With no rate at
+    all, a class gets one pilot chunk.
     """
     todo = []
     for c, q in quota.items():
-        rate = rates.get(c)
-        got, k, missing = 0.0, 0, False
-        slack = 2.0 * math.sqrt(q / rate) + 1.0 if rate else 0.0
-        while True:
-            info = done.get((c, k))
-            if info is None:
-                missing = True
-                todo.append((c, k))
-                if rate is None:
-                    break  # pilot chunk: measure before planning more
-                got += rate * chunk_size
+        if rates.get(c) is None:
+            if (c, 0) not in done:
+                todo.append((c, 0))  # pilot chunk: measure before planning more
+            continue
+        rate, measured = rates[c]
+        if not measured:
+            rate *= 0.9
+        slack = 2.0 * math.sqrt(q / rate) + 1.0
+        got, k, planned = 0.0, 0, []
+        while got < q + (slack if planned else 0.0):
+            if (c, k) in done:
+                got += done[(c, k)].accepted
             else:
-                got += info.accepted
+                planned.append((c, k))
+                got += rate * chunk_size
             k += 1
-            if got >= q + (slack if missing else 0.0):
-                break
+        if not measured and len(planned) > 8:
+            planned = planned[:len(planned) // 2]
+        todo += planned
     return todo
 
 
@@ -523,7 +530,7 @@ def run_job(spec: MassSpec, out: str | Path, runner: Runner, *, resume: bool = F
         if not todo:
             break
         waves += 1
-        known = [r for r in rates.values() if r is not None]
+        known = [r[0] for r in rates.values() if r is not None]
         log.info("wave %d: %d chunks of %d candidates (%s)", waves, len(todo), spec.chunk_size,
                  f"acceptance {np.mean(known):.3f}" if known else "pilot")
         for info in runner(todo):
@@ -543,7 +550,9 @@ def run_job(spec: MassSpec, out: str | Path, runner: Runner, *, resume: bool = F
     summary = Summary(
         requested=spec.count, classes=list(spec.classes),
         quotas={str(c): q for c, q in quota.items()},
-        accepted_per_class={str(c): q for c, q in quota.items()},
+        accepted_per_class={str(c): keep + sum(i.accepted for (cc, k), i in kept.items()
+                                               if cc == c and k < k_star)
+                            for c, (k_star, keep) in cut.items()},
         candidates_tried=tried, candidates_generated_this_run=generated,
         acceptance={"latent_step": lat / tried, "image_step_given_latent": acc / max(lat, 1),
                     "both_steps": acc / tried},

@@ -134,14 +134,19 @@ def test_plan_wave_and_cutoffs():
     quota = {0: 15, 1: 5}
     assert mass.plan_wave({}, quota, 10, {0: None, 1: None}) == [(0, 0), (1, 0)]  # pilots
     done = {(0, 0): info(0, 0, 8), (1, 0): info(1, 0, 9)}
-    todo = mass.plan_wave(done, quota, 10, {0: 0.8, 1: 0.9})
+    rates = {0: (0.8, True), 1: (0.9, True)}
+    todo = mass.plan_wave(done, quota, 10, rates)
     assert (1, 0) not in todo and todo[0] == (0, 1)
     assert mass.cutoffs(done, quota) is None
     done[(0, 2)] = info(0, 2, 9)  # a gap at k=1 blocks the cutoff
     assert mass.cutoffs(done, quota) is None
     done[(0, 1)] = info(0, 1, 8)
     assert mass.cutoffs(done, quota) == {0: (1, 7), 1: (0, 5)}
-    assert mass.plan_wave(done, quota, 10, {0: 0.8, 1: 0.9}) == []
+    assert mass.plan_wave(done, quota, 10, rates) == []
+    # from the prior alone, a big class gets half of its chunks first, then is measured
+    first = mass.plan_wave({}, {0: 1000}, 10, {0: (0.9, False)})
+    assert first == [(0, k) for k in range(len(first))] and 55 < len(first) < 75
+    assert len(mass.plan_wave({}, {0: 1000}, 10, {0: (0.9, True)})) > 110
 
 
 # the batch transform, without Ray
