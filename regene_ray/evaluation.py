@@ -486,6 +486,15 @@ def evaluate(run_dir: str | Path, out: str | Path, cfg: EvalConfig | None = None
                               seed=cfg.seed)
     identity = {k: v for k, v in to_dict(data_cfg).items() if k != "data_root"}
     neutral, neutral_metrics = load_or_train_neutral(run_dir, data, ncfg, tcfg, dev, identity)
+    run_acc = run_metrics.get("test_accuracy")
+    if neutral_metrics["test_accuracy"] < 0.9 or (
+            run_acc is not None and neutral_metrics["test_accuracy"] < run_acc - 0.05):
+        msg = (f"the neutral classifier reaches only {neutral_metrics['test_accuracy']:.3f} test "
+               f"accuracy (the run's classifier: {run_acc}); its scores and FID features are "
+               "unreliable; train it longer with --neutral-epochs or a smaller "
+               "--neutral-batch-size")
+        log.warning(msg)
+        warnings.append(msg)
     t0 = lap("neutral_s", t0)
 
     # 2. the generations
