@@ -165,7 +165,7 @@ def ray_runner(spec: MassSpec, out: Path, identity: dict, *, workers: tuple[int,
                 device="cuda" if gpus_per_worker else "cpu", torch_threads=torch_threads),
             compute=ray.data.ActorPoolStrategy(min_size=min(workers[0], len(items)),
                                                max_size=min(workers[1], len(items))),
-            batch_size=1,  # one chunk per call: a chunk is one decoder batch
+            batch_size=1,  # one chunk per call (the actor splits it into decoder batches)
             num_cpus=1,
             max_restarts=3,  # a dead actor is restarted ...
             max_task_retries=3,  # ... and its chunk retried (the file was never renamed in)
