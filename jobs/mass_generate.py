@@ -118,8 +118,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "whole number or auto: at least 8 chunks per class, at most 16 batches "
                    "(default: auto)")
     p.add_argument("--workers", type=_workers, default=None,
-                   help="actor pool size N or MIN,MAX (default: 1,<CPUs> on CPU, "
-                   "1,<GPUs / gpus-per-worker> on GPU)")
+                   help="actor pool size N or MIN,MAX (default: <CPUs> on CPU, "
+                   "<GPUs / gpus-per-worker> on GPU)")
     p.add_argument("--gpus-per-worker", type=_positive_float, default=None,
                    help="GPUs per actor, fractions allowed (default: none, CPU actors)")
     p.add_argument("--torch-threads", type=int, default=1,
@@ -178,8 +178,9 @@ def ray_runner(spec: MassSpec, out: Path, identity: dict, *, workers: tuple[int,
 
 
 def default_workers(gpus_per_worker: float | None) -> tuple[int, int]:
-    """1..#CPUs actors of num_cpus=1. The input is built on the driver (from_items), so no read
-    task competes with the actors for CPUs; on 2 cores 2 single-threaded actors beat 1."""
+    """#CPUs actors of num_cpus=1, all started at once (no ramp-up from 1). The input is built on
+    the driver (from_items), so no read task competes with the actors for CPUs; on 2 cores 2
+    single-threaded actors beat 1."""
     import ray
 
     res = ray.cluster_resources()
@@ -188,8 +189,9 @@ def default_workers(gpus_per_worker: float | None) -> tuple[int, int]:
         if n < 1:
             raise ValueError(f"--gpus-per-worker {gpus_per_worker} but the Ray cluster has "
                              f"{res.get('GPU', 0)} GPUs; leave the flag out for CPU workers")
-        return 1, n
-    return 1, max(1, int(res.get("CPU", 1)))
+        return n, n
+    n = max(1, int(res.get("CPU", 1)))
+    return n, n
 
 
 # the job

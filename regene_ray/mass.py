@@ -70,6 +70,7 @@ CHUNKS_DIR = "_chunks"  # staging: complete chunks, before trimming to the exact
 DATA_DIR = "data"  # the final Parquet files
 PNG_DIR = "png"
 MAX_COUNT = 2**40  # ids are j * K + c in int64; this keeps them far from overflow
+SPLIT_CANDIDATES = 20_000  # per class: above this a prior-planned wave is split (plan_wave)
 _CHUNK_RE = re.compile(r"^c(\d+)-k(\d+)\.parquet$")
 
 
@@ -409,10 +410,11 @@ def plan_wave(done: dict[tuple[int, int], ChunkInfo], quota: dict[int, int], chu
     """Chunks to run next, or [] when every class's chunks 0..k* are done and reach its quota.
 
     With a measured rate, chunks are added in order until the expected accepted rows reach q_c
-    plus a 2-sigma margin. With only the prior, a class that needs a few chunks gets them at 0.9x
-    the prior (a shortfall costs a whole extra wave), and a class that needs many gets half of
-    them first, so the rest is planned from its measured rate without surplus. With no rate at
-    all, a class gets one pilot chunk.
+    plus a 2-sigma margin. With only the prior (which pools all classes), a class is planned at
+    0.9x the prior, since a shortfall costs a whole extra wave (seconds of actor start-up); when
+    that would plan more than `SPLIT_CANDIDATES` candidates, only half of them run first, so the
+    rest is planned from the class's measured rate and the 10% surplus is not paid at scale.
+    With no rate at all, a class gets one pilot chunk.
     """
     todo = []
     for c, q in quota.items():
@@ -432,8 +434,8 @@ def plan_wave(done: dict[tuple[int, int], ChunkInfo], quota: dict[int, int], chu
                 planned.append((c, k))
                 got += rate * chunk_size
             k += 1
-        if not measured and len(planned) > 8:
-            planned = planned[:len(planned) // 2]
+        if not measured and len(planned) * chunk_size > SPLIT_CANDIDATES:
+            planned = planned[:max(1, len(planned) // 2)]
         todo += planned
     return todo
 

@@ -144,9 +144,10 @@ def test_plan_wave_and_cutoffs():
     assert mass.cutoffs(done, quota) == {0: (1, 7), 1: (0, 5)}
     assert mass.plan_wave(done, quota, 10, rates) == []
     # from the prior alone, a big class gets half of its chunks first, then is measured
-    first = mass.plan_wave({}, {0: 1000}, 10, {0: (0.9, False)})
+    first = mass.plan_wave({}, {0: 100_000}, 1000, {0: (0.9, False)})
     assert first == [(0, k) for k in range(len(first))] and 55 < len(first) < 75
-    assert len(mass.plan_wave({}, {0: 1000}, 10, {0: (0.9, True)})) > 110
+    assert len(mass.plan_wave({}, {0: 100_000}, 1000, {0: (0.9, True)})) > 110
+    assert len(mass.plan_wave({}, {0: 1000}, 100, {0: (0.9, False)})) == 14  # small: one wave
 
 
 # the batch transform, without Ray
