@@ -109,21 +109,10 @@ def build_config(args: argparse.Namespace) -> EvalConfig:
 
 def smoke_run(out: Path, device: str) -> Path:
     """Train (or reuse) a tiny digits run in OUT/smoke-run."""
-    from regene_ray.classifier import ArchConfig
-    from regene_ray.data import DataConfig
-    from regene_ray.losses import LossConfig
-    from regene_ray.run import RunConfig, train_run
-    from regene_ray.train import ClassifierTrainConfig, DecoderTrainConfig
+    from regene_ray.run import smoke_run_config, train_run
 
-    cfg = RunConfig(
-        data=DataConfig(dataset="digits", image_size=16, holdout_fraction=0.15),
-        classifier=ArchConfig(depth=2, convs_per_block=1, base_channels=8, latent_dim=32),
-        classifier_training=ClassifierTrainConfig(epochs=4, batch_size=64, lr=3e-3),
-        decoder_training=DecoderTrainConfig(epochs=4, batch_size=64, lr=3e-3,
-                                            loss=LossConfig(perceptual="classifier")),
-        acceptance_candidates=200, grid_n_parents=[2, 3, 5])
     run = out / SMOKE_RUN
-    train_run(cfg, run, device=device)
+    train_run(smoke_run_config(epochs=4, grid_n_parents=(2, 3, 5)), run, device=device)
     return run
 
 

@@ -199,22 +199,11 @@ def default_workers(gpus_per_worker: float | None) -> tuple[int, int]:
 
 def smoke_run(out: Path) -> Path:
     """Train a small digits run into OUT/run (tens of seconds), unless it is already there."""
-    from regene_ray.classifier import ArchConfig
-    from regene_ray.data import DataConfig
-    from regene_ray.losses import LossConfig
-    from regene_ray.run import RunConfig, train_run
-    from regene_ray.train import ClassifierTrainConfig, DecoderTrainConfig
+    from regene_ray.run import smoke_run_config, train_run
 
     run = out / "run"
     if not (run / "thresholds.json").is_file():
-        cfg = RunConfig(
-            data=DataConfig(dataset="digits", image_size=16, holdout_fraction=0.15),
-            classifier=ArchConfig(depth=2, convs_per_block=1, base_channels=8, latent_dim=32),
-            classifier_training=ClassifierTrainConfig(epochs=6, batch_size=64, lr=3e-3),
-            decoder_training=DecoderTrainConfig(epochs=6, batch_size=64, lr=3e-3,
-                                                loss=LossConfig(perceptual="classifier")),
-            acceptance_candidates=200, grid_n_parents=[2, 3])
-        train_run(cfg, run, device="cpu")
+        train_run(smoke_run_config(), run, device="cpu")
     return run
 
 

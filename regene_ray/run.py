@@ -32,7 +32,7 @@ from regene_ray.latent_bank import (
     load_thresholds,
     save_thresholds,
 )
-from regene_ray.losses import build_perceptual
+from regene_ray.losses import LossConfig, build_perceptual
 from regene_ray.train import (
     ClassifierTrainConfig,
     DecoderTrainConfig,
@@ -60,6 +60,19 @@ class RunConfig:
     seed: int = 0  # model init, shuffling and generation sampling
     grid_n_parents: list[int] = field(default_factory=lambda: [2, 3, 5])  # columns of the grid
     acceptance_candidates: int = 2000  # candidates per n used to measure filter acceptance
+
+
+def smoke_run_config(*, epochs: int = 6, grid_n_parents: tuple[int, ...] = (2, 3)) -> RunConfig:
+    """A digits run that trains in seconds on 2 CPU cores (for --smoke-test and tests)."""
+    return RunConfig(
+        data=DataConfig(dataset="digits", image_size=16, holdout_fraction=0.15),
+        classifier=ArchConfig(depth=2, convs_per_block=1, base_channels=8, latent_dim=32),
+        classifier_training=ClassifierTrainConfig(epochs=epochs, batch_size=64, lr=3e-3),
+        decoder_training=DecoderTrainConfig(epochs=epochs, batch_size=64, lr=3e-3,
+                                            loss=LossConfig(perceptual="classifier")),
+        acceptance_candidates=200,
+        grid_n_parents=list(grid_n_parents),
+    )
 
 
 def load_run_config(path: str | Path) -> RunConfig:

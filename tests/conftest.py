@@ -14,21 +14,9 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 def tiny_run_config(**overrides):
     """A digits run that trains in seconds on 2 CPU cores."""
-    from regene_ray.classifier import ArchConfig
-    from regene_ray.data import DataConfig
-    from regene_ray.losses import LossConfig
-    from regene_ray.run import RunConfig
-    from regene_ray.train import ClassifierTrainConfig, DecoderTrainConfig
+    from regene_ray.run import smoke_run_config
 
-    cfg = RunConfig(
-        data=DataConfig(dataset="digits", image_size=16, holdout_fraction=0.15),
-        classifier=ArchConfig(depth=2, convs_per_block=1, base_channels=8, latent_dim=32),
-        classifier_training=ClassifierTrainConfig(epochs=6, batch_size=64, lr=3e-3),
-        decoder_training=DecoderTrainConfig(epochs=6, batch_size=64, lr=3e-3,
-                                            loss=LossConfig(perceptual="classifier")),
-        acceptance_candidates=200,
-        grid_n_parents=[2, 3],
-    )
+    cfg = smoke_run_config()
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg
