@@ -7,6 +7,7 @@ config, and the classifier and decoder continue from their last epoch checkpoint
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -26,10 +27,8 @@ from regene_ray.generator import ConvexGenerator
 from regene_ray.latent_bank import (
     BANK_FILE,
     THRESHOLDS_FILE,
-    LatentBank,
     build_bank,
     compute_thresholds,
-    load_thresholds,
     save_thresholds,
 )
 from regene_ray.losses import LossConfig, build_perceptual
@@ -208,8 +207,7 @@ def train_run(cfg: RunConfig, out: str | Path, *, device: str = "auto",
 
 
 def _history(path: Path, key: str) -> list:
-    import json
-
+    """A per-epoch history from an earlier metrics.json (a resumed run keeps its curves)."""
     try:
         return json.loads(path.read_text()).get(key, [])
     except (OSError, ValueError):
@@ -248,14 +246,3 @@ def measure_acceptance(gen: ConvexGenerator, cfg: RunConfig, num_classes: int) -
             "accepted": acc,
         }
     return out
-
-
-def load_run(run_dir: str | Path) -> tuple[RunConfig, dict]:
-    """The config and thresholds of a finished run folder."""
-    run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir / CONFIG_FILE)
-    clf_cfg = Classifier.load(run_dir / "classifier").cfg
-    return cfg, load_thresholds(run_dir / THRESHOLDS_FILE, clf_cfg.num_classes)
-
-
-__all__ = ["RunConfig", "load_run_config", "train_run", "LatentBank"]
