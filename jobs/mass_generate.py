@@ -4,11 +4,21 @@
     python jobs/mass_generate.py --run runs/mnist --count 100_000 --n-parents 2,3,5 \\
         --weights dirichlet:1 --png --out gen/mnist
     python jobs/mass_generate.py --smoke-test --out /tmp/mass-smoke   # trains a tiny run first
+    # on a Ray cluster: output on object storage, one GPU per actor, 1 to 8 actors
+    RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
+        python jobs/mass_generate.py --run runs/mnist --count 1e6 --out s3://bucket/gen/mnist \\
+        --gpus-per-worker 1 --workers 1,8
 
 Chunks of candidate ids (one chunk = a few decoder batches = one Parquet file) stream through
 `map_batches` on an actor pool of regene_ray.mass.WriteChunks; see regene_ray/mass.py for how the
 output stays exact, deterministic and resumable. Output: OUT/data/*.parquet, OUT/summary.json,
 with --png OUT/png/<label>/<shard>/<id>.png. A killed job completes with --resume.
+
+--out may be a local folder, s3://bucket/prefix or gs://bucket/prefix (pyarrow filesystems; for an
+S3-compatible server add ?endpoint_override=host:port&scheme=http or set AWS_ENDPOINT_URL). On a
+multi-node cluster a local --out must be shared by every node, or the job refuses it. The run's
+model files are shipped to the actors through Ray's object store, so --run only has to exist
+where the driver runs.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from regene_ray.cli import run_main, setup_logging  # noqa: E402
+from regene_ray.cluster import check_shared_folder  # noqa: E402
 from regene_ray.latent_bank import BANK_FILE, LatentBank  # noqa: E402
 from regene_ray.mass import (  # noqa: E402
     ChunkInfo,
@@ -33,10 +44,12 @@ from regene_ray.mass import (  # noqa: E402
     WriteChunks,
     auto_chunk_size,
     job_metadata,
+    pack_run,
     parse_count,
     run_hashes,
     run_job,
 )
+from regene_ray.storage import Storage, StorageError  # noqa: E402
 
 log = logging.getLogger("mass_generate")
 FAIL_ONCE_ENV = "REGENE_MASS_FAIL_ONCE"  # "label,chunk,marker": a worker exits once (fault tests)
@@ -100,7 +113,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=_count, default=None,
                    help="exact number of images, e.g. 1000, 1_000_000 or 1e6 (required, except "
                    "with --smoke-test)")
-    p.add_argument("--out", type=Path, required=True, help="output folder (required)")
+    p.add_argument("--out", required=True,
+                   help="output folder: a local path, s3://bucket/prefix or gs://bucket/prefix "
+                   "(required)")
     p.add_argument("--n-parents", type=_int_list("--n-parents"), default=(2,),
                    help="parents per mix, or a list drawn per candidate such as 2,3,5 (default: 2)")
     p.add_argument("--weights", default="uniform",
@@ -122,6 +137,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "<GPUs / gpus-per-worker> on GPU)")
     p.add_argument("--gpus-per-worker", type=_positive_float, default=None,
                    help="GPUs per actor, fractions allowed (default: none, CPU actors)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where actors run the networks; auto: cuda with --gpus-per-worker, else "
+                   "cpu. cpu with --gpus-per-worker reserves GPUs without using them (fake GPU "
+                   "nodes of cluster/local-fake.yaml) (default: auto)")
     p.add_argument("--torch-threads", type=int, default=1,
                    help="torch intra-op threads per actor (default: 1)")
     p.add_argument("--address", default=None,
@@ -141,11 +160,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 # the Ray Data stage
 
 
-def ray_runner(spec: MassSpec, out: Path, identity: dict, *, workers: tuple[int, int],
-               gpus_per_worker: float | None, torch_threads: int,
+def ray_runner(spec: MassSpec, out: Storage, identity: dict, *, workers: tuple[int, int],
+               gpus_per_worker: float | None, device: str, torch_threads: int,
                fail_once: tuple[int, int, str] | None = None) -> Runner:
     """Run chunks through map_batches on an actor pool of WriteChunks; one chunk per block."""
     import ray
+
+    run_files = pack_run(spec.run)  # bytes, so the actors need not see the run folder
 
     def run(todo: list[tuple[int, int]]) -> list[ChunkInfo]:
         items = [{"label": c, "chunk": k} for c, k in sorted(todo, key=lambda t: (t[1], t[0]))]
@@ -157,12 +178,12 @@ def ray_runner(spec: MassSpec, out: Path, identity: dict, *, workers: tuple[int,
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         ds = ds.map_batches(
             WriteChunks,
-            fn_constructor_args=(spec.run, str(out)),
+            fn_constructor_args=(run_files, out),
             fn_constructor_kwargs=dict(
                 metadata=identity, png=spec.png, fail_once=fail_once, n_parents=spec.n_parents,
                 weights=spec.weights, seed=spec.seed, chunk_size=spec.chunk_size,
                 batch_size=spec.batch_size,
-                device="cuda" if gpus_per_worker else "cpu", torch_threads=torch_threads),
+                device=device, torch_threads=torch_threads),
             compute=ray.data.ActorPoolStrategy(min_size=min(workers[0], len(items)),
                                                max_size=min(workers[1], len(items))),
             batch_size=1,  # one chunk per call (the actor splits it into decoder batches)
@@ -188,7 +209,9 @@ def default_workers(gpus_per_worker: float | None) -> tuple[int, int]:
         n = int(res.get("GPU", 0) / gpus_per_worker)
         if n < 1:
             raise ValueError(f"--gpus-per-worker {gpus_per_worker} but the Ray cluster has "
-                             f"{res.get('GPU', 0)} GPUs; leave the flag out for CPU workers")
+                             f"{res.get('GPU', 0)} GPUs now; on an autoscaling cluster pass "
+                             "--workers MIN,MAX (GPU nodes are launched as the actors ask for "
+                             "them), else leave the flag out for CPU workers")
         return n, n
     n = max(1, int(res.get("CPU", 1)))
     return n, n
@@ -197,11 +220,14 @@ def default_workers(gpus_per_worker: float | None) -> tuple[int, int]:
 # the job
 
 
-def smoke_run(out: Path) -> Path:
+def smoke_run(out: Storage) -> Path:
     """Train a small digits run into OUT/run (tens of seconds), unless it is already there."""
     from regene_ray.run import smoke_run_config, train_run
 
-    run = out / "run"
+    if not out.is_local:
+        raise StorageError(f"--smoke-test without --run trains into --out, which must then be "
+                           f"a local folder (not {out}); pass --run RUN_DIR as well")
+    run = out.local_path("run")
     if not (run / "thresholds.json").is_file():
         train_run(smoke_run_config(), run, device="cpu")
     return run
@@ -243,11 +269,14 @@ def main(args: argparse.Namespace) -> Summary:
     setup_logging(args.verbose)
     if args.resume and args.overwrite:
         raise ValueError("--resume and --overwrite exclude each other; pick one")
-    out = args.out
+    if args.device == "cuda" and not args.gpus_per_worker:
+        raise ValueError("--device cuda needs --gpus-per-worker (Ray hides GPUs from actors "
+                         "that did not ask for one)")
+    out = Storage(args.out)
     if args.smoke_test:
         if args.run is None:
             args.run = smoke_run(out)
-            out = out / "generated"
+            out = out.child("generated")
         args.count = min(args.count or 200, 200)
         args.batch_size = min(args.batch_size, 64)
         args.chunk_size = "auto"
@@ -267,18 +296,22 @@ def main(args: argparse.Namespace) -> Summary:
         # "local" starts a private Ray: with no address, ray.init would join whatever cluster
         # `ray start` last left on this machine. Under `ray job submit`, RAY_ADDRESS is set.
         ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or "local")
+    if out.is_local:
+        check_shared_folder(out.local_path(), "--out")
+    device = args.device if args.device != "auto" else ("cuda" if args.gpus_per_worker else "cpu")
     workers = args.workers or default_workers(args.gpus_per_worker)
     log.info("generating %d images of classes %s into %s with %d..%d actors", spec.count,
              list(spec.classes), out, *workers)
     runner = ray_runner(spec, out, identity, workers=workers,
-                        gpus_per_worker=args.gpus_per_worker, torch_threads=args.torch_threads,
+                        gpus_per_worker=args.gpus_per_worker, device=device,
+                        torch_threads=args.torch_threads,
                         fail_once=fail_once)
     s = run_job(spec, out, runner, resume=args.resume, overwrite=args.overwrite,
                 identity=identity)
     log.info("%d images in %.1f s (%.0f img/s), %d candidates tried, acceptance %.3f (latent "
              "%.3f, image %.3f), %d waves -> %s", s.requested, s.wall_s, s.images_per_s,
              s.candidates_tried, s.acceptance["both_steps"], s.acceptance["latent_step"],
-             s.acceptance["image_step_given_latent"], s.waves, out / "data")
+             s.acceptance["image_step_given_latent"], s.waves, out.display("data"))
     return s
 
 

@@ -37,6 +37,8 @@ import math
 import os
 import re
 import shutil
+import socket
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -49,10 +51,10 @@ import pyarrow.parquet as pq
 import torch
 
 from regene_ray.checkpoint import file_sha256
-from regene_ray.config import save_json
 from regene_ray.convex import parse_weights
 from regene_ray.generator import ConvexGenerator, GenerationBatch, encode_png
 from regene_ray.latent_bank import BANK_FILE, THRESHOLDS_FILE
+from regene_ray.storage import Storage
 from regene_ray.sinks import (
     SCHEMA,
     png_relpath,
@@ -123,6 +125,30 @@ def chunk_name(label: int, chunk: int) -> str:
     return f"c{label:03d}-k{chunk:07d}.parquet"
 
 
+RUN_FILES = ("classifier/config.json", "classifier/weights.pt", "decoder/config.json",
+             "decoder/weights.pt", BANK_FILE, THRESHOLDS_FILE)  # what ConvexGenerator.from_run reads
+
+
+def pack_run(run_dir: str | Path) -> dict[str, bytes]:
+    """The files a generator needs, as bytes: shipped to actors through Ray's object store, so
+    the run folder need not be on storage the worker nodes see."""
+    run_dir = Path(run_dir)
+    missing = [n for n in RUN_FILES if not (run_dir / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"--run {run_dir} lacks {missing}; it is not a finished "
+                                "jobs/train.py run (train it, or resume its training)")
+    return {n: (run_dir / n).read_bytes() for n in RUN_FILES}
+
+
+def unpack_run(files: dict[str, bytes]) -> Path:
+    """Write packed run files into a new temporary folder; the caller deletes it."""
+    root = Path(tempfile.mkdtemp(prefix="regene-run-"))
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
 def run_hashes(run_dir: str | Path) -> dict[str, str]:
     """sha256 of every file a generation depends on (weights, configs, bank, thresholds)."""
     run_dir = Path(run_dir)
@@ -175,7 +201,7 @@ class ChunkInfo:
     tried: int
     latent_passed: int
     accepted: int  # accepted rows of the full chunk (before any trimming)
-    path: Path | None = None
+    path: str | None = None  # relative to the output folder
 
 
 @dataclass
@@ -205,19 +231,27 @@ class GenerateChunks:
     one decoder batch, so its rows do not depend on which other chunks share the call.
 
     Args:
-        run_dir: a jobs/train.py run folder; the classifier, decoder and bank load once here.
+        run_dir: a jobs/train.py run folder, or its files from pack_run; the classifier,
+            decoder and bank load once here.
         n_parents, weights, seed, chunk_size, batch_size: as in MassSpec.
         device: 'cpu' or 'cuda[:i]'.
         torch_threads: intra-op threads (1 per actor: many single-threaded actors parallelise
             the Python and PNG work too).
     """
 
-    def __init__(self, run_dir: str | Path, *, n_parents: Sequence[int] = (2,),
+    def __init__(self, run_dir: str | Path | dict[str, bytes], *, n_parents: Sequence[int] = (2,),
                  weights: str = "uniform", seed: int = 0, chunk_size: int = 1024,
                  batch_size: int = 0, device: str = "cpu", torch_threads: int | None = 1):
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        self.gen = ConvexGenerator.from_run(run_dir, device=device)
+        if isinstance(run_dir, dict):  # packed: load from a temporary copy, then delete it
+            tmp = unpack_run(run_dir)
+            try:
+                self.gen = ConvexGenerator.from_run(tmp, device=device)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            self.gen = ConvexGenerator.from_run(run_dir, device=device)
         # channels_last: oneDNN's NHWC convs ran 1.4x faster here (benchmarks/RESULTS-mass-
         # generate.md). It changes float noise, not results, and is the same on every worker.
         self.gen.classifier.to(memory_format=torch.channels_last)
@@ -256,7 +290,7 @@ class WriteChunks(GenerateChunks):
     """GenerateChunks that writes each chunk to OUT/_chunks/ (and its PNGs) and returns stats.
 
     Args:
-        out_dir: the job's output folder.
+        out_dir: the job's output folder (a local path, s3://..., gs://... or a Storage).
         metadata: job-level provenance stored in every file (run, seed, thresholds, hashes).
         png: also write each accepted image to OUT/png/<label>/<shard>/<id>.png.
         fail_once: (label, chunk, marker_path): exit the process abruptly the first time that
@@ -264,13 +298,35 @@ class WriteChunks(GenerateChunks):
         **kwargs: as GenerateChunks.
     """
 
-    def __init__(self, run_dir: str | Path, out_dir: str | Path, *, metadata: dict,
-                 png: bool = False, fail_once: tuple[int, int, str] | None = None, **kwargs):
+    def __init__(self, run_dir: str | Path | dict[str, bytes], out_dir: str | Path | Storage, *,
+                 metadata: dict, png: bool = False,
+                 fail_once: tuple[int, int, str] | None = None, **kwargs):
         super().__init__(run_dir, **kwargs)
-        self.out = Path(out_dir)
+        self.out = out_dir
         self.metadata = metadata
         self.png = png
         self.fail_once = fail_once
+
+    @property
+    def out(self) -> Storage:
+        return self._out
+
+    @out.setter
+    def out(self, value: str | Path | Storage) -> None:
+        self._out = value if isinstance(value, Storage) else Storage(value)
+        self._checked = False
+
+    def _check_output_visible(self) -> None:
+        """Fail clearly on a node that does not see the job's folder (a local --out that is not
+        shared), instead of writing chunks the driver never finds."""
+        if self._checked:
+            return
+        if not self.out.is_file(JOB_FILE):
+            raise RuntimeError(
+                f"this worker (host {socket.gethostname()}) cannot see {self.out.display(JOB_FILE)}"
+                ", which the driver wrote: --out must be storage every node reaches (s3://..., "
+                "gs://..., or a shared filesystem mounted at the same path on every node)")
+        self._checked = True
 
     def _maybe_fail(self, label: int, chunk: int) -> None:
         if self.fail_once is None or (label, chunk) != tuple(self.fail_once[:2]):
@@ -281,6 +337,7 @@ class WriteChunks(GenerateChunks):
             os._exit(1)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._check_output_visible()
         infos = []
         for c, k in zip(batch["label"], batch["chunk"], strict=True):
             c, k = int(c), int(k)
@@ -290,9 +347,9 @@ class WriteChunks(GenerateChunks):
                 image = table.column("image").combine_chunks()
                 for path, data in zip(image.field("path").to_pylist(),
                                       image.field("bytes").to_pylist(), strict=True):
-                    write_file_atomic(data, self.out / path)
+                    write_file_atomic(data, path, self.out)
             meta = {**self.metadata, "chunk": _info_dict(info)}
-            write_parquet_atomic(table, self.out / CHUNKS_DIR / chunk_name(c, k), meta)
+            write_parquet_atomic(table, f"{CHUNKS_DIR}/{chunk_name(c, k)}", meta, self.out)
             infos.append(info)
         return {key: np.array([getattr(i, key) for i in infos], dtype=np.int64)
                 for key in ("label", "chunk", "tried", "latent_passed", "accepted")}
@@ -315,25 +372,24 @@ def job_metadata(spec: MassSpec, hashes: dict[str, str]) -> dict:
             "format": "regene-ray mass generation v1"}
 
 
-def prepare_output(out: Path, identity: dict, *, resume: bool, overwrite: bool) -> bool:
+def prepare_output(out: Storage, identity: dict, *, resume: bool, overwrite: bool) -> bool:
     """Create OUT or check it holds this job. Returns True when an earlier attempt is resumed."""
-    job = out / JOB_FILE
     identity = json.loads(json.dumps(identity))  # as job.json holds it (tuples become lists)
-    if out.exists() and not out.is_dir():
+    if out.is_file():
         raise FileExistsError(f"--out {out} is a file; pass a folder path")
     resumed = False
-    if out.is_dir() and any(out.iterdir()):
-        if not job.is_file():
+    if not out.is_empty():
+        if not out.is_file(JOB_FILE):
             raise FileExistsError(
                 f"--out {out} is a non-empty folder without {JOB_FILE}, not a mass-generation "
                 "output; choose a new or empty folder")
-        old = json.loads(job.read_text())
+        old = out.read_json(JOB_FILE)
         if overwrite:
             log.warning("--overwrite: removing the earlier output in %s", out)
             for name in (SUMMARY_FILE, JOB_FILE):
-                (out / name).unlink(missing_ok=True)
+                out.delete(name)
             for name in (CHUNKS_DIR, DATA_DIR, PNG_DIR):
-                shutil.rmtree(out / name, ignore_errors=True)
+                out.delete_dir(name)
         elif old != identity:
             differ = sorted(k for k in set(old.get("spec", {})) | set(identity["spec"])
                             if old.get("spec", {}).get(k) != identity["spec"].get(k))
@@ -349,26 +405,26 @@ def prepare_output(out: Path, identity: dict, *, resume: bool, overwrite: bool) 
                 "--overwrite to start again")
         else:
             resumed = True
-            (out / SUMMARY_FILE).unlink(missing_ok=True)  # incomplete until finalize rewrites it
-            for tmp in out.rglob(".*.tmp*"):  # leftovers of writes cut short by a crash
-                tmp.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+            out.delete(SUMMARY_FILE)  # incomplete until finalize rewrites it
+            out.delete_temporaries()  # leftovers of local writes cut short by a crash
+    out.makedirs()
     if not resumed:
-        save_json(identity, job)
+        out.write_json(JOB_FILE, identity)
     return resumed
 
 
-def scan(out: Path) -> dict[tuple[int, int], ChunkInfo]:
+def scan(out: Storage) -> dict[tuple[int, int], ChunkInfo]:
     """Finished chunks in OUT/data and OUT/_chunks (data wins when a chunk is in both)."""
     found: dict[tuple[int, int], ChunkInfo] = {}
     for folder in (CHUNKS_DIR, DATA_DIR):
-        for path in sorted((out / folder).glob("c*-k*.parquet")):
-            m = _CHUNK_RE.match(path.name)
+        for name in out.list(folder):
+            m = _CHUNK_RE.match(name)
             if not m:
                 continue
-            c = read_metadata(path)["chunk"]
+            rel = f"{folder}/{name}"
+            c = read_metadata(rel, out)["chunk"]
             found[(int(m[1]), int(m[2]))] = ChunkInfo(
-                c["label"], c["chunk"], c["tried"], c["latent_passed"], c["accepted"], path)
+                c["label"], c["chunk"], c["tried"], c["latent_passed"], c["accepted"], rel)
     return found
 
 
@@ -460,43 +516,44 @@ def cutoffs(done: dict[tuple[int, int], ChunkInfo], quota: dict[int, int]
 # finalising
 
 
-def _delete_pngs(out: Path, table: pa.Table) -> None:
+def _delete_pngs(out: Storage, table: pa.Table) -> None:
     for rel in table.column("image").combine_chunks().field("path").to_pylist():
-        (out / rel).unlink(missing_ok=True)
+        out.delete(rel)
 
 
-def finalize(out: Path, done: dict[tuple[int, int], ChunkInfo], cut: dict[int, tuple[int, int]],
-             png: bool) -> int:
+def finalize(out: Storage, done: dict[tuple[int, int], ChunkInfo],
+             cut: dict[int, tuple[int, int]], png: bool) -> int:
     """Make OUT/data hold exactly the kept rows; returns the number of Parquet files there.
 
-    Idempotent: a crash anywhere in here is repaired by running it again.
+    Idempotent: a crash anywhere in here is repaired by running it again (a chunk found in both
+    OUT/_chunks and OUT/data, as an object-store move cut short leaves it, counts as moved).
     """
-    data = out / DATA_DIR
-    data.mkdir(parents=True, exist_ok=True)
+    out.makedirs(DATA_DIR)
     for (c, k), info in sorted(done.items()):
         k_star, keep = cut[c]
-        final = data / chunk_name(c, k)
+        final = f"{DATA_DIR}/{chunk_name(c, k)}"
         src = info.path
         if k < k_star or (k == k_star and keep == info.accepted):
             if src != final:
-                os.replace(src, final)
+                out.move(src, final)
         elif k == k_star:
-            table = pq.read_table(src)
+            table = pq.read_table(out.path(src), filesystem=out.fs)
             if table.num_rows != keep:  # not trimmed yet
                 if png:
                     _delete_pngs(out, table.slice(keep))
-                meta = read_metadata(src)
+                meta = read_metadata(src, out)
                 meta["chunk"]["kept"] = keep
-                write_parquet_atomic(table.slice(0, keep), final, meta)
+                write_parquet_atomic(table.slice(0, keep), final, meta, out)
             if src != final:
-                src.unlink(missing_ok=True)
+                out.delete(src)
         else:  # surplus: past the quota
             if png:
-                _delete_pngs(out, pq.read_table(src, columns=["image"]))
-            src.unlink(missing_ok=True)
-        # a copy left in staging by a crash between the write above and the unlink
-        (out / CHUNKS_DIR / chunk_name(c, k)).unlink(missing_ok=True)
-    return len(list(data.glob("c*-k*.parquet")))
+                _delete_pngs(out, pq.read_table(out.path(src), columns=["image"],
+                                                filesystem=out.fs))
+            out.delete(src)
+        # a copy left in staging by a crash between the write above and the delete
+        out.delete(f"{CHUNKS_DIR}/{chunk_name(c, k)}")
+    return sum(1 for n in out.list(DATA_DIR) if _CHUNK_RE.match(n))
 
 
 # the driver loop
@@ -504,20 +561,20 @@ def finalize(out: Path, done: dict[tuple[int, int], ChunkInfo], cut: dict[int, t
 Runner = Callable[[list[tuple[int, int]]], list[ChunkInfo]]
 
 
-def run_job(spec: MassSpec, out: str | Path, runner: Runner, *, resume: bool = False,
+def run_job(spec: MassSpec, out: str | Path | Storage, runner: Runner, *, resume: bool = False,
             overwrite: bool = False, identity: dict | None = None) -> Summary:
     """Generate until the output holds exactly spec.count rows, then finalise and summarise.
 
     Args:
         spec: what to generate.
-        out: the output folder.
+        out: the output folder: a local path, s3://..., gs://... (see regene_ray.storage).
         runner: runs a list of chunks (serially, or on a Ray Data actor pool) and returns their
             statistics; it must write each chunk with WriteChunks.
         resume, overwrite: what to do when OUT already holds output (see prepare_output).
         identity: job_metadata(spec, hashes), when the caller already computed it.
     """
     t0 = time.perf_counter()
-    out = Path(out)
+    out = out if isinstance(out, Storage) else Storage(out)
     identity = identity or job_metadata(spec, run_hashes(spec.run))
     resumed = prepare_output(out, identity, resume=resume, overwrite=overwrite)
     quota = spec.quotas()
@@ -536,7 +593,7 @@ def run_job(spec: MassSpec, out: str | Path, runner: Runner, *, resume: bool = F
         log.info("wave %d: %d chunks of %d candidates (%s)", waves, len(todo), spec.chunk_size,
                  f"acceptance {np.mean(known):.3f}" if known else "pilot")
         for info in runner(todo):
-            info.path = out / CHUNKS_DIR / chunk_name(info.label, info.chunk)
+            info.path = f"{CHUNKS_DIR}/{chunk_name(info.label, info.chunk)}"
             done[(info.label, info.chunk)] = info
             generated += info.tried
         missing = [key for key in todo if key not in done]
@@ -564,7 +621,7 @@ def run_job(spec: MassSpec, out: str | Path, runner: Runner, *, resume: bool = F
         parquet_files=n_files,
         extra={"chunk_size": spec.chunk_size, "batch_size": spec.batch_size, "out": str(out)},
     )
-    save_json(asdict(summary), out / SUMMARY_FILE)
+    out.write_json(SUMMARY_FILE, asdict(summary))
     return summary
 
 
@@ -582,7 +639,8 @@ def serial_runner(stage: WriteChunks) -> Runner:
     return run
 
 
-def count_rows(out: str | Path) -> int:
+def count_rows(out: str | Path | Storage) -> int:
     """Rows in OUT/data (reads only the footers)."""
-    return sum(pq.ParquetFile(p).metadata.num_rows
-               for p in (Path(out) / DATA_DIR).glob("c*-k*.parquet"))
+    out = out if isinstance(out, Storage) else Storage(out)
+    return sum(pq.read_metadata(out.path(f"{DATA_DIR}/{n}"), filesystem=out.fs).num_rows
+               for n in out.list(DATA_DIR) if _CHUNK_RE.match(n))

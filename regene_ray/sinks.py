@@ -1,7 +1,8 @@
 """Sinks for generated images: Parquet files with provenance, sharded PNG files.
 
-Every file is written atomically (a temporary name in the same folder, then a rename), so a
-reader or a resumed job never sees half a file. The Parquet schema is the one in DESIGN.md:
+Every file is written atomically (locally a temporary name in the same folder, then a rename;
+on object stores one upload; see regene_ray.storage), so a reader or a resumed job never sees
+half a file. The Parquet schema is the one in DESIGN.md:
 
     id int64, label int16, n_parents int8, parent_ids list<int64>, weights list<float32>,
     latent_confidence float32, image_confidence float32, image struct{bytes: binary, path: string}
@@ -16,7 +17,6 @@ thresholds, checkpoint hashes, chunk statistics) lives in the file's key-value m
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from regene_ray.generator import GenerationBatch
+from regene_ray.storage import Storage
 
 METADATA_KEY = b"regene_ray"
 PNG_SHARD = 1000  # PNG files per sub-folder of png/<label>/
@@ -77,23 +78,31 @@ def rows_table(batch: GenerationBatch, pngs: list[bytes], paths: list[str]) -> p
     ], schema=SCHEMA)
 
 
-def write_parquet_atomic(table: pa.Table, path: str | Path, metadata: dict) -> None:
-    """Write `table` with `metadata` (JSON) to `path`: temporary name, then rename."""
+def _where(path: str | Path, storage: Storage | None) -> tuple[Storage, str]:
+    """A path relative to `storage`, or (without one) a local path."""
+    if storage is not None:
+        return storage, str(path)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    return Storage(path.parent), path.name
+
+
+def write_parquet_atomic(table: pa.Table, path: str | Path, metadata: dict,
+                         storage: Storage | None = None) -> None:
+    """Write `table` with `metadata` (JSON) to `path` (relative to `storage`, when given)."""
+    storage, rel = _where(path, storage)
     meta = {**HF_METADATA, METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()}
     table = table.replace_schema_metadata(meta)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    storage.write_with(rel, lambda p, fs: pq.write_table(table, p, filesystem=fs,
+                                                         compression="zstd"))
 
 
-def read_metadata(path: str | Path) -> dict:
+def read_metadata(path: str | Path, storage: Storage | None = None) -> dict:
     """The `regene_ray` metadata of a Parquet file written by write_parquet_atomic."""
-    meta = pq.read_schema(path).metadata or {}
+    storage, rel = _where(path, storage)
+    meta = pq.read_schema(storage.path(rel), filesystem=storage.fs).metadata or {}
     if METADATA_KEY not in meta:
-        raise ValueError(f"{path} was not written by regene-ray (no '{METADATA_KEY.decode()}' "
-                         "metadata); move it out of the output folder")
+        raise ValueError(f"{storage.display(rel)} was not written by regene-ray (no "
+                         f"'{METADATA_KEY.decode()}' metadata); move it out of the output folder")
     return json.loads(meta[METADATA_KEY])
 
 
@@ -102,9 +111,6 @@ def png_relpath(label: int, index: int, candidate_id: int) -> str:
     return f"png/{label}/{index // PNG_SHARD:05d}/{candidate_id}.png"
 
 
-def write_file_atomic(data: bytes, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def write_file_atomic(data: bytes, path: str | Path, storage: Storage | None = None) -> None:
+    storage, rel = _where(path, storage)
+    storage.write_bytes(rel, data)

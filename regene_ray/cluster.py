@@ -1,0 +1,72 @@
+"""Ray-side checks for jobs that run on a cluster (the jobs call these after connecting).
+
+`check_shared_folder` refuses a local output folder that some node of a multi-node cluster does
+not see: the driver writes a marker file into it and a zero-CPU task pinned to every alive node
+reads it back. Nodes that join later (autoscaling) are covered by the job's own workers, which
+check the folder before writing (regene_ray.mass.WriteChunks).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import uuid
+from pathlib import Path
+
+from regene_ray.storage import StorageError
+
+log = logging.getLogger(__name__)
+MARKER_PREFIX = ".regene-shared-check-"
+
+
+def alive_nodes() -> list[dict]:
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def _reads_marker(path: str, token: str) -> tuple[bool, str]:
+    try:
+        seen = Path(path).read_text() == token
+    except OSError:
+        seen = False
+    return seen, socket.gethostname()
+
+
+def check_shared_folder(folder: str | Path, flag: str, timeout_s: float = 120.0) -> int:
+    """On a cluster of more than one node, check that every alive node sees local `folder`.
+
+    Creates `folder` if needed (it is the job's output folder). Returns the number of nodes
+    checked (1: nothing to check).
+
+    Raises:
+        StorageError: naming the nodes that do not see it, and what to use instead.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = alive_nodes()
+    if len(nodes) < 2:
+        return len(nodes)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex
+    marker = folder / f"{MARKER_PREFIX}{token}"
+    marker.write_text(token)
+    probe = ray.remote(num_cpus=0, max_retries=0)(_reads_marker)
+    try:
+        refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            n["NodeID"], soft=False)).remote(str(marker), token) for n in nodes]
+        results = ray.get(refs, timeout=timeout_s)
+    finally:
+        marker.unlink(missing_ok=True)
+    blind = [f"{n['NodeManagerAddress']} ({host}, node {n['NodeID'][:8]})"
+             for n, (seen, host) in zip(nodes, results, strict=True) if not seen]
+    if blind:
+        raise StorageError(
+            f"{flag} {folder} is a local folder that {len(blind)} of the {len(nodes)} nodes of "
+            f"this Ray cluster do not see: {', '.join(blind)}. On a multi-node cluster write to "
+            "storage every node reaches: s3://bucket/prefix, gs://bucket/prefix, or a shared "
+            "filesystem (NFS, EFS, Filestore) mounted at the same path on every node")
+    log.info("%s %s is shared by all %d nodes", flag, folder, len(nodes))
+    return len(nodes)

@@ -1,0 +1,205 @@
+"""Output folders on any pyarrow filesystem: a local path, s3://bucket/prefix, gs://bucket/prefix.
+
+`Storage(uri)` is a folder; every method takes a path relative to it, with "/" separators.
+Remote folders are resolved by `pyarrow.fs.FileSystem.from_uri`, so the usual options work:
+
+    s3://bucket/gen                                    credentials and region from the AWS chain
+    s3://bucket/gen?endpoint_override=127.0.0.1:9000&scheme=http   an S3-compatible server
+    gs://bucket/gen                                    Google credentials (or ?anonymous=true)
+
+(the AWS_ENDPOINT_URL environment variable works as well as endpoint_override). A Storage
+pickles as its URI, so Ray actors and tasks reopen the filesystem where they run.
+
+Atomic writes: a local file is written under a temporary name and renamed; an object store
+publishes an object only when its upload completes, so a reader or a resumed job never sees half
+a file either way. `move` is a rename locally and copy-then-delete on object stores; callers make
+that safe by treating "in both places" as "moved" (see regene_ray.mass.scan).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+REMOTE_SCHEMES = ("s3", "gs", "gcs")
+_SCHEME_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+
+
+class StorageError(ValueError):
+    """A storage URI or folder that cannot be used (the message says what to do)."""
+
+
+def is_remote(uri: str | os.PathLike) -> bool:
+    m = _SCHEME_RE.match(str(uri))
+    return bool(m) and m[1].lower() != "file"
+
+
+def resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path on it). Plain and file:// paths become absolute local paths."""
+    text = str(uri)
+    m = _SCHEME_RE.match(text)
+    if not m:
+        return pafs.LocalFileSystem(), str(Path(text).expanduser().resolve())
+    scheme = m[1].lower()
+    if scheme == "file":
+        return pafs.LocalFileSystem(), str(Path(text[len("file://"):]).resolve())
+    if scheme not in REMOTE_SCHEMES:
+        raise StorageError(f"{text}: unsupported scheme {scheme}://; use a local path, s3:// or "
+                           "gs://")
+    try:
+        fs, path = pafs.FileSystem.from_uri(text)
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError with its own wording
+        raise StorageError(f"{text}: cannot open this storage URI ({e}); check the bucket name "
+                           "and options such as ?endpoint_override=host:port&scheme=http") from e
+    path = path.rstrip("/")
+    if "/" not in path and scheme == "s3":
+        raise StorageError(f"{text}: give a folder inside the bucket, e.g. s3://{path}/gen")
+    return fs, path
+
+
+class Storage:
+    """A folder on a local or remote filesystem (see the module docstring)."""
+
+    def __init__(self, uri: str | os.PathLike):
+        self.uri = str(uri)
+        self.fs, self.root = resolve(self.uri)
+        self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    def __reduce__(self):
+        return Storage, (self.uri if is_remote(self.uri) else self.root,)
+
+    def __repr__(self) -> str:
+        return f"Storage({self.display()!r})"
+
+    def __str__(self) -> str:
+        return self.display()
+
+    def display(self, rel: str = "") -> str:
+        """Where `rel` is, for messages: the local path, or scheme://bucket/key without options."""
+        if self.is_local:
+            return self.path(rel)
+        scheme = _SCHEME_RE.match(self.uri)[1]
+        return f"{scheme}://{self.path(rel)}"
+
+    def path(self, rel: str = "") -> str:
+        return posixpath.join(self.root, rel) if rel else self.root
+
+    def local_path(self, rel: str = "") -> Path:
+        if not self.is_local:
+            raise StorageError(f"{self.display(rel)} is not on the local filesystem")
+        return Path(self.path(rel))
+
+    def child(self, rel: str) -> Storage:
+        """The sub-folder `rel` as a Storage of its own."""
+        if self.is_local:
+            return Storage(self.path(rel))
+        base, _, query = self.uri.partition("?")
+        return Storage(posixpath.join(base.rstrip("/"), rel) + (f"?{query}" if query else ""))
+
+    # queries
+
+    def _info(self, rel: str) -> pafs.FileInfo:
+        return self.fs.get_file_info(self.path(rel))
+
+    def is_file(self, rel: str = "") -> bool:
+        return self._info(rel).type == pafs.FileType.File
+
+    def is_dir(self, rel: str = "") -> bool:
+        return self._info(rel).type == pafs.FileType.Directory
+
+    def exists(self, rel: str = "") -> bool:
+        return self._info(rel).type != pafs.FileType.NotFound
+
+    def list(self, rel: str = "", *, recursive: bool = False) -> list[str]:
+        """Files under `rel`, relative to `rel` and sorted; [] when the folder is missing."""
+        base = self.path(rel)
+        infos = self.fs.get_file_info(pafs.FileSelector(base, allow_not_found=True,
+                                                        recursive=recursive))
+        return sorted(posixpath.relpath(i.path, base) for i in infos
+                      if i.type == pafs.FileType.File)
+
+    def is_empty(self, rel: str = "") -> bool:
+        """True when `rel` is missing or holds nothing (not even empty folders)."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path(rel), allow_not_found=True))
+        return not infos
+
+    # reading and writing
+
+    def read_bytes(self, rel: str) -> bytes:
+        with self.fs.open_input_stream(self.path(rel)) as f:
+            return f.read()
+
+    def read_text(self, rel: str) -> str:
+        return self.read_bytes(rel).decode()
+
+    def read_json(self, rel: str):
+        return json.loads(self.read_bytes(rel))
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Atomic: a temporary name and a rename locally, one upload remotely."""
+        path = self.path(rel)
+        if self.is_local:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            tmp = posixpath.join(posixpath.dirname(path),
+                                 f".{posixpath.basename(path)}.tmp{os.getpid()}")
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+            return
+        with self.fs.open_output_stream(path) as f:
+            f.write(data)
+
+    def write_json(self, rel: str, obj) -> None:
+        self.write_bytes(rel, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+    def write_with(self, rel: str, write) -> None:
+        """Atomic write by a callback `write(path, filesystem)` (e.g. pq.write_table)."""
+        path = self.path(rel)
+        if self.is_local:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            tmp = posixpath.join(posixpath.dirname(path),
+                                 f".{posixpath.basename(path)}.tmp{os.getpid()}")
+            write(tmp, self.fs)
+            os.replace(tmp, path)
+        else:
+            write(path, self.fs)
+
+    def makedirs(self, rel: str = "") -> None:
+        if self.is_local:
+            Path(self.path(rel)).mkdir(parents=True, exist_ok=True)
+        # object stores have no folders: a key's "parents" exist once it is written
+
+    def move(self, src: str, dst: str) -> None:
+        """Rename locally; copy, then delete, on object stores."""
+        if self.is_local:
+            Path(self.path(dst)).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.path(src), self.path(dst))
+        else:
+            self.fs.copy_file(self.path(src), self.path(dst))
+            self.delete(src)
+
+    def delete(self, rel: str) -> None:
+        """Delete a file; nothing when it is missing."""
+        try:
+            self.fs.delete_file(self.path(rel))
+        except FileNotFoundError:
+            pass
+
+    def delete_dir(self, rel: str) -> None:
+        """Delete a folder and everything under it; nothing when it is missing."""
+        if self.exists(rel):
+            self.fs.delete_dir(self.path(rel))
+
+    def delete_temporaries(self) -> int:
+        """Remove `.NAME.tmp<pid>` files left by local writes cut short by a crash."""
+        if not self.is_local:
+            return 0
+        tmps = list(Path(self.root).rglob(".*.tmp*")) if Path(self.root).is_dir() else []
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+        return len(tmps)
