@@ -34,14 +34,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from regene_ray.cli import run_main, setup_logging  # noqa: E402
-from regene_ray.cluster import check_shared_folder  # noqa: E402
+from regene_ray.cluster import WriteChunksOnNode, check_shared_folder  # noqa: E402
 from regene_ray.latent_bank import BANK_FILE, LatentBank  # noqa: E402
 from regene_ray.mass import (  # noqa: E402
     ChunkInfo,
     MassSpec,
     Runner,
     Summary,
-    WriteChunks,
     auto_chunk_size,
     job_metadata,
     pack_run,
@@ -177,7 +176,7 @@ def ray_runner(spec: MassSpec, out: Storage, identity: dict, *, workers: tuple[i
         # so a chunk that kills its worker every time fails the job instead of looping.
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         ds = ds.map_batches(
-            WriteChunks,
+            WriteChunksOnNode,
             fn_constructor_args=(run_files, out),
             fn_constructor_kwargs=dict(
                 metadata=identity, png=spec.png, fail_once=fail_once, n_parents=spec.n_parents,
@@ -193,7 +192,8 @@ def ray_runner(spec: MassSpec, out: Storage, identity: dict, *, workers: tuple[i
             **gpu,
         )
         return [ChunkInfo(int(r["label"]), int(r["chunk"]), int(r["tried"]),
-                          int(r["latent_passed"]), int(r["accepted"])) for r in ds.take_all()]
+                          int(r["latent_passed"]), int(r["accepted"]), node=str(r["node"]))
+                for r in ds.take_all()]
 
     return run
 

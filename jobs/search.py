@@ -9,9 +9,15 @@ trading classifier accuracy (max) against decoder reconstruction MAE (min).
         python jobs/search.py --space search_spaces/digits.yaml --storage-path $PWD/runs/search \\
         --name digits
 
+    # a multi-node cluster: storage every node reaches
+    ... jobs/search.py --space search_spaces/mnist.yaml --storage-path s3://bucket/search --name mnist
+
 Writes into STORAGE_PATH/NAME: trials.parquet, pareto.png, best_config.yaml (for
 `jobs/train.py --config`), summary.json, optuna.sqlite (`optuna-dashboard sqlite:///...`) and
 Tune's experiment state. Re-running with the same --storage-path and --name resumes the sweep.
+--storage-path may be a local folder, s3://bucket/prefix or gs://bucket/prefix (pyarrow
+filesystems; for an S3-compatible server add ?endpoint_override=host:port&scheme=http). On a
+multi-node cluster a local folder must be shared by every node, or the job refuses it.
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from regene_ray.cli import run_main, setup_logging  # noqa: E402
+from regene_ray.cluster import check_shared_folder  # noqa: E402
 from regene_ray.config import ConfigError  # noqa: E402
 from regene_ray.search_space import load_search_space, smoke_test_space  # noqa: E402
+from regene_ray.storage import Storage, is_remote  # noqa: E402
 
 log = logging.getLogger("search")
 
@@ -36,9 +44,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--space", type=Path, required=True,
                    help="search space YAML, e.g. search_spaces/digits.yaml (required)")
-    p.add_argument("--storage-path", type=Path, required=True,
-                   help="folder holding experiments; use an absolute path with `ray job submit` "
-                   "(required)")
+    p.add_argument("--storage-path", required=True,
+                   help="folder holding experiments: a local path (absolute with `ray job "
+                   "submit`), s3://bucket/prefix or gs://bucket/prefix (required)")
     p.add_argument("--name", required=True, help="experiment name; the same name resumes (required)")
     p.add_argument("--num-samples", type=int,
                    help="trials in the sweep (default: the space's num_samples; 3 with --smoke-test)")
@@ -103,11 +111,16 @@ def main(args: argparse.Namespace) -> dict:
     from regene_ray.search import SweepOptions, run_sweep, trial_resources
 
     trial_resources(args.cpus_per_trial, args.gpus_per_trial)  # fail before starting Ray
-    if not args.storage_path.is_absolute() and (args.address or os.environ.get("RAY_ADDRESS")):
+    remote = is_remote(args.storage_path)
+    if not remote and not Path(args.storage_path).is_absolute() and (
+            args.address or os.environ.get("RAY_ADDRESS")):
         log.warning("--storage-path %s is relative: under `ray job submit` it resolves inside the "
                     "job's temporary working dir; pass an absolute (shared) path",
                     args.storage_path)
+    store = Storage(args.storage_path)  # a bad URI fails here, before Ray starts
     init_ray(args.address, args.num_cpus)
+    if store.is_local:
+        check_shared_folder(store.local_path(), "--storage-path")
     opts = SweepOptions(
         storage_path=args.storage_path, name=args.name, num_samples=args.num_samples,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
@@ -116,10 +129,15 @@ def main(args: argparse.Namespace) -> dict:
         restart_errored=args.restart_errored, sampler=args.sampler,
     )
     summary = run_sweep(space, opts)
-    out = args.storage_path.resolve() / args.name
+    out = store.child(args.name)
     print(f"sweep folder: {out}  ({summary['trials']} trials {summary['status_counts']}; "
           "trials.parquet, pareto.png, best_config.yaml, optuna.sqlite)")
-    print(f"next: python jobs/train.py --config {out / 'best_config.yaml'} --out runs/best")
+    best = out.display("best_config.yaml")
+    if out.is_local:
+        print(f"next: python jobs/train.py --config {best} --out runs/best")
+    else:
+        print(f"next: copy {best} here, then python jobs/train.py --config best_config.yaml "
+              "--out runs/best")
     return summary
 
 

@@ -1,4 +1,7 @@
-"""Ray-side checks for jobs that run on a cluster (the jobs call these after connecting).
+"""Ray-side pieces for jobs that run on a cluster (the jobs call these after connecting).
+
+`WriteChunksOnNode` is regene_ray.mass.WriteChunks that also says which Ray node wrote each chunk
+(mass generation's summary counts chunks per node).
 
 `check_shared_folder` refuses a local output folder that some node of a multi-node cluster does
 not see: the driver writes a marker file into it and a zero-CPU task pinned to every alive node
@@ -13,6 +16,9 @@ import socket
 import uuid
 from pathlib import Path
 
+import numpy as np
+
+from regene_ray.mass import WriteChunks
 from regene_ray.storage import StorageError
 
 log = logging.getLogger(__name__)
@@ -70,3 +76,14 @@ def check_shared_folder(folder: str | Path, flag: str, timeout_s: float = 120.0)
             "filesystem (NFS, EFS, Filestore) mounted at the same path on every node")
     log.info("%s %s is shared by all %d nodes", flag, folder, len(nodes))
     return len(nodes)
+
+
+class WriteChunksOnNode(WriteChunks):
+    """WriteChunks whose result rows also carry the Ray node id of the actor that wrote them."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import ray
+
+        out = super().__call__(batch)
+        out["node"] = np.array([ray.get_runtime_context().get_node_id()] * len(out["label"]))
+        return out

@@ -54,7 +54,6 @@ from regene_ray.checkpoint import file_sha256
 from regene_ray.convex import parse_weights
 from regene_ray.generator import ConvexGenerator, GenerationBatch, encode_png
 from regene_ray.latent_bank import BANK_FILE, THRESHOLDS_FILE
-from regene_ray.storage import Storage
 from regene_ray.sinks import (
     SCHEMA,
     png_relpath,
@@ -63,6 +62,7 @@ from regene_ray.sinks import (
     write_file_atomic,
     write_parquet_atomic,
 )
+from regene_ray.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +202,7 @@ class ChunkInfo:
     latent_passed: int
     accepted: int  # accepted rows of the full chunk (before any trimming)
     path: str | None = None  # relative to the output folder
+    node: str = ""  # the Ray node that generated it in this run (when the runner says)
 
 
 @dataclass
@@ -358,6 +359,7 @@ class WriteChunks(GenerateChunks):
 def _info_dict(info: ChunkInfo) -> dict:
     d = asdict(info)
     d.pop("path")
+    d.pop("node")
     return d
 
 
@@ -582,7 +584,7 @@ def run_job(spec: MassSpec, out: str | Path | Storage, runner: Runner, *, resume
     if resumed:
         log.info("resuming: %d chunks already done in %s", len(done), out)
     prior = prior_rate(spec.run, spec.n_parents)
-    waves, generated = 0, 0
+    waves, generated, per_node = 0, 0, {}
     while True:
         rates = class_rates(done, spec.classes, prior, min_tried=spec.chunk_size)
         todo = plan_wave(done, quota, spec.chunk_size, rates)
@@ -596,6 +598,8 @@ def run_job(spec: MassSpec, out: str | Path | Storage, runner: Runner, *, resume
             info.path = f"{CHUNKS_DIR}/{chunk_name(info.label, info.chunk)}"
             done[(info.label, info.chunk)] = info
             generated += info.tried
+            if info.node:
+                per_node[info.node] = per_node.get(info.node, 0) + 1
         missing = [key for key in todo if key not in done]
         if missing:
             raise RuntimeError(f"the runner returned no result for chunks {missing[:5]}")
@@ -619,7 +623,8 @@ def run_job(spec: MassSpec, out: str | Path | Storage, runner: Runner, *, resume
         images_per_s=round(spec.count / wall, 1) if not resumed else
         round(generated * (acc / tried) / wall, 1),
         parquet_files=n_files,
-        extra={"chunk_size": spec.chunk_size, "batch_size": spec.batch_size, "out": str(out)},
+        extra={"chunk_size": spec.chunk_size, "batch_size": spec.batch_size, "out": str(out),
+               **({"chunks_per_node": per_node} if per_node else {})},
     )
     out.write_json(SUMMARY_FILE, asdict(summary))
     return summary

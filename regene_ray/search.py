@@ -9,6 +9,13 @@ Pieces, in pipeline order:
 - `run_sweep`: builds or restores the Tuner, runs it, and writes the outputs: trials.parquet,
   pareto.png, best_config.yaml and summary.json.
 
+Storage: `storage_path` is a local folder, s3://bucket/prefix or gs://bucket/prefix (see
+regene_ray.storage). Tune writes its experiment state and the trial checkpoints there through the
+pyarrow filesystem. Optuna's sqlite cannot live on an object store, so for remote storage the
+driver keeps it (and writes the outputs) in a local cache folder keyed by the URI
+(`$REGENE_CACHE_DIR`, else ~/.cache/regene-ray) and uploads them: the study every few seconds while
+the sweep runs (`UploadFiles`), everything at the end. A resume on another machine downloads them.
+
 Every report carries both objectives. While the classifier trains there is no decoder yet, so
 val_mae holds the placeholder WORST_MAE (1.0: the largest possible MAE of [0, 1] pixels) and
 `phase` says "classifier"; the final report of a finished trial holds the measured values, and
@@ -18,6 +25,7 @@ error, or ASHA) gets val_mae = NaN in trials.parquet and is never on the front.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -39,6 +47,7 @@ from regene_ray.losses import ReconstructionLoss, build_perceptual
 from regene_ray.pareto import choose_within_tolerance, pareto_mask
 from regene_ray.run import build_models
 from regene_ray.search_space import SearchSpace
+from regene_ray.storage import Storage
 from regene_ray.train import (
     classifier_epoch,
     decoder_epoch,
@@ -60,6 +69,7 @@ PARETO_PNG = "pareto.png"
 BEST_CONFIG = "best_config.yaml"
 SUMMARY_FILE = "summary.json"
 STATE_FILE = "trial_state.pt"
+OUTPUT_FILES = (SPACE_FILE, STUDY_FILE, TRIALS_FILE, PARETO_PNG, BEST_CONFIG, SUMMARY_FILE)
 
 
 # the trial
@@ -108,11 +118,17 @@ def train_trial(config: dict, space: SearchSpace, threads: int = 1, device: str 
         _report(tune, last, clf, dec, clf_opt, dec_opt, n_clf + epoch + 1)
 
     if step >= n_clf + dt.epochs:  # restored after its last epoch: repeat the final result
-        tune.report(last)
+        import ray
+
+        tune.report({**last, "node_id": ray.get_runtime_context().get_node_id()})
 
 
 def _report(tune, metrics: dict, clf, dec, clf_opt, dec_opt, step: int) -> None:
-    """tune.report with a checkpoint holding both models, both optimizers and the next step."""
+    """tune.report with a checkpoint holding both models, both optimizers and the next step.
+    Each report also names the Ray node the trial runs on (trials.parquet's node_id)."""
+    import ray
+
+    metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}
     with tempfile.TemporaryDirectory() as d:
         atomic_torch_save({"step": step, "metrics": metrics, "clf": clf.state_dict(),
                            "dec": dec.state_dict(), "clf_opt": clf_opt.state_dict(),
@@ -217,7 +233,7 @@ def make_asha(space: SearchSpace):
 
 @dataclass
 class SweepOptions:
-    storage_path: Path  # experiments live in storage_path/name
+    storage_path: str | Path  # experiments live in storage_path/name: local, s3:// or gs://
     name: str  # experiment name; the same name resumes
     num_samples: int | None = None  # trials; None -> the space's num_samples
     cpus_per_trial: float = 1.0  # CPUs per trial (also torch threads)
@@ -257,6 +273,69 @@ def _space_record(space: SearchSpace, num_samples: int, opts: SweepOptions) -> d
     return rec
 
 
+def driver_folder(exp: Storage) -> Path:
+    """Where the driver keeps the Optuna sqlite and writes the outputs: the experiment folder
+    itself when it is local; for remote storage a cache folder keyed by its URI, so a resumed
+    driver on this machine finds the study where the restored searcher looks for it."""
+    if exp.is_local:
+        return exp.local_path()
+    root = Path(os.environ.get("REGENE_CACHE_DIR") or Path.home() / ".cache" / "regene-ray")
+    key = hashlib.sha256(exp.display().encode()).hexdigest()[:16]
+    return root / "search" / f"{Path(exp.root).name}-{key}"
+
+
+def upload_files(local: Path, exp: Storage, names=OUTPUT_FILES) -> list[str]:
+    """Copy the driver's files up to remote experiment storage; returns the names copied."""
+    sent = []
+    for name in names:
+        if (local / name).is_file():
+            exp.write_bytes(name, (local / name).read_bytes())
+            sent.append(name)
+    return sent
+
+
+def download_files(exp: Storage, local: Path, names=(SPACE_FILE, STUDY_FILE)) -> list[str]:
+    """Fetch the sweep's record and study from remote storage (a resume on a new machine)."""
+    got = []
+    local.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if exp.is_file(name):
+            tmp = local / f".{name}.download"
+            tmp.write_bytes(exp.read_bytes(name))
+            tmp.replace(local / name)
+            got.append(name)
+    return got
+
+
+def upload_callback(local: Path, exp: Storage, every_s: float = 10.0):
+    """A Tune callback that uploads the Optuna study when it changed (at most every `every_s`
+    seconds, and at the end), so remote storage never lags the searcher by much."""
+    from ray.tune import Callback
+
+    class UploadFiles(Callback):
+        def __init__(self):
+            self.last, self.mtime = 0.0, None
+
+        def _sync(self, force: bool = False) -> None:
+            now = time.monotonic()
+            if not force and now - self.last < every_s:
+                return
+            self.last = now
+            study = local / STUDY_FILE
+            mtime = study.stat().st_mtime_ns if study.is_file() else None
+            if mtime != self.mtime:
+                upload_files(local, exp, (STUDY_FILE,))
+                self.mtime = mtime
+
+        def on_step_end(self, iteration, trials, **info):
+            self._sync()
+
+        def on_experiment_end(self, trials, **info):
+            self._sync(force=True)
+
+    return UploadFiles()
+
+
 def run_sweep(space: SearchSpace, opts: SweepOptions) -> dict:
     """Run (or resume) the sweep and write its outputs into storage_path/name.
 
@@ -271,7 +350,10 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> dict:
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    exp_dir = Path(opts.storage_path).resolve() / opts.name
+    store = Storage(opts.storage_path)
+    fs = None if store.is_local else store.fs  # Tune's default for local paths
+    exp = store.child(opts.name)
+    exp_dir = driver_folder(exp)  # == the experiment folder, when local
     num_samples = opts.num_samples or space.num_samples
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, space=space,
@@ -281,17 +363,20 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> dict:
     )
     record = _space_record(space, num_samples, opts)
     t0 = time.perf_counter()
-    if tune.Tuner.can_restore(exp_dir):
+    if tune.Tuner.can_restore(exp.path(), storage_filesystem=fs):
+        if not exp.is_local:
+            download_files(exp, exp_dir)
         old = yaml.safe_load((exp_dir / SPACE_FILE).read_text()) \
             if (exp_dir / SPACE_FILE).is_file() else None
         if old != record:
             raise ConfigError(
-                f"{exp_dir} holds a sweep with a different search space or options; pass a new "
+                f"{exp} holds a sweep with a different search space or options; pass a new "
                 "--name (or the same space, --num-samples, --scheduler and sampler) to resume it"
             )
-        log.info("resuming the sweep in %s", exp_dir)
-        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
-                                   resume_errored=False, restart_errored=opts.restart_errored)
+        log.info("resuming the sweep in %s", exp)
+        tuner = tune.Tuner.restore(exp.path(), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=opts.restart_errored,
+                                   storage_filesystem=fs)
         resumed = True
     else:
         exp_dir.mkdir(parents=True, exist_ok=True)
@@ -301,13 +386,16 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> dict:
                         "killed before its first checkpoint); starting the study afresh", exp_dir)
             stale.unlink()
         (exp_dir / SPACE_FILE).write_text(yaml.safe_dump(record, sort_keys=False))
+        if not exp.is_local:
+            exp.delete(STUDY_FILE)
+            upload_files(exp_dir, exp, (SPACE_FILE,))
         concurrency = opts.max_concurrent or default_concurrency(opts.cpus_per_trial,
                                                                  opts.gpus_per_trial)
         searcher = ConcurrencyLimiter(
             make_searcher(space, exp_dir, opts.name, num_samples, opts.sampler), concurrency)
         scheduler = make_asha(space) if opts.scheduler == "asha" else None
         log.info("sweep %s: %d trials, %d at once, %s per trial, sampler %s, scheduler %s",
-                 exp_dir, num_samples, concurrency,
+                 exp, num_samples, concurrency,
                  trial_resources(opts.cpus_per_trial, opts.gpus_per_trial),
                  opts.sampler or space.sampler, opts.scheduler)
         tuner = tune.Tuner(
@@ -315,16 +403,23 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> dict:
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                         num_samples=num_samples),  # metric/mode: on the searcher
             run_config=tune.RunConfig(
-                name=opts.name, storage_path=str(exp_dir.parent),
+                name=opts.name, storage_path=store.path(), storage_filesystem=fs,
                 failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1,
+                callbacks=[] if exp.is_local else [upload_callback(exp_dir, exp)]),
         )
         resumed = False
     grid = tuner.fit()
     table = trials_table(grid, space)
-    summary = write_outputs(table, space, exp_dir, opts.name, opts.accuracy_tolerance)
-    summary.update(resumed=resumed, wall_s=time.perf_counter() - t0, num_samples=num_samples)
-    save_json(summary, exp_dir / SUMMARY_FILE)
+    try:
+        summary = write_outputs(table, space, exp_dir, opts.name, opts.accuracy_tolerance,
+                                where=exp)
+        summary.update(resumed=resumed, wall_s=time.perf_counter() - t0, num_samples=num_samples,
+                       storage=str(exp))
+        save_json(summary, exp_dir / SUMMARY_FILE)
+    finally:
+        if not exp.is_local:
+            log.info("uploaded %s to %s", upload_files(exp_dir, exp), exp)
     return summary
 
 
@@ -351,6 +446,7 @@ def trials_table(grid, space: SearchSpace) -> pd.DataFrame:
             "error": str(r.error).strip().splitlines()[-1][:300] if r.error is not None else "",
             "epochs_done": int(m.get("training_iteration", 0) or 0),
             "time_total_s": float(m.get("time_total_s", np.nan) or np.nan),
+            "node_id": str(m.get("node_id", "")),
         })
     df = pd.DataFrame(rows).sort_values("trial_id", kind="stable").reset_index(drop=True)
     for k in space.search:  # mixed-type choice columns (e.g. None and numbers) as text
@@ -389,8 +485,11 @@ def crosscheck_front(table: pd.DataFrame, exp_dir: Path, study_name: str) -> dic
 
 
 def write_outputs(table: pd.DataFrame, space: SearchSpace, exp_dir: Path, study_name: str,
-                  tolerance: float) -> dict:
-    """trials.parquet, pareto.png, best_config.yaml and the printed front; returns the summary."""
+                  tolerance: float, where: Storage | None = None) -> dict:
+    """trials.parquet, pareto.png, best_config.yaml and the printed front; returns the summary.
+
+    `where` names the experiment's storage in messages (the files go to local exp_dir)."""
+    where = where or Storage(exp_dir)
     idx = choose_within_tolerance(table.val_accuracy.to_numpy(), table.val_mae.to_numpy(),
                                   tolerance) if len(table) else -1
     table = table.assign(chosen=np.arange(len(table)) == idx)
@@ -403,12 +502,12 @@ def write_outputs(table: pd.DataFrame, space: SearchSpace, exp_dir: Path, study_
                "rule": "lowest val_mae among trials with val_accuracy >= best - tolerance"}
     summary.update(crosscheck_front(table, exp_dir, study_name))
     if idx < 0:
-        raise RuntimeError(f"no trial in {exp_dir} finished with both metrics ({counts}); "
-                           f"see the trial errors in {exp_dir / TRIALS_FILE}")
+        raise RuntimeError(f"no trial in {where} finished with both metrics ({counts}); "
+                           f"see the trial errors in {where.display(TRIALS_FILE)}")
     best = table.iloc[idx]
     params = {k: _plain(best[k]) for k in space.search}
     cfg = space.run_config(params, final=True)
-    header = (f"# Chosen by the architecture search in {exp_dir}\n"
+    header = (f"# Chosen by the architecture search in {where}\n"
               f"# trial {best.trial_id}: val_accuracy {best.val_accuracy:.4f}, val_mae "
               f"{best.val_mae:.4f}, latent_sparsity {best.latent_sparsity:.3f}\n"
               f"# rule: lowest val_mae among trials with val_accuracy >= best - {tolerance}\n"
@@ -418,7 +517,7 @@ def write_outputs(table: pd.DataFrame, space: SearchSpace, exp_dir: Path, study_
                          "val_accuracy": float(best.val_accuracy), "val_mae": float(best.val_mae)}
     print(front_table(table))
     print(f"chosen: trial {best.trial_id} (val_accuracy {best.val_accuracy:.4f}, val_mae "
-          f"{best.val_mae:.4f}) -> {exp_dir / BEST_CONFIG}")
+          f"{best.val_mae:.4f}) -> {where.display(BEST_CONFIG)}")
     return summary
 
 

@@ -5,7 +5,7 @@ Remote folders are resolved by `pyarrow.fs.FileSystem.from_uri`, so the usual op
 
     s3://bucket/gen                                    credentials and region from the AWS chain
     s3://bucket/gen?endpoint_override=127.0.0.1:9000&scheme=http   an S3-compatible server
-    gs://bucket/gen                                    Google credentials (or ?anonymous=true)
+    gs://bucket/gen                                    Google default credentials
 
 (the AWS_ENDPOINT_URL environment variable works as well as endpoint_override). A Storage
 pickles as its URI, so Ray actors and tasks reopen the filesystem where they run.
@@ -23,6 +23,7 @@ import os
 import posixpath
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
@@ -51,15 +52,16 @@ def resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     if scheme not in REMOTE_SCHEMES:
         raise StorageError(f"{text}: unsupported scheme {scheme}://; use a local path, s3:// or "
                            "gs://")
+    parts = urlsplit(text)
+    if not parts.path.strip("/"):
+        raise StorageError(f"{text}: give a folder inside the bucket, e.g. "
+                           f"{scheme}://{parts.netloc}/gen")
     try:
         fs, path = pafs.FileSystem.from_uri(text)
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError with its own wording
         raise StorageError(f"{text}: cannot open this storage URI ({e}); check the bucket name "
                            "and options such as ?endpoint_override=host:port&scheme=http") from e
-    path = path.rstrip("/")
-    if "/" not in path and scheme == "s3":
-        raise StorageError(f"{text}: give a folder inside the bucket, e.g. s3://{path}/gen")
-    return fs, path
+    return fs, path.rstrip("/")
 
 
 class Storage:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -18,38 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
-RAY = str(VENV_BIN / "ray") if (VENV_BIN / "ray").exists() else shutil.which("ray")
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def _session_pids(sid: int) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
-    return [int(p) for p, s in (line.split() for line in out.splitlines()) if int(s) == sid]
-
-
-def _kill_session(sid: int) -> None:
-    """SIGTERM, then SIGKILL, every process of the head's own session."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in _session_pids(sid):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + 5
-        while _session_pids(sid) and time.time() < deadline:
-            time.sleep(0.2)
+from raytools import RAY, REPO, VENV_BIN, free_ports, kill_session
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +24,7 @@ def ray_head():
     """A head on free ports; yields (dashboard url, env for clients)."""
     if RAY is None:
         pytest.skip("the ray CLI is not installed")
-    gcs, dash, client, agent, agent_grpc, metrics, rt_env, node_mgr, obj_mgr = _free_ports(9)
+    gcs, dash, client, agent, agent_grpc, metrics, rt_env, node_mgr, obj_mgr = free_ports(9)
     temp_dir = tempfile.mkdtemp(prefix="rrh", dir="/tmp")  # short: Unix socket paths
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
            "RAY_AUTH_MODE": "token"}
@@ -86,7 +53,7 @@ def ray_head():
             time.sleep(1)
         yield url, env
     finally:
-        _kill_session(head.pid)
+        kill_session(head.pid)
         head.wait(timeout=30)
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
