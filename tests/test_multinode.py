@@ -14,7 +14,6 @@ import importlib.util
 import os
 import subprocess
 import time
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
