@@ -380,6 +380,7 @@ def test_bad_flags_parser(tmp_path, capsys, flags, message):
     (["--count", "10", "--resume", "--overwrite"], "exclude each other"),
     (["--count", "10", "--batch-size", "0"], "--batch-size 0 must be at least 1"),
     (["--count", "10", "--weights", "dirichlet:-1"], "positive alpha"),
+    (["--count", "10", "--device", "cuda"], "--device cuda needs --gpus-per-worker"),
 ])
 def test_bad_flags_main(tiny_run, tmp_path, flags, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):

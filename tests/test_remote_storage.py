@@ -203,3 +203,19 @@ def test_search_to_s3_and_resume_elsewhere(s3, tmp_path):
     assert summary["matches_optuna_best_trials"] is True
     again = pq.read_table("regene/search/sw/trials.parquet", filesystem=fs).to_pandas()
     assert again.drop(columns=["time_total_s"]).equals(trials.drop(columns=["time_total_s"]))
+
+
+def test_bad_storage_uris_stop_the_jobs_before_ray_starts(tiny_run, tmp_path):
+    for job, flag, extra in [
+        ("jobs/search.py", "--storage-path", ["--space", "search_spaces/digits.yaml", "--name",
+                                              "x", "--smoke-test"]),
+        ("jobs/mass_generate.py", "--out", ["--run", str(tiny_run), "--count", "10"]),
+    ]:
+        for bad, message in [("s3://only-a-bucket", "give a folder inside the bucket, e.g. "
+                              "s3://only-a-bucket/gen"),
+                             ("hdfx://host/x", "unsupported scheme hdfx://; use a local path, "
+                              "s3:// or gs://")]:
+            proc = subprocess.run([sys.executable, job, flag, bad, *extra], cwd=REPO,
+                                  capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 2, proc.stderr[-2000:]
+            assert message in proc.stderr and "Started a local Ray" not in proc.stderr
