@@ -273,6 +273,7 @@ def main(args: argparse.Namespace) -> Summary:
         raise ValueError("--device cuda needs --gpus-per-worker (Ray hides GPUs from actors "
                          "that did not ask for one)")
     out = Storage(args.out)
+    out.check_reachable()  # credentials, region, bucket: before Ray starts
     if args.smoke_test:
         if args.run is None:
             args.run = smoke_run(out)
@@ -307,7 +308,8 @@ def main(args: argparse.Namespace) -> Summary:
                         torch_threads=args.torch_threads,
                         fail_once=fail_once)
     s = run_job(spec, out, runner, resume=args.resume, overwrite=args.overwrite,
-                identity=identity)
+                identity=identity, details={"device": device, "workers": list(workers),
+                                            "gpus_per_worker": args.gpus_per_worker})
     log.info("%d images in %.1f s (%.0f img/s), %d candidates tried, acceptance %.3f (latent "
              "%.3f, image %.3f), %d waves -> %s", s.requested, s.wall_s, s.images_per_s,
              s.candidates_tried, s.acceptance["both_steps"], s.acceptance["latent_step"],

@@ -117,7 +117,8 @@ def main(args: argparse.Namespace) -> dict:
         log.warning("--storage-path %s is relative: under `ray job submit` it resolves inside the "
                     "job's temporary working dir; pass an absolute (shared) path",
                     args.storage_path)
-    store = Storage(args.storage_path)  # a bad URI fails here, before Ray starts
+    store = Storage(args.storage_path)  # a bad URI or unreachable bucket fails here, before Ray
+    store.check_reachable()
     init_ray(args.address, args.num_cpus)
     if store.is_local:
         check_shared_folder(store.local_path(), "--storage-path")

@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from regene_ray.mass import WriteChunks
-from regene_ray.storage import StorageError
+from regene_ray.storage import MARKER_PREFIX, StorageError
 
 log = logging.getLogger(__name__)
-MARKER_PREFIX = ".regene-shared-check-"
 
 
 def alive_nodes() -> list[dict]:
@@ -63,17 +62,34 @@ def check_shared_folder(folder: str | Path, flag: str, timeout_s: float = 120.0)
     try:
         refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
             n["NodeID"], soft=False)).remote(str(marker), token) for n in nodes]
-        results = ray.get(refs, timeout=timeout_s)
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        blind, silent = [], []
+        for n, ref in zip(nodes, refs, strict=True):
+            where = f"{n['NodeManagerAddress']} (node {n['NodeID'][:8]})"
+            if ref not in ready:
+                silent.append(where)
+                continue
+            try:
+                seen, host = ray.get(ref)
+            except ray.exceptions.RayError:  # the node left meanwhile (scaled down, died)
+                if any(m["NodeID"] == n["NodeID"] for m in alive_nodes()):
+                    silent.append(where)
+                continue
+            if not seen:
+                blind.append(f"{n['NodeManagerAddress']} ({host}, node {n['NodeID'][:8]})")
     finally:
         marker.unlink(missing_ok=True)
-    blind = [f"{n['NodeManagerAddress']} ({host}, node {n['NodeID'][:8]})"
-             for n, (seen, host) in zip(nodes, results, strict=True) if not seen]
     if blind:
         raise StorageError(
             f"{flag} {folder} is a local folder that {len(blind)} of the {len(nodes)} nodes of "
             f"this Ray cluster do not see: {', '.join(blind)}. On a multi-node cluster write to "
             "storage every node reaches: s3://bucket/prefix, gs://bucket/prefix, or a shared "
             "filesystem (NFS, EFS, Filestore) mounted at the same path on every node")
+    if silent:
+        raise StorageError(
+            f"could not check that {flag} {folder} is shared: node(s) {', '.join(silent)} did not "
+            f"answer within {timeout_s:.0f} s. Check `ray status`, or pass s3://... / gs://... "
+            "storage, which needs no check")
     log.info("%s %s is shared by all %d nodes", flag, folder, len(nodes))
     return len(nodes)
 

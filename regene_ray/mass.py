@@ -323,11 +323,16 @@ class WriteChunks(GenerateChunks):
         if self._checked:
             return
         if not self.out.is_file(JOB_FILE):
-            raise RuntimeError(
-                f"this worker (host {socket.gethostname()}) cannot see {self.out.display(JOB_FILE)}"
-                ", which the driver wrote: --out must be storage every node reaches (s3://..., "
-                "gs://..., or a shared filesystem mounted at the same path on every node)")
-        self._checked = True
+            problem = "cannot see"
+        elif not same_job(self.out.read_json(JOB_FILE), self.metadata):
+            problem = "sees another job's"
+        else:
+            self._checked = True
+            return
+        raise RuntimeError(
+            f"this worker (host {socket.gethostname()}) {problem} {self.out.display(JOB_FILE)}, "
+            "which the driver wrote: --out must be storage every node reaches (s3://..., "
+            "gs://..., or a shared filesystem mounted at the same path on every node)")
 
     def _maybe_fail(self, label: int, chunk: int) -> None:
         if self.fail_once is None or (label, chunk) != tuple(self.fail_once[:2]):
@@ -374,6 +379,17 @@ def job_metadata(spec: MassSpec, hashes: dict[str, str]) -> dict:
             "format": "regene-ray mass generation v1"}
 
 
+def same_job(a: dict, b: dict) -> bool:
+    """Whether two job identities describe the same output. The run folder's path is left out
+    (the same checkpoints, by hash, may sit elsewhere on another driver host)."""
+    def key(identity: dict) -> dict:
+        identity = json.loads(json.dumps(identity))  # as job.json holds it (tuples are lists)
+        identity.get("spec", {}).pop("run", None)
+        return identity
+
+    return key(a) == key(b)
+
+
 def prepare_output(out: Storage, identity: dict, *, resume: bool, overwrite: bool) -> bool:
     """Create OUT or check it holds this job. Returns True when an earlier attempt is resumed."""
     identity = json.loads(json.dumps(identity))  # as job.json holds it (tuples become lists)
@@ -388,13 +404,14 @@ def prepare_output(out: Storage, identity: dict, *, resume: bool, overwrite: boo
         old = out.read_json(JOB_FILE)
         if overwrite:
             log.warning("--overwrite: removing the earlier output in %s", out)
-            for name in (SUMMARY_FILE, JOB_FILE):
-                out.delete(name)
+            out.delete(SUMMARY_FILE)
             for name in (CHUNKS_DIR, DATA_DIR, PNG_DIR):
                 out.delete_dir(name)
-        elif old != identity:
+            out.delete(JOB_FILE)  # last: an interrupted --overwrite can be run again
+        elif not same_job(old, identity):
             differ = sorted(k for k in set(old.get("spec", {})) | set(identity["spec"])
-                            if old.get("spec", {}).get(k) != identity["spec"].get(k))
+                            if k != "run"
+                            and old.get("spec", {}).get(k) != identity["spec"].get(k))
             if old.get("checkpoint_sha256") != identity["checkpoint_sha256"]:
                 differ.append("run checkpoints")
             raise FileExistsError(
@@ -564,7 +581,8 @@ Runner = Callable[[list[tuple[int, int]]], list[ChunkInfo]]
 
 
 def run_job(spec: MassSpec, out: str | Path | Storage, runner: Runner, *, resume: bool = False,
-            overwrite: bool = False, identity: dict | None = None) -> Summary:
+            overwrite: bool = False, identity: dict | None = None,
+            details: dict | None = None) -> Summary:
     """Generate until the output holds exactly spec.count rows, then finalise and summarise.
 
     Args:
@@ -574,6 +592,7 @@ def run_job(spec: MassSpec, out: str | Path | Storage, runner: Runner, *, resume
             statistics; it must write each chunk with WriteChunks.
         resume, overwrite: what to do when OUT already holds output (see prepare_output).
         identity: job_metadata(spec, hashes), when the caller already computed it.
+        details: how the job ran (device, workers ...), added to the summary's `extra`.
     """
     t0 = time.perf_counter()
     out = out if isinstance(out, Storage) else Storage(out)
@@ -624,7 +643,7 @@ def run_job(spec: MassSpec, out: str | Path | Storage, runner: Runner, *, resume
         round(generated * (acc / tried) / wall, 1),
         parquet_files=n_files,
         extra={"chunk_size": spec.chunk_size, "batch_size": spec.batch_size, "out": str(out),
-               **({"chunks_per_node": per_node} if per_node else {})},
+               **(details or {}), **({"chunks_per_node": per_node} if per_node else {})},
     )
     out.write_json(SUMMARY_FILE, asdict(summary))
     return summary

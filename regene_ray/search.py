@@ -13,8 +13,9 @@ Storage: `storage_path` is a local folder, s3://bucket/prefix or gs://bucket/pre
 regene_ray.storage). Tune writes its experiment state and the trial checkpoints there through the
 pyarrow filesystem. Optuna's sqlite cannot live on an object store, so for remote storage the
 driver keeps it (and writes the outputs) in a local cache folder keyed by the URI
-(`$REGENE_CACHE_DIR`, else ~/.cache/regene-ray) and uploads them: the study every few seconds while
-the sweep runs (`UploadFiles`), everything at the end. A resume on another machine downloads them.
+(`$REGENE_CACHE_DIR`, else ~/.cache/regene-ray) and uploads them: the study whenever it changed
+while the sweep runs (`UploadFiles`), everything at the end. A resume on another machine downloads
+them, and the restored searcher reopens the study there (regene_ray.study_search).
 
 Every report carries both objectives. While the classifier trains there is no decoder yet, so
 val_mae holds the placeholder WORST_MAE (1.0: the largest possible MAE of [0, 1] pixels) and
@@ -30,6 +31,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -203,12 +205,13 @@ def make_searcher(space: SearchSpace, exp_dir: Path, study_name: str, num_sample
     `study_name=`, and creates the study with load_if_exists=True.
     """
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
+
+    from regene_ray.study_search import StudySearch  # OptunaSearch whose study may move
 
     storage = optuna.storages.RDBStorage(study_url(exp_dir))
-    return OptunaSearch(optuna_distributions(space), metric=METRICS, mode=MODES,
-                        sampler=make_sampler(sampler or space.sampler, space.seed, num_samples),
-                        study_name=study_name, storage=storage)
+    return StudySearch(optuna_distributions(space), metric=METRICS, mode=MODES,
+                       sampler=make_sampler(sampler or space.sampler, space.seed, num_samples),
+                       study_name=study_name, storage=storage)
 
 
 def make_asha(space: SearchSpace):
@@ -294,33 +297,49 @@ def upload_files(local: Path, exp: Storage, names=OUTPUT_FILES) -> list[str]:
     return sent
 
 
-def download_files(exp: Storage, local: Path, names=(SPACE_FILE, STUDY_FILE)) -> list[str]:
-    """Fetch the sweep's record and study from remote storage (a resume on a new machine)."""
+def _study_trials(path: Path, study_name: str) -> int:
+    import optuna
+
+    try:
+        return len(optuna.load_study(study_name=study_name,
+                                     storage=f"sqlite:///{path}").get_trials(deepcopy=False))
+    except Exception:  # noqa: BLE001 - missing, empty or not a study: the other copy wins
+        return -1
+
+
+def download_files(exp: Storage, local: Path, study_name: str) -> list[str]:
+    """Fetch the sweep's record and study from remote storage (a resume on a new machine).
+    A study already in the cache is kept when it holds at least as many trials (the uploaded
+    copy can lag the driver that was stopped)."""
     got = []
     local.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        if exp.is_file(name):
-            tmp = local / f".{name}.download"
-            tmp.write_bytes(exp.read_bytes(name))
-            tmp.replace(local / name)
-            got.append(name)
+    for name in (SPACE_FILE, STUDY_FILE):
+        if not exp.is_file(name):
+            continue
+        tmp = local / f".{name}.download"
+        tmp.write_bytes(exp.read_bytes(name))
+        if name == STUDY_FILE and (local / name).is_file() and \
+                _study_trials(local / name, study_name) >= _study_trials(tmp, study_name):
+            log.info("keeping the cached %s (as new as the uploaded one)", local / name)
+            tmp.unlink()
+            continue
+        tmp.replace(local / name)
+        got.append(name)
     return got
 
 
-def upload_callback(local: Path, exp: Storage, every_s: float = 10.0):
-    """A Tune callback that uploads the Optuna study when it changed (at most every `every_s`
-    seconds, and at the end), so remote storage never lags the searcher by much."""
+def upload_callback(exp: Storage):
+    """A Tune callback that uploads the Optuna study whenever it changed (checked after every
+    step of the Tune loop, and at the end), so remote storage does not lag the searcher. The
+    cache folder is worked out where the callback runs (it is pickled into tuner.pkl)."""
     from ray.tune import Callback
 
     class UploadFiles(Callback):
         def __init__(self):
-            self.last, self.mtime = 0.0, None
+            self.mtime = None
 
-        def _sync(self, force: bool = False) -> None:
-            now = time.monotonic()
-            if not force and now - self.last < every_s:
-                return
-            self.last = now
+        def _sync(self) -> None:
+            local = driver_folder(exp)
             study = local / STUDY_FILE
             mtime = study.stat().st_mtime_ns if study.is_file() else None
             if mtime != self.mtime:
@@ -331,7 +350,7 @@ def upload_callback(local: Path, exp: Storage, every_s: float = 10.0):
             self._sync()
 
         def on_experiment_end(self, trials, **info):
-            self._sync(force=True)
+            self._sync()
 
     return UploadFiles()
 
@@ -350,6 +369,11 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> dict:
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
+    from regene_ray.study_search import relocate_to
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", opts.name):
+        raise ConfigError(f"--name {opts.name!r}: use letters, digits, '.', '_' and '-' (it names "
+                          "a folder in the storage path)")
     store = Storage(opts.storage_path)
     fs = None if store.is_local else store.fs  # Tune's default for local paths
     exp = store.child(opts.name)
@@ -365,7 +389,7 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> dict:
     t0 = time.perf_counter()
     if tune.Tuner.can_restore(exp.path(), storage_filesystem=fs):
         if not exp.is_local:
-            download_files(exp, exp_dir)
+            download_files(exp, exp_dir, opts.name)
         old = yaml.safe_load((exp_dir / SPACE_FILE).read_text()) \
             if (exp_dir / SPACE_FILE).is_file() else None
         if old != record:
@@ -374,6 +398,7 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> dict:
                 "--name (or the same space, --num-samples, --scheduler and sampler) to resume it"
             )
         log.info("resuming the sweep in %s", exp)
+        relocate_to(study_url(exp_dir))  # the restored searcher reopens its study here
         tuner = tune.Tuner.restore(exp.path(), trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=opts.restart_errored,
                                    storage_filesystem=fs)
@@ -384,10 +409,12 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> dict:
         if stale.exists():
             log.warning("%s has an Optuna study but no restorable Tune state (the driver was "
                         "killed before its first checkpoint); starting the study afresh", exp_dir)
-            stale.unlink()
+        for name in OUTPUT_FILES:  # nothing of an earlier attempt may pass for this sweep's
+            (exp_dir / name).unlink(missing_ok=True)
+            if not exp.is_local:
+                exp.delete(name)
         (exp_dir / SPACE_FILE).write_text(yaml.safe_dump(record, sort_keys=False))
         if not exp.is_local:
-            exp.delete(STUDY_FILE)
             upload_files(exp_dir, exp, (SPACE_FILE,))
         concurrency = opts.max_concurrent or default_concurrency(opts.cpus_per_trial,
                                                                  opts.gpus_per_trial)
@@ -406,7 +433,10 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> dict:
                 name=opts.name, storage_path=store.path(), storage_filesystem=fs,
                 failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1,
-                callbacks=[] if exp.is_local else [upload_callback(exp_dir, exp)]),
+                callbacks=[] if exp.is_local else [upload_callback(exp)],
+                # experiment state to remote storage at least every 30 s (Tune's default: 300 s,
+                # sooner when trials checkpoint); what a resume after a driver crash starts from
+                sync_config=tune.SyncConfig(sync_period=30)),
         )
         resumed = False
     grid = tuner.fit()

@@ -10,9 +10,9 @@ Remote folders are resolved by `pyarrow.fs.FileSystem.from_uri`, so the usual op
 (the AWS_ENDPOINT_URL environment variable works as well as endpoint_override). A Storage
 pickles as its URI, so Ray actors and tasks reopen the filesystem where they run.
 
-Atomic writes: a local file is written under a temporary name and renamed; an object store
-publishes an object only when its upload completes, so a reader or a resumed job never sees half
-a file either way. `move` is a rename locally and copy-then-delete on object stores; callers make
+Atomic writes: a local file is written under a temporary name and renamed; for an object store
+the file is first built in memory and then sent in one upload, and the store publishes an object
+only when its upload completes, so a reader or a resumed job never sees half a file either way. `move` is a rename locally and copy-then-delete on object stores; callers make
 that safe by treating "in both places" as "moved" (see regene_ray.mass.scan).
 """
 
@@ -25,9 +25,11 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 REMOTE_SCHEMES = ("s3", "gs", "gcs")
+MARKER_PREFIX = ".regene-shared-check-"  # regene_ray.cluster's probe files (never output)
 _SCHEME_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 
 
@@ -40,6 +42,12 @@ def is_remote(uri: str | os.PathLike) -> bool:
     return bool(m) and m[1].lower() != "file"
 
 
+def redact(uri: str | os.PathLike) -> str:
+    """The URI for messages: without its ?options (they may hold keys)."""
+    base, sep, _ = str(uri).partition("?")
+    return base + ("?..." if sep else "")
+
+
 def resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path on it). Plain and file:// paths become absolute local paths."""
     text = str(uri)
@@ -50,17 +58,18 @@ def resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     if scheme == "file":
         return pafs.LocalFileSystem(), str(Path(text[len("file://"):]).resolve())
     if scheme not in REMOTE_SCHEMES:
-        raise StorageError(f"{text}: unsupported scheme {scheme}://; use a local path, s3:// or "
-                           "gs://")
+        raise StorageError(f"{redact(text)}: unsupported scheme {scheme}://; use a local path, "
+                           "s3:// or gs://")
     parts = urlsplit(text)
     if not parts.path.strip("/"):
-        raise StorageError(f"{text}: give a folder inside the bucket, e.g. "
+        raise StorageError(f"{redact(text)}: give a folder inside the bucket, e.g. "
                            f"{scheme}://{parts.netloc}/gen")
     try:
         fs, path = pafs.FileSystem.from_uri(text)
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError with its own wording
-        raise StorageError(f"{text}: cannot open this storage URI ({e}); check the bucket name "
-                           "and options such as ?endpoint_override=host:port&scheme=http") from e
+        raise StorageError(f"{redact(text)}: cannot open this storage URI ({e}); check the bucket "
+                           "name and options such as ?endpoint_override=host:port&scheme=http"
+                           ) from e
     return fs, path.rstrip("/")
 
 
@@ -97,7 +106,11 @@ class Storage:
         return Path(self.path(rel))
 
     def child(self, rel: str) -> Storage:
-        """The sub-folder `rel` as a Storage of its own."""
+        """The sub-folder `rel` (relative, no '..') as a Storage of its own."""
+        parts = rel.split("/")
+        if not rel or rel.startswith("/") or ".." in parts or "?" in rel or "#" in rel:
+            raise StorageError(f"{rel!r}: give a relative folder name inside {self}, without "
+                               "'..', '?' or '#'")
         if self.is_local:
             return Storage(self.path(rel))
         base, _, query = self.uri.partition("?")
@@ -125,10 +138,26 @@ class Storage:
         return sorted(posixpath.relpath(i.path, base) for i in infos
                       if i.type == pafs.FileType.File)
 
+    def names(self, rel: str = "") -> list[str]:
+        """Names of the files and folders directly in `rel`, sorted; [] when it is missing.
+        Probe markers of regene_ray.cluster (left by a killed driver) are not counted."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path(rel), allow_not_found=True))
+        return sorted(n for n in (posixpath.basename(i.path) for i in infos)
+                      if not n.startswith(MARKER_PREFIX))
+
     def is_empty(self, rel: str = "") -> bool:
         """True when `rel` is missing or holds nothing (not even empty folders)."""
-        infos = self.fs.get_file_info(pafs.FileSelector(self.path(rel), allow_not_found=True))
-        return not infos
+        return not self.names(rel)
+
+    def check_reachable(self) -> None:
+        """Touch the storage once (a listing), so bad credentials, a wrong region or a missing
+        bucket fail here with a clear message rather than deep inside a job."""
+        try:
+            self.fs.get_file_info(self.path())
+        except OSError as e:
+            raise StorageError(f"cannot reach {self}: {e}. Check the credentials (AWS_* / "
+                               "GOOGLE_APPLICATION_CREDENTIALS or the node's role), the region "
+                               "and that the bucket exists") from e
 
     # reading and writing
 
@@ -160,7 +189,9 @@ class Storage:
         self.write_bytes(rel, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
     def write_with(self, rel: str, write) -> None:
-        """Atomic write by a callback `write(path, filesystem)` (e.g. pq.write_table)."""
+        """Atomic write by a callback `write(where, filesystem)` (e.g. pq.write_table): locally
+        to a temporary file that is then renamed; remotely into memory, then one upload (a
+        failure while writing must not complete, and so publish, a partial object)."""
         path = self.path(rel)
         if self.is_local:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -169,7 +200,9 @@ class Storage:
             write(tmp, self.fs)
             os.replace(tmp, path)
         else:
-            write(path, self.fs)
+            buf = pa.BufferOutputStream()
+            write(buf, None)
+            self.write_bytes(rel, buf.getvalue().to_pybytes())
 
     def makedirs(self, rel: str = "") -> None:
         if self.is_local:

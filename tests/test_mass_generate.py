@@ -11,6 +11,7 @@ import importlib.util
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -326,6 +327,11 @@ def test_refuses_another_jobs_output(reference, ray_cluster, tiny_run, tmp_path)
     # resuming a finished job changes nothing
     before = read_out(reference)
     s = generate(tiny_run, reference, *same, "--seed", "5", "--resume")
+    assert s.waves == 0 and read_out(reference).equals(before)
+    # ... also with the same checkpoints at another path (a driver on another host)
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(tiny_run, moved)
+    s = generate(moved, reference, *same, "--seed", "5", "--resume")
     assert s.waves == 0 and read_out(reference).equals(before)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")

@@ -7,7 +7,9 @@ pyarrow's own S3 filesystem and compared with the same job's local output.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -173,36 +175,75 @@ def test_mass_generation_refuses_existing_s3_output(s3, tiny_run):
     assert "--out s3://regene/taken is a non-empty folder without job.json" in proc.stderr
 
 
-def test_search_to_s3_and_resume_elsewhere(s3, tmp_path):
+def _s3_trial_states(fs: pafs.S3FileSystem, exp: str) -> dict[str, str]:
+    """trial id -> status from Tune's latest experiment state file on S3."""
+    files = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(exp, allow_not_found=True))
+                   if Path(i.path).name.startswith("experiment_state-"))
+    if not files:
+        return {}
+    try:
+        data = json.loads(fs.open_input_stream(files[-1]).read())
+    except (OSError, ValueError):
+        return {}
+    return {json.loads(t)["trial_id"]: json.loads(t)["status"] for t, _ in data["trial_data"]}
+
+
+def test_search_to_s3_killed_and_resumed_on_another_machine(s3, tmp_path):
+    """The first driver is SIGKILLed mid-sweep; a second one with an empty cache folder (as on
+    another machine) resumes from S3 alone: its searcher reopens the downloaded study."""
     endpoint, env = s3
     env = {**{k: v for k, v in env.items() if k != "RAY_ADDRESS"},
-           "REGENE_CACHE_DIR": str(tmp_path / "cache-a")}
-    args = ["jobs/search.py", "--space", "search_spaces/digits.yaml", "--smoke-test",
-            "--num-samples", "2", "--storage-path", uri(endpoint, "search"), "--name", "sw",
-            "--num-cpus", "2"]
-    proc = _job(args, env)
-    assert "sweep folder: s3://regene/search/sw" in proc.stdout
+           "REGENE_CACHE_DIR": str(tmp_path / "cache-a"), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    args = [sys.executable, "jobs/search.py", "--space", "search_spaces/digits.yaml",
+            "--smoke-test", "--num-samples", "3", "--max-concurrent", "1", "--storage-path",
+            uri(endpoint, "search"), "--name", "sw", "--num-cpus", "2"]
     fs = s3fs(endpoint)
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(args, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    done = []
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and first.poll() is None and not done:
+            done = [t for t, s in _s3_trial_states(fs, "regene/search/sw").items()
+                    if s == "TERMINATED"]
+            time.sleep(0.3)
+    finally:
+        try:
+            os.killpg(first.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        first.wait(timeout=30)
+        log.close()
+    assert done, (tmp_path / "first.log").read_text()[-3000:]
+    assert fs.get_file_info("regene/search/sw/trials.parquet").type == pafs.FileType.NotFound
+    assert fs.get_file_info("regene/search/sw/optuna.sqlite").type == pafs.FileType.File
+
+    env["REGENE_CACHE_DIR"] = str(tmp_path / "cache-b")  # "another machine": nothing cached
+    second = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True,
+                            timeout=400)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-5000:]
+    assert "sweep folder: s3://regene/search/sw" in second.stdout
     trials = pq.read_table("regene/search/sw/trials.parquet", filesystem=fs).to_pandas()
-    assert len(trials) == 2 and set(trials.status) == {"TERMINATED"}
+    assert len(trials) == 3 and set(trials.status) == {"TERMINATED"}
     assert trials.val_mae.notna().all() and trials.chosen.sum() == 1
+    assert set(done) <= set(trials.trial_id)
+    summary = Storage(uri(endpoint, "search/sw")).read_json("summary.json")
+    assert summary["resumed"] is True and summary["matches_optuna_best_trials"] is True
+    # the study that went back to S3 holds every trial, told with both objectives
+    study_file = tmp_path / "study.sqlite"
+    study_file.write_bytes(fs.open_input_stream("regene/search/sw/optuna.sqlite").read())
+    import optuna
+
+    study = optuna.load_study(study_name="sw", storage=f"sqlite:///{study_file}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 3 and all(len(t.values) == 2 for t in complete)
     best = yaml.safe_load(fs.open_input_stream("regene/search/sw/best_config.yaml").read())
-    assert best["classifier"]["latent_dim"] == int(trials.loc[trials.chosen].iloc[0][
-        "classifier.latent_dim"])
+    chosen = trials.loc[trials.chosen].iloc[0]
+    assert best["classifier"]["latent_dim"] == int(chosen["classifier.latent_dim"])
     names = {Path(i.path).name for i in fs.get_file_info(
         pafs.FileSelector("regene/search/sw", recursive=True))}
-    assert {"optuna.sqlite", "pareto.png", "summary.json", "search_space.yaml",
-            "tuner.pkl"} <= names
-    assert any(n.startswith("experiment_state") for n in names)
-    assert any(n == "trial_state.pt" for n in names)  # trial checkpoints went to S3 too
-    # a driver on "another machine" (an empty cache) resumes from S3 alone
-    env["REGENE_CACHE_DIR"] = str(tmp_path / "cache-b")
-    _job(args, env)
-    summary = Storage(uri(endpoint, "search/sw")).read_json("summary.json")
-    assert summary["resumed"] is True and summary["trials"] == 2
-    assert summary["matches_optuna_best_trials"] is True
-    again = pq.read_table("regene/search/sw/trials.parquet", filesystem=fs).to_pandas()
-    assert again.drop(columns=["time_total_s"]).equals(trials.drop(columns=["time_total_s"]))
+    assert {"pareto.png", "search_space.yaml", "tuner.pkl", "trial_state.pt"} <= names
 
 
 def test_bad_storage_uris_stop_the_jobs_before_ray_starts(tiny_run, tmp_path):

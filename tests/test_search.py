@@ -147,3 +147,13 @@ def test_asha_stops_only_in_classifier_phase(tmp_path):
     assert (df.epochs_done[stopped] <= 2).all() and (df.epochs_done[~stopped] == 4).all()
     assert df.val_mae[stopped].isna().all() and not df.is_pareto[stopped].any()
     assert summary["matches_optuna_best_trials"]
+
+
+def test_trials_ask_for_a_gpu_only_when_told():
+    from regene_ray.config import ConfigError
+    from regene_ray.search import trial_resources
+
+    assert trial_resources(1, 0) == {"cpu": 1}  # no "gpu" key at all: 0 has been read as a request
+    assert trial_resources(2, 0.25) == {"cpu": 2, "gpu": 0.25}
+    with pytest.raises(ConfigError, match="--gpus-per-trial -1 >= 0"):
+        trial_resources(1, -1)
