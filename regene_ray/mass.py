@@ -59,7 +59,6 @@ from regene_ray.sinks import (
     png_relpath,
     read_metadata,
     rows_table,
-    write_file_atomic,
     write_parquet_atomic,
 )
 from regene_ray.storage import Storage
@@ -351,9 +350,8 @@ class WriteChunks(GenerateChunks):
             self._maybe_fail(c, k)
             if self.png:
                 image = table.column("image").combine_chunks()
-                for path, data in zip(image.field("path").to_pylist(),
-                                      image.field("bytes").to_pylist(), strict=True):
-                    write_file_atomic(data, path, self.out)
+                self.out.write_many(list(zip(image.field("path").to_pylist(),
+                                             image.field("bytes").to_pylist(), strict=True)))
             meta = {**self.metadata, "chunk": _info_dict(info)}
             write_parquet_atomic(table, f"{CHUNKS_DIR}/{chunk_name(c, k)}", meta, self.out)
             infos.append(info)
@@ -536,8 +534,7 @@ def cutoffs(done: dict[tuple[int, int], ChunkInfo], quota: dict[int, int]
 
 
 def _delete_pngs(out: Storage, table: pa.Table) -> None:
-    for rel in table.column("image").combine_chunks().field("path").to_pylist():
-        out.delete(rel)
+    out.delete_many(table.column("image").combine_chunks().field("path").to_pylist())
 
 
 def finalize(out: Storage, done: dict[tuple[int, int], ChunkInfo],

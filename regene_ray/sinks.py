@@ -109,8 +109,3 @@ def read_metadata(path: str | Path, storage: Storage | None = None) -> dict:
 def png_relpath(label: int, index: int, candidate_id: int) -> str:
     """png/<label>/<shard>/<id>.png, sharded by the per-class candidate index."""
     return f"png/{label}/{index // PNG_SHARD:05d}/{candidate_id}.png"
-
-
-def write_file_atomic(data: bytes, path: str | Path, storage: Storage | None = None) -> None:
-    storage, rel = _where(path, storage)
-    storage.write_bytes(rel, data)

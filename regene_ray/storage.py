@@ -22,6 +22,7 @@ import json
 import os
 import posixpath
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -29,6 +30,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 REMOTE_SCHEMES = ("s3", "gs", "gcs")
+REMOTE_THREADS = 16  # requests in flight for many small files on an object store
 MARKER_PREFIX = ".regene-shared-check-"  # regene_ray.cluster's probe files (never output)
 _SCHEME_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 
@@ -154,6 +156,12 @@ class Storage:
         bucket fail here with a clear message rather than deep inside a job."""
         try:
             self.fs.get_file_info(self.path())
+            bucket = self.root.split("/", 1)[0]
+            if not self.is_local and \
+                    self.fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+                raise StorageError(f"{self}: the bucket {bucket} does not exist, or these "
+                                   "credentials cannot see it; create it first (e.g. `aws s3 mb "
+                                   f"s3://{bucket}`) or fix the credentials")
         except OSError as e:
             raise StorageError(f"cannot reach {self}: {e}. Check the credentials (AWS_* / "
                                "GOOGLE_APPLICATION_CREDENTIALS or the node's role), the region "
@@ -184,6 +192,25 @@ class Storage:
             return
         with self.fs.open_output_stream(path) as f:
             f.write(data)
+
+    def write_many(self, items: list[tuple[str, bytes]]) -> None:
+        """write_bytes for many small files (PNGs): in a thread pool on object stores, where
+        each file is one request and its round trip, not the bytes, is the cost."""
+        if self.is_local or len(items) < 2:
+            for rel, data in items:
+                self.write_bytes(rel, data)
+            return
+        with ThreadPoolExecutor(REMOTE_THREADS) as pool:
+            list(pool.map(lambda item: self.write_bytes(*item), items))
+
+    def delete_many(self, rels: list[str]) -> None:
+        """delete for many files, in a thread pool on object stores."""
+        if self.is_local or len(rels) < 2:
+            for rel in rels:
+                self.delete(rel)
+            return
+        with ThreadPoolExecutor(REMOTE_THREADS) as pool:
+            list(pool.map(self.delete, rels))
 
     def write_json(self, rel: str, obj) -> None:
         self.write_bytes(rel, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())

@@ -105,6 +105,15 @@ def test_storage_resolves_and_refuses(tmp_path):
         Storage("s3://bkt/x?no_such_option=1")
 
 
+def test_missing_bucket_is_named(s3):
+    endpoint, _ = s3
+    Storage(uri(endpoint, "fine")).check_reachable()
+    st = Storage(f"s3://no-such-bucket/x?endpoint_override={endpoint}&scheme=http")
+    with pytest.raises(StorageError, match=r"the bucket no-such-bucket does not exist, or these "
+                       r"credentials cannot see it; create it first"):
+        st.check_reachable()
+
+
 def test_existing_output_on_s3_is_refused(s3, tiny_run):
     endpoint, _ = s3
     st = Storage(uri(endpoint, "refuse"))
