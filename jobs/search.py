@@ -108,9 +108,10 @@ def main(args: argparse.Namespace) -> dict:
     space = load_search_space(args.space)
     if args.smoke_test:
         space = smoke_test_space(space)
-    from regene_ray.search import SweepOptions, run_sweep, trial_resources
+    from regene_ray.search import SweepOptions, check_name, run_sweep, trial_resources
 
     trial_resources(args.cpus_per_trial, args.gpus_per_trial)  # fail before starting Ray
+    check_name(args.name)
     remote = is_remote(args.storage_path)
     if not remote and not Path(args.storage_path).is_absolute() and (
             args.address or os.environ.get("RAY_ADDRESS")):

@@ -355,6 +355,14 @@ def upload_callback(exp: Storage):
     return UploadFiles()
 
 
+def check_name(name: str) -> str:
+    """An experiment name is a folder name in the storage path (local or a bucket key)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ConfigError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (it names a "
+                          "folder in the storage path)")
+    return name
+
+
 def run_sweep(space: SearchSpace, opts: SweepOptions) -> dict:
     """Run (or resume) the sweep and write its outputs into storage_path/name.
 
@@ -371,9 +379,7 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> dict:
 
     from regene_ray.study_search import relocate_to
 
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", opts.name):
-        raise ConfigError(f"--name {opts.name!r}: use letters, digits, '.', '_' and '-' (it names "
-                          "a folder in the storage path)")
+    check_name(opts.name)
     store = Storage(opts.storage_path)
     fs = None if store.is_local else store.fs  # Tune's default for local paths
     exp = store.child(opts.name)

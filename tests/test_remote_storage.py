@@ -269,3 +269,8 @@ def test_bad_storage_uris_stop_the_jobs_before_ray_starts(tiny_run, tmp_path):
                                   capture_output=True, text=True, timeout=120)
             assert proc.returncode == 2, proc.stderr[-2000:]
             assert message in proc.stderr and "Started a local Ray" not in proc.stderr
+    proc = subprocess.run([sys.executable, "jobs/search.py", "--space", "search_spaces/digits.yaml",
+                           "--storage-path", str(tmp_path), "--name", "../up"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--name '../up': use letters, digits" in proc.stderr
+    assert "Started a local Ray" not in proc.stderr
