@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import os
+import posixpath
 import re
 import shutil
 import socket
@@ -569,7 +570,39 @@ def finalize(out: Storage, done: dict[tuple[int, int], ChunkInfo],
             out.delete(src)
         # a copy left in staging by a crash between the write above and the delete
         out.delete(f"{CHUNKS_DIR}/{chunk_name(c, k)}")
+    if png:
+        for c, (k_star, _) in cut.items():
+            _delete_orphan_pngs(out, c, f"{DATA_DIR}/{chunk_name(c, k_star)}")
     return sum(1 for n in out.list(DATA_DIR) if _CHUNK_RE.match(n))
+
+
+def _delete_orphan_pngs(out: Storage, label: int, last_file: str) -> int:
+    """Delete class `label`'s PNGs of candidates after its last kept row.
+
+    A chunk whose worker wrote its PNGs but died (or whose driver was killed) before its Parquet
+    file was renamed in leaves PNGs no row points to; when that chunk lies past the cut it is
+    never run again, so finalize's surplus deletion never sees them. Ids grow with the per-class
+    index, and PNG shards are folders of consecutive indices, so only the last kept row's shard
+    and the shards after it are listed. Returns the number deleted.
+    """
+    image = pq.read_table(out.path(last_file), columns=["id", "image"],
+                          filesystem=out.fs).sort_by("id")
+    last_id = image.column("id")[-1].as_py()
+    last_shard = posixpath.dirname(image.column("image")[-1].as_py()["path"])  # png/<c>/<shard>
+    base = posixpath.dirname(last_shard)
+    orphans = []
+    for shard in out.names(base):
+        if shard < posixpath.basename(last_shard):  # zero-padded: text order is shard order
+            continue
+        for name in out.list(f"{base}/{shard}"):
+            stem, ext = posixpath.splitext(name)
+            if ext == ".png" and stem.isdigit() and int(stem) > last_id:
+                orphans.append(f"{base}/{shard}/{name}")
+    if orphans:
+        log.info("deleting %d PNG files of class %d that no row points to (chunks cut short "
+                 "past the cut)", len(orphans), label)
+        out.delete_many(orphans)
+    return len(orphans)
 
 
 # the driver loop

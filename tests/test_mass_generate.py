@@ -320,6 +320,33 @@ def test_killed_driver_resumes_exactly(reference, ray_cluster, tiny_run, tmp_pat
         sorted(p.name for p in (reference / "png").rglob("*.png"))
 
 
+def test_resume_deletes_pngs_no_row_points_to(reference, ray_cluster, tiny_run, tmp_path):
+    """PNGs of a chunk past the cut whose Parquet file never landed (its worker or driver was
+    killed in between) are removed when the job is resumed."""
+    out = tmp_path / "orphans"
+    shutil.copytree(reference, out)
+    (out / mass.SUMMARY_FILE).unlink()  # as if the driver died before finishing
+    t = read_out(out)
+    stray = []
+    for c in (0, 7):
+        last = t.filter(pa.compute.equal(t["label"], c))["image"][-1].as_py()["path"]
+        shard = Path(last).parent
+        last_id = int(Path(last).stem)
+        stray += [out / shard / f"{last_id + K}.png",  # same shard, just past the cut
+                  out / shard.parent / "00007" / f"{last_id + 7000 * K}.png"]  # a later shard
+    for p in stray:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"stray")
+    s = generate(tiny_run, out, "--count", "300", "--n-parents", "3", "--batch-size", "40",
+                 "--png", "--seed", "5", "--resume")
+    assert s.waves == 0 and read_out(out).equals(t)
+    assert not any(p.exists() for p in stray)
+    rows = t["image"].to_pylist()
+    assert {p.relative_to(out).as_posix() for p in (out / "png").rglob("*.png")} == \
+        {r["path"] for r in rows}
+    assert all((out / r["path"]).read_bytes() == r["bytes"] for r in rows)
+
+
 def test_refuses_another_jobs_output(reference, ray_cluster, tiny_run, tmp_path):
     same = ["--count", "300", "--n-parents", "3", "--batch-size", "40", "--png"]
     with pytest.raises(FileExistsError, match=r"different job's output \(differs in: seed\)"):
