@@ -257,6 +257,9 @@ def default_concurrency(cpus_per_trial: float, gpus_per_trial: float) -> int:
     n = max(1, int((res.get("CPU", 1) - 1) // cpus_per_trial))
     if gpus_per_trial > 0:
         n = min(n, max(1, int(res.get("GPU", 0) // gpus_per_trial)))
+    log.info("running %d trial(s) at once: what the cluster holds now (%s CPU, %s GPU). On an "
+                "autoscaling cluster pass --max-concurrent N, or the autoscaler is never asked "
+                "for more nodes", n, res.get("CPU", 0), res.get("GPU", 0))
     return n
 
 
