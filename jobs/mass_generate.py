@@ -42,10 +42,10 @@ from regene_ray.mass import (  # noqa: E402
     Runner,
     Summary,
     auto_chunk_size,
+    hashes_of,
     job_metadata,
     pack_run,
     parse_count,
-    run_hashes,
     run_job,
 )
 from regene_ray.storage import Storage, StorageError  # noqa: E402
@@ -107,7 +107,8 @@ def _positive_float(text: str) -> float:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", type=Path, help="run folder from jobs/train.py (required, except "
+    p.add_argument("--run", help="run folder from jobs/train.py: a local path, or s3://... / "
+                   "gs://... where one was uploaded (required, except "
                    "with --smoke-test)")
     p.add_argument("--count", type=_count, default=None,
                    help="exact number of images, e.g. 1000, 1_000_000 or 1e6 (required, except "
@@ -159,13 +160,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 # the Ray Data stage
 
 
-def ray_runner(spec: MassSpec, out: Storage, identity: dict, *, workers: tuple[int, int],
-               gpus_per_worker: float | None, device: str, torch_threads: int,
-               fail_once: tuple[int, int, str] | None = None) -> Runner:
-    """Run chunks through map_batches on an actor pool of WriteChunks; one chunk per block."""
+def ray_runner(spec: MassSpec, run_files: dict[str, bytes], out: Storage, identity: dict, *,
+               workers: tuple[int, int], gpus_per_worker: float | None, device: str,
+               torch_threads: int, fail_once: tuple[int, int, str] | None = None) -> Runner:
+    """Run chunks through map_batches on an actor pool of WriteChunks; one chunk per block.
+    The run's files travel as bytes (constructor arguments), so actors need not see --run."""
     import ray
-
-    run_files = pack_run(spec.run)  # bytes, so the actors need not see the run folder
 
     def run(todo: list[tuple[int, int]]) -> list[ChunkInfo]:
         items = [{"label": c, "chunk": k} for c, k in sorted(todo, key=lambda t: (t[1], t[0]))]
@@ -233,18 +233,23 @@ def smoke_run(out: Storage) -> Path:
     return run
 
 
-def build_spec(args: argparse.Namespace) -> MassSpec:
-    run = args.run
-    if not (run / "classifier" / "config.json").is_file():
-        raise FileNotFoundError(f"--run {run} is not a run folder (no classifier/config.json); "
+def read_run(run: str) -> tuple[Storage, dict[str, bytes]]:
+    """The run folder (local or remote) and the files the actors need, read once here."""
+    st = Storage(run)
+    if not st.is_file("classifier/config.json"):
+        raise FileNotFoundError(f"--run {st} is not a run folder (no classifier/config.json); "
                                 "create one with jobs/train.py --out RUN_DIR")
-    num_classes = int(json.loads((run / "classifier" / "config.json").read_text())["num_classes"])
+    return st, pack_run(run)
+
+
+def build_spec(args: argparse.Namespace, run: Storage, files: dict[str, bytes]) -> MassSpec:
+    num_classes = int(json.loads(files["classifier/config.json"])["num_classes"])
     classes = args.classes if args.classes is not None else tuple(range(num_classes))
     bad = [c for c in classes if not 0 <= c < num_classes]
     if bad:
         raise ValueError(f"--classes {list(classes)}: {bad} not in 0..{num_classes - 1} for run "
                          f"{run}")
-    bank = LatentBank.load(run / BANK_FILE)
+    bank = LatentBank.load(files[BANK_FILE])
     sizes = {c: len(p) for c, p in enumerate(bank.pools(num_classes))}
     short = [c for c in classes if sizes[c] < max(args.n_parents)]
     if short:
@@ -260,7 +265,7 @@ def build_spec(args: argparse.Namespace) -> MassSpec:
         except ValueError:
             raise ValueError(f"--chunk-size {args.chunk_size!r}: give a whole number or auto"
                              ) from None
-    return MassSpec(run=str(run.resolve()), count=args.count, classes=tuple(classes),
+    return MassSpec(run=run.uri if not run.is_local else run.root, count=args.count, classes=tuple(classes),
                     n_parents=tuple(args.n_parents), weights=args.weights, seed=args.seed,
                     chunk_size=chunk, batch_size=args.batch_size, png=args.png)
 
@@ -284,8 +289,9 @@ def main(args: argparse.Namespace) -> Summary:
         args.workers = (1, 1)
     if args.run is None or args.count is None:
         raise ValueError("--run and --count are required (or pass --smoke-test)")
-    spec = build_spec(args)
-    identity = job_metadata(spec, run_hashes(spec.run))
+    run, files = read_run(str(args.run))
+    spec = build_spec(args, run, files)
+    identity = job_metadata(spec, hashes_of(files))
     fail_once = None
     if os.environ.get(FAIL_ONCE_ENV):
         label, chunk, marker = os.environ[FAIL_ONCE_ENV].split(",", 2)
@@ -303,7 +309,7 @@ def main(args: argparse.Namespace) -> Summary:
     workers = args.workers or default_workers(args.gpus_per_worker)
     log.info("generating %d images of classes %s into %s with %d..%d actors", spec.count,
              list(spec.classes), out, *workers)
-    runner = ray_runner(spec, out, identity, workers=workers,
+    runner = ray_runner(spec, files, out, identity, workers=workers,
                         gpus_per_worker=args.gpus_per_worker, device=device,
                         torch_threads=args.torch_threads,
                         fail_once=fail_once)

@@ -62,12 +62,18 @@ class LatentBank:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: str | Path) -> LatentBank:
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"latent bank {path} is missing; rerun jobs/train.py for this run")
+    def load(cls, path: str | Path | bytes) -> LatentBank:
+        """From a file, or from its bytes (a run read from remote storage)."""
+        if isinstance(path, bytes):
+            source, path = pa.BufferReader(path), "(in memory)"
+        else:
+            path = Path(path)
+            if not path.is_file():
+                raise CheckpointError(f"latent bank {path} is missing; rerun jobs/train.py for "
+                                      "this run")
+            source = path
         try:
-            t = pq.read_table(path)
+            t = pq.read_table(source)
             d = t.column("latent").type.list_size
             lat = t.column("latent").combine_chunks().flatten().to_numpy().reshape(-1, d)
             return cls(

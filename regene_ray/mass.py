@@ -31,6 +31,7 @@ OUT/png/<label>/<shard>/<id>.png (with --png), OUT/summary.json.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -131,13 +132,19 @@ RUN_FILES = ("classifier/config.json", "classifier/weights.pt", "decoder/config.
 
 def pack_run(run_dir: str | Path) -> dict[str, bytes]:
     """The files a generator needs, as bytes: shipped to actors through Ray's object store, so
-    the run folder need not be on storage the worker nodes see."""
-    run_dir = Path(run_dir)
-    missing = [n for n in RUN_FILES if not (run_dir / n).is_file()]
+    the run folder need not be on storage the worker nodes see. `run_dir` may be local or
+    s3://... / gs://... (a run folder uploaded as jobs/train.py wrote it)."""
+    st = Storage(run_dir)
+    missing = [n for n in RUN_FILES if not st.is_file(n)]
     if missing:
-        raise FileNotFoundError(f"--run {run_dir} lacks {missing}; it is not a finished "
+        raise FileNotFoundError(f"--run {st} lacks {missing}; it is not a finished "
                                 "jobs/train.py run (train it, or resume its training)")
-    return {n: (run_dir / n).read_bytes() for n in RUN_FILES}
+    return {n: st.read_bytes(n) for n in RUN_FILES}
+
+
+def hashes_of(files: dict[str, bytes]) -> dict[str, str]:
+    """sha256 of packed run files (the same digests as run_hashes of the folder)."""
+    return {n: hashlib.sha256(data).hexdigest() for n, data in files.items()}
 
 
 def unpack_run(files: dict[str, bytes]) -> Path:
@@ -151,10 +158,10 @@ def unpack_run(files: dict[str, bytes]) -> Path:
 
 def run_hashes(run_dir: str | Path) -> dict[str, str]:
     """sha256 of every file a generation depends on (weights, configs, bank, thresholds)."""
-    run_dir = Path(run_dir)
-    names = ["classifier/config.json", "classifier/weights.pt", "decoder/config.json",
-             "decoder/weights.pt", BANK_FILE, THRESHOLDS_FILE]
-    return {n: file_sha256(run_dir / n) for n in names if (run_dir / n).is_file()}
+    st = Storage(run_dir)
+    if st.is_local:
+        return {n: file_sha256(st.local_path(n)) for n in RUN_FILES if st.is_file(n)}
+    return hashes_of({n: st.read_bytes(n) for n in RUN_FILES if st.is_file(n)})
 
 
 # the job's identity
@@ -372,7 +379,7 @@ def _info_dict(info: ChunkInfo) -> dict:
 
 def job_metadata(spec: MassSpec, hashes: dict[str, str]) -> dict:
     """Provenance stored in job.json and in every Parquet file."""
-    thresholds = json.loads((Path(spec.run) / THRESHOLDS_FILE).read_text())
+    thresholds = Storage(spec.run).read_json(THRESHOLDS_FILE)
     return {"spec": asdict(spec), "checkpoint_sha256": hashes,
             "thresholds": {k: thresholds[k] for k in ("latent", "image")},
             "format": "regene-ray mass generation v1"}
@@ -452,7 +459,7 @@ def scan(out: Storage) -> dict[tuple[int, int], ChunkInfo]:
 def prior_rate(run_dir: str | Path, n_parents: Sequence[int]) -> float | None:
     """Acceptance measured by jobs/train.py (metrics.json), averaged over the n_parents options."""
     try:
-        acc = json.loads((Path(run_dir) / "metrics.json").read_text())["acceptance"]
+        acc = Storage(run_dir).read_json("metrics.json")["acceptance"]
         rate = float(np.mean([acc[str(n)]["accepted"] for n in n_parents]))
     except (OSError, KeyError, ValueError, TypeError):
         return None

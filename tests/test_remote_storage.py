@@ -144,14 +144,18 @@ def _read_s3_output(endpoint: str, key: str) -> pa.Table:
 
 
 def test_mass_generation_to_s3_matches_local(s3, tiny_run, tmp_path):
+    """The run folder itself is read from S3 too (uploaded as jobs/train.py wrote it)."""
     endpoint, env = s3
     env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
-    common = ["jobs/mass_generate.py", "--run", str(tiny_run), "--count", "90", "--classes",
-              "1,3,7", "--png", "--chunk-size", "32", "--batch-size", "16", "--workers", "2"]
+    fs = s3fs(endpoint)
+    pafs.copy_files(str(tiny_run), "regene/runs/tiny", source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=fs)
+    common = ["jobs/mass_generate.py", "--count", "90", "--classes", "1,3,7", "--png",
+              "--chunk-size", "32", "--batch-size", "16", "--workers", "2"]
     t0 = time.time()
-    _job([*common, "--out", uri(endpoint, "gen")], env)
+    _job([*common, "--run", uri(endpoint, "runs/tiny"), "--out", uri(endpoint, "gen")], env)
     t_s3 = time.time() - t0
-    _job([*common, "--out", str(tmp_path / "local")], env)
+    _job([*common, "--run", str(tiny_run), "--out", str(tmp_path / "local")], env)
     remote = _read_s3_output(endpoint, "gen")
     local = pa.concat_tables([pq.read_table(f) for f in
                               sorted((tmp_path / "local" / "data").glob("*.parquet"))]
@@ -159,7 +163,6 @@ def test_mass_generation_to_s3_matches_local(s3, tiny_run, tmp_path):
     assert remote.num_rows == 90 == len(set(remote.column("id").to_pylist()))
     assert remote.drop_columns(["image"]).equals(local.drop_columns(["image"]))
     assert remote.column("image").to_pylist() == local.column("image").to_pylist()
-    fs = s3fs(endpoint)
     for row in remote.column("image").to_pylist()[::7]:  # PNG files hold the Parquet bytes
         with fs.open_input_stream(f"regene/gen/{row['path']}") as f:
             assert f.read() == row["bytes"]
@@ -170,6 +173,10 @@ def test_mass_generation_to_s3_matches_local(s3, tiny_run, tmp_path):
         fs.get_file_info(pafs.FileSelector("regene/gen/_chunks", recursive=True))
     summary = Storage(uri(endpoint, "gen")).read_json("summary.json")
     assert summary["requested"] == 90 and summary["extra"]["out"] == "s3://regene/gen"
+    job = Storage(uri(endpoint, "gen")).read_json("job.json")
+    local_job = json.loads((tmp_path / "local" / "job.json").read_text())
+    assert job["spec"]["run"].startswith("s3://regene/runs/tiny?")
+    assert job["checkpoint_sha256"] == local_job["checkpoint_sha256"]  # the same checkpoints
     print(f"mass generation to S3 (moto): {t_s3:.1f} s")
 
 
