@@ -52,7 +52,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from regene_ray.checkpoint import file_sha256
 from regene_ray.convex import parse_weights
 from regene_ray.generator import ConvexGenerator, GenerationBatch, encode_png
 from regene_ray.latent_bank import BANK_FILE, THRESHOLDS_FILE
@@ -159,8 +158,6 @@ def unpack_run(files: dict[str, bytes]) -> Path:
 def run_hashes(run_dir: str | Path) -> dict[str, str]:
     """sha256 of every file a generation depends on (weights, configs, bank, thresholds)."""
     st = Storage(run_dir)
-    if st.is_local:
-        return {n: file_sha256(st.local_path(n)) for n in RUN_FILES if st.is_file(n)}
     return hashes_of({n: st.read_bytes(n) for n in RUN_FILES if st.is_file(n)})
 
 

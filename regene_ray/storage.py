@@ -75,6 +75,12 @@ def resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     return fs, path.rstrip("/")
 
 
+def _local_tmp(path: str) -> str:
+    """A temporary name beside local `path` (its folder created), for write-then-rename."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.tmp{os.getpid()}")
+
+
 class Storage:
     """A folder on a local or remote filesystem (see the module docstring)."""
 
@@ -183,9 +189,7 @@ class Storage:
         """Atomic: a temporary name and a rename locally, one upload remotely."""
         path = self.path(rel)
         if self.is_local:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            tmp = posixpath.join(posixpath.dirname(path),
-                                 f".{posixpath.basename(path)}.tmp{os.getpid()}")
+            tmp = _local_tmp(path)
             with open(tmp, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
@@ -221,9 +225,7 @@ class Storage:
         failure while writing must not complete, and so publish, a partial object)."""
         path = self.path(rel)
         if self.is_local:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            tmp = posixpath.join(posixpath.dirname(path),
-                                 f".{posixpath.basename(path)}.tmp{os.getpid()}")
+            tmp = _local_tmp(path)
             write(tmp, self.fs)
             os.replace(tmp, path)
         else:
