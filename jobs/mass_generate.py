@@ -35,14 +35,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from regene_ray.cli import run_main, setup_logging  # noqa: E402
 from regene_ray.cluster import WriteChunksOnNode, check_shared_folder  # noqa: E402
-from regene_ray.latent_bank import BANK_FILE, LatentBank  # noqa: E402
+from regene_ray.latent_bank import BANK_FILE, THRESHOLDS_FILE, LatentBank  # noqa: E402
 from regene_ray.mass import (  # noqa: E402
     ChunkInfo,
     MassSpec,
     Runner,
     Summary,
     auto_chunk_size,
+    check_run_files,
     hashes_of,
+    inspect_output,
     job_metadata,
     pack_run,
     parse_count,
@@ -51,7 +53,6 @@ from regene_ray.mass import (  # noqa: E402
 from regene_ray.storage import Storage, StorageError  # noqa: E402
 
 log = logging.getLogger("mass_generate")
-FAIL_ONCE_ENV = "REGENE_MASS_FAIL_ONCE"  # "label,chunk,marker": a worker exits once (fault tests)
 
 
 # flag parsing
@@ -162,7 +163,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def ray_runner(spec: MassSpec, run_files: dict[str, bytes], out: Storage, identity: dict, *,
                workers: tuple[int, int], gpus_per_worker: float | None, device: str,
-               torch_threads: int, fail_once: tuple[int, int, str] | None = None) -> Runner:
+               torch_threads: int) -> Runner:
     """Run chunks through map_batches on an actor pool of WriteChunks; one chunk per block.
     The run's files travel as bytes (constructor arguments), so actors need not see --run."""
     import ray
@@ -179,7 +180,7 @@ def ray_runner(spec: MassSpec, run_files: dict[str, bytes], out: Storage, identi
             WriteChunksOnNode,
             fn_constructor_args=(run_files, out),
             fn_constructor_kwargs=dict(
-                metadata=identity, png=spec.png, fail_once=fail_once, n_parents=spec.n_parents,
+                metadata=identity, png=spec.png, n_parents=spec.n_parents,
                 weights=spec.weights, seed=spec.seed, chunk_size=spec.chunk_size,
                 batch_size=spec.batch_size,
                 device=device, torch_threads=torch_threads),
@@ -234,15 +235,33 @@ def smoke_run(out: Storage) -> Path:
 
 
 def read_run(run: str) -> tuple[Storage, dict[str, bytes]]:
-    """The run folder (local or remote) and the files the actors need, read once here."""
+    """The run folder (local or remote) and the files the actors need, read once here and
+    loaded once on the driver, so a corrupt or mismatched checkpoint, or a run whose classifier
+    never learned, stops the job before anything is written."""
     st = Storage(run)
     if not st.is_file("classifier/config.json"):
         raise FileNotFoundError(f"--run {st} is not a run folder (no classifier/config.json); "
                                 "create one with jobs/train.py --out RUN_DIR")
-    return st, pack_run(run)
+    files = pack_run(run)
+    check_run_files(files, str(st))
+    try:
+        metrics = st.read_json("metrics.json")
+    except (OSError, ValueError):
+        metrics = {}
+    if metrics.get("near_chance"):
+        raise ValueError(
+            f"--run {st} is unusable: its classifier's test accuracy "
+            f"{metrics.get('test_accuracy', float('nan')):.3f} is near chance, so its codes do "
+            "not generate its classes. Retrain it with more epochs or data (a --smoke-test run "
+            "is only a plumbing check)")
+    return st, files
 
 
-def build_spec(args: argparse.Namespace, run: Storage, files: dict[str, bytes]) -> MassSpec:
+def build_spec(args: argparse.Namespace, run: Storage, files: dict[str, bytes], *,
+               smoke: bool = False) -> MassSpec:
+    """The job's spec from the flags and the run; --smoke-test's limits are applied here."""
+    count = min(args.count or 200, 200) if smoke else args.count
+    batch_size = min(args.batch_size, 64) if smoke else args.batch_size
     num_classes = int(json.loads(files["classifier/config.json"])["num_classes"])
     classes = args.classes if args.classes is not None else tuple(range(num_classes))
     bad = [c for c in classes if not 0 <= c < num_classes]
@@ -255,22 +274,24 @@ def build_spec(args: argparse.Namespace, run: Storage, files: dict[str, bytes]) 
     if short:
         raise ValueError(f"--n-parents {max(args.n_parents)}: class(es) {short} have fewer "
                          "eligible parents in the latent bank; lower --n-parents")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size {args.batch_size} must be at least 1")
-    if args.chunk_size == "auto":
-        chunk = auto_chunk_size(args.count, len(classes), args.batch_size)
+    if batch_size < 1:
+        raise ValueError(f"--batch-size {batch_size} must be at least 1")
+    if args.chunk_size == "auto" or smoke:
+        chunk = auto_chunk_size(count, len(classes), batch_size)
     else:
         try:
             chunk = int(args.chunk_size)
         except ValueError:
             raise ValueError(f"--chunk-size {args.chunk_size!r}: give a whole number or auto"
                              ) from None
-    return MassSpec(run=run.uri if not run.is_local else run.root, count=args.count, classes=tuple(classes),
-                    n_parents=tuple(args.n_parents), weights=args.weights, seed=args.seed,
-                    chunk_size=chunk, batch_size=args.batch_size, png=args.png)
+    return MassSpec(run=run.uri if not run.is_local else run.root, count=count,
+                    classes=tuple(classes), n_parents=tuple(args.n_parents),
+                    weights=args.weights, seed=args.seed, chunk_size=chunk,
+                    batch_size=batch_size, png=args.png)
 
 
 def main(args: argparse.Namespace) -> Summary:
+    """Validate every input, then take the output folder's lease, then generate."""
     setup_logging(args.verbose)
     if args.resume and args.overwrite:
         raise ValueError("--resume and --overwrite exclude each other; pick one")
@@ -279,23 +300,19 @@ def main(args: argparse.Namespace) -> Summary:
                          "that did not ask for one)")
     out = Storage(args.out)
     out.check_reachable()  # credentials, region, bucket: before Ray starts
-    if args.smoke_test:
-        if args.run is None:
-            args.run = smoke_run(out)
-            out = out.child("generated")
-        args.count = min(args.count or 200, 200)
-        args.batch_size = min(args.batch_size, 64)
-        args.chunk_size = "auto"
-        args.workers = (1, 1)
-    if args.run is None or args.count is None:
+    run_arg = args.run
+    if args.smoke_test and run_arg is None:
+        run_arg = smoke_run(out)
+        out = out.child("generated")
+    if run_arg is None or (args.count is None and not args.smoke_test):
         raise ValueError("--run and --count are required (or pass --smoke-test)")
-    run, files = read_run(str(args.run))
-    spec = build_spec(args, run, files)
-    identity = job_metadata(spec, hashes_of(files))
-    fail_once = None
-    if os.environ.get(FAIL_ONCE_ENV):
-        label, chunk, marker = os.environ[FAIL_ONCE_ENV].split(",", 2)
-        fail_once = (int(label), int(chunk), marker)
+    run, files = read_run(str(run_arg))
+    spec = build_spec(args, run, files, smoke=args.smoke_test)
+    device = args.device if args.device != "auto" else ("cuda" if args.gpus_per_worker else "cpu")
+    identity = job_metadata(spec, hashes_of(files), device=device,
+                            thresholds=json.loads(files[THRESHOLDS_FILE]))
+    inspect_output(out, identity, resume=args.resume, overwrite=args.overwrite)
+    out.check_writable("--out")
 
     import ray
 
@@ -305,14 +322,12 @@ def main(args: argparse.Namespace) -> Summary:
         ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or "local")
     if out.is_local:
         check_shared_folder(out.local_path(), "--out")
-    device = args.device if args.device != "auto" else ("cuda" if args.gpus_per_worker else "cpu")
-    workers = args.workers or default_workers(args.gpus_per_worker)
+    workers = (1, 1) if args.smoke_test else args.workers or default_workers(args.gpus_per_worker)
     log.info("generating %d images of classes %s into %s with %d..%d actors", spec.count,
              list(spec.classes), out, *workers)
     runner = ray_runner(spec, files, out, identity, workers=workers,
                         gpus_per_worker=args.gpus_per_worker, device=device,
-                        torch_threads=args.torch_threads,
-                        fail_once=fail_once)
+                        torch_threads=args.torch_threads)
     s = run_job(spec, out, runner, resume=args.resume, overwrite=args.overwrite,
                 identity=identity, details={"device": device, "workers": list(workers),
                                             "gpus_per_worker": args.gpus_per_worker})

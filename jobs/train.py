@@ -22,6 +22,7 @@ from regene_ray.run import RunConfig, load_run_config, train_run  # noqa: E402
 FLAG_TARGETS = {
     "dataset": ("data", "dataset"),
     "data_root": ("data", "data_root"),
+    "download": ("data", "download"),
     "image_size": ("data", "image_size"),
     "max_train": ("data", "max_train"),
     "max_test": ("data", "max_test"),
@@ -51,6 +52,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="digits, mnist, fashion-mnist, cifar10, celeba[:Attr] or "
                    "folder:<path> (default: digits)")
     p.add_argument("--data-root", help="folder with the dataset files (default: $REGENE_DATA_ROOT)")
+    p.add_argument("--download", action="store_true", default=None,
+                   help="let torchvision download missing dataset files into --data-root (needs "
+                   "internet; default: off)")
     p.add_argument("--image-size", type=int, help="square side fed to the networks "
                    "(default: the dataset's native size, 16 for digits)")
     p.add_argument("--max-train", type=int, help="cap train+holdout images (default: all)")

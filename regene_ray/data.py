@@ -124,7 +124,7 @@ def _missing(name: str, folder: Path, files: list[str]) -> ConfigError:
     return ConfigError(
         f"{name} files not found under {folder} (expected {', '.join(files)}). Put the official "
         f"files there, point --data-root or ${DATA_ROOT_ENV} at the folder that holds them, or "
-        "pass --download on a machine with internet access"
+        "pass --download to jobs/train.py on a machine with internet access"
     )
 
 

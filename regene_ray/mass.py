@@ -35,7 +35,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import posixpath
 import re
 import shutil
@@ -55,14 +54,25 @@ import torch
 from regene_ray.convex import parse_weights
 from regene_ray.generator import ConvexGenerator, GenerationBatch, encode_png
 from regene_ray.latent_bank import BANK_FILE, THRESHOLDS_FILE
+from regene_ray.ownership import (
+    LEASE_FILE,
+    MARKER_FILE,
+    Lease,
+    OwnershipError,
+    claim_for_overwrite,
+    read_marker,
+    refuse_protected,
+    write_marker,
+)
 from regene_ray.sinks import (
+    PNG_SHARD,
     SCHEMA,
     png_relpath,
     read_metadata,
     rows_table,
     write_parquet_atomic,
 )
-from regene_ray.storage import Storage
+from regene_ray.storage import Storage, redact
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +84,12 @@ PNG_DIR = "png"
 MAX_COUNT = 2**40  # ids are j * K + c in int64; this keeps them far from overflow
 SPLIT_CANDIDATES = 20_000  # per class: above this a prior-planned wave is split (plan_wave)
 _CHUNK_RE = re.compile(r"^c(\d+)-k(\d+)\.parquet$")
+_PNG_RE = re.compile(r"^(\d{5})/(\d+)\.png$")  # png/<label>/ + <shard>/<id>.png (sinks.png_relpath)
+# Bumped whenever the bytes of an output can change (keyed random streams, PNG encoding, batch
+# make-up, memory format ...): a resume never mixes files of two formats. v2: job key, runtime.
+FORMAT = "regene-ray mass generation v2"
+# what a mass generation writes directly inside OUT (--overwrite deletes these, and only these)
+MASS_ARTEFACTS = [JOB_FILE, SUMMARY_FILE, CHUNKS_DIR, DATA_DIR, PNG_DIR]
 
 
 # helpers
@@ -141,6 +157,19 @@ def pack_run(run_dir: str | Path) -> dict[str, bytes]:
     return {n: st.read_bytes(n) for n in RUN_FILES}
 
 
+def check_run_files(files: dict[str, bytes], where: str) -> None:
+    """Load the packed run on this process's CPU, as every actor will: a truncated or corrupt
+    checkpoint, or a decoder that does not fit its classifier, fails here with the loader's
+    message (CheckpointError / ValueError), before the job touches its output."""
+    tmp = unpack_run(files)
+    try:
+        ConvexGenerator.from_run(tmp, device="cpu")
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"--run {where}: {e}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def hashes_of(files: dict[str, bytes]) -> dict[str, str]:
     """sha256 of packed run files (the same digests as run_hashes of the folder)."""
     return {n: hashlib.sha256(data).hexdigest() for n, data in files.items()}
@@ -180,7 +209,8 @@ class MassSpec:
 
     def __post_init__(self):
         if self.batch_size < 0:
-            raise ValueError(f"--batch-size {self.batch_size} must be at least 1")
+            raise ValueError(f"--batch-size {self.batch_size} must be at least 1 (0, in the "
+                             "Python API only, means one batch per chunk)")
         if self.chunk_size < 1:
             raise ValueError(f"--chunk-size {self.chunk_size} must be at least 1")
         if not self.classes:
@@ -190,7 +220,11 @@ class MassSpec:
         if any(n < 2 for n in self.n_parents):
             raise ValueError(f"--n-parents {list(self.n_parents)}: a convex mix needs at least 2 "
                              "parents")
-        parse_weights(self.weights)
+        scheme = parse_weights(self.weights)
+        if scheme.kind == "ratios" and any(n != len(scheme.ratios) for n in self.n_parents):
+            raise ValueError(f"--weights {self.weights} gives {len(scheme.ratios)} ratios but "
+                             f"--n-parents is {','.join(map(str, self.n_parents))}; give one "
+                             "ratio per parent, or use uniform or dirichlet:<alpha>")
 
     def quotas(self) -> dict[int, int]:
         return quotas(self.count, self.classes)
@@ -294,23 +328,32 @@ class GenerateChunks:
 class WriteChunks(GenerateChunks):
     """GenerateChunks that writes each chunk to OUT/_chunks/ (and its PNGs) and returns stats.
 
+    Before it writes a chunk, it checks that OUT/job.json still names this job: an actor left
+    over from an earlier job (its driver killed, the folder since overwritten by another job)
+    then fails instead of adding its rows to the new output. Chunk files carry the job key in
+    their metadata, and `scan` keeps only this job's.
+
     Args:
         out_dir: the job's output folder (a local path, s3://..., gs://... or a Storage).
-        metadata: job-level provenance stored in every file (run, seed, thresholds, hashes).
+        metadata: the job's identity (job_metadata), stored in every file.
         png: also write each accepted image to OUT/png/<label>/<shard>/<id>.png.
-        fail_once: (label, chunk, marker_path): exit the process abruptly the first time that
-            chunk is seen (the marker file records it), to test that Ray retries a dead worker.
         **kwargs: as GenerateChunks.
     """
 
     def __init__(self, run_dir: str | Path | dict[str, bytes], out_dir: str | Path | Storage, *,
-                 metadata: dict, png: bool = False,
-                 fail_once: tuple[int, int, str] | None = None, **kwargs):
+                 metadata: dict, png: bool = False, **kwargs):
         super().__init__(run_dir, **kwargs)
         self.out = out_dir
         self.metadata = metadata
         self.png = png
-        self.fail_once = fail_once
+        runtime = metadata.get("runtime", {})
+        here = runtime_identity(self.gen.device.type)
+        if runtime and runtime != here:
+            raise RuntimeError(
+                f"this worker (host {socket.gethostname()}) runs {here}, but the job was planned "
+                f"for {runtime}; outputs of different devices or torch versions differ in their "
+                "bytes, so one output folder takes one kind: give every node the same torch, or "
+                "pick --device to match the workers")
 
     @property
     def out(self) -> Storage:
@@ -319,47 +362,43 @@ class WriteChunks(GenerateChunks):
     @out.setter
     def out(self, value: str | Path | Storage) -> None:
         self._out = value if isinstance(value, Storage) else Storage(value)
-        self._checked = False
 
-    def _check_output_visible(self) -> None:
+    def _check_job(self) -> None:
         """Fail clearly on a node that does not see the job's folder (a local --out that is not
-        shared), instead of writing chunks the driver never finds."""
-        if self._checked:
-            return
-        if not self.out.is_file(JOB_FILE):
+        shared), or when the folder now belongs to another job."""
+        try:
+            held = self.out.read_json(JOB_FILE)
+        except (OSError, ValueError):
+            held = None
+        if held is None:
             problem = "cannot see"
-        elif not same_job(self.out.read_json(JOB_FILE), self.metadata):
-            problem = "sees another job's"
+        elif held.get("job_key") != self.metadata.get("job_key"):
+            raise RuntimeError(
+                f"{self.out.display(JOB_FILE)} now names another job (it was overwritten or "
+                "replaced after this worker started); this worker stops without writing")
         else:
-            self._checked = True
             return
         raise RuntimeError(
             f"this worker (host {socket.gethostname()}) {problem} {self.out.display(JOB_FILE)}, "
             "which the driver wrote: --out must be storage every node reaches (s3://..., "
             "gs://..., or a shared filesystem mounted at the same path on every node)")
 
-    def _maybe_fail(self, label: int, chunk: int) -> None:
-        if self.fail_once is None or (label, chunk) != tuple(self.fail_once[:2]):
-            return
-        marker = Path(self.fail_once[2])
-        if not marker.exists():
-            marker.write_text(f"worker {os.getpid()} died on chunk {label},{chunk}\n")
-            os._exit(1)
+    def write_chunk(self, label: int, chunk: int) -> ChunkInfo:
+        """Generate one chunk and commit it: PNGs first (made durable), then its Parquet file
+        (atomically, after checking the folder is still this job's)."""
+        table, info = self.generate(label, chunk)
+        self._check_job()
+        if self.png:
+            image = table.column("image").combine_chunks()
+            self.out.write_many(list(zip(image.field("path").to_pylist(),
+                                         image.field("bytes").to_pylist(), strict=True)))
+        meta = {**self.metadata, "chunk": _info_dict(info)}
+        write_parquet_atomic(table, f"{CHUNKS_DIR}/{chunk_name(label, chunk)}", meta, self.out)
+        return info
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self._check_output_visible()
-        infos = []
-        for c, k in zip(batch["label"], batch["chunk"], strict=True):
-            c, k = int(c), int(k)
-            table, info = self.generate(c, k)
-            self._maybe_fail(c, k)
-            if self.png:
-                image = table.column("image").combine_chunks()
-                self.out.write_many(list(zip(image.field("path").to_pylist(),
-                                             image.field("bytes").to_pylist(), strict=True)))
-            meta = {**self.metadata, "chunk": _info_dict(info)}
-            write_parquet_atomic(table, f"{CHUNKS_DIR}/{chunk_name(c, k)}", meta, self.out)
-            infos.append(info)
+        infos = [self.write_chunk(int(c), int(k))
+                 for c, k in zip(batch["label"], batch["chunk"], strict=True)]
         return {key: np.array([getattr(i, key) for i in infos], dtype=np.int64)
                 for key in ("label", "chunk", "tried", "latent_passed", "accepted")}
 
@@ -374,69 +413,145 @@ def _info_dict(info: ChunkInfo) -> dict:
 # the output folder
 
 
-def job_metadata(spec: MassSpec, hashes: dict[str, str]) -> dict:
-    """Provenance stored in job.json and in every Parquet file."""
-    thresholds = Storage(spec.run).read_json(THRESHOLDS_FILE)
-    return {"spec": asdict(spec), "checkpoint_sha256": hashes,
-            "thresholds": {k: thresholds[k] for k in ("latent", "image")},
-            "format": "regene-ray mass generation v1"}
+def runtime_identity(device_kind: str) -> dict:
+    """What besides the spec and checkpoints changes output bytes: the device kind (CPU and CUDA
+    convs round differently) and the torch version."""
+    return {"device": device_kind, "torch": torch.__version__}
+
+
+def job_metadata(spec: MassSpec, hashes: dict[str, str], *, device: str = "cpu",
+                 thresholds: dict | None = None) -> dict:
+    """The job's identity, stored in job.json and in every Parquet file.
+
+    Args:
+        spec: what to generate; its run path is recorded without credentials.
+        hashes: sha256 of the run files (hashes_of / run_hashes).
+        device: the device kind the workers run on ('cpu' or 'cuda').
+        thresholds: the run's thresholds.json (read from spec.run when not given).
+    """
+    if thresholds is None:
+        thresholds = Storage(spec.run).read_json(THRESHOLDS_FILE)
+    identity = {"spec": asdict(spec) | {"run": redact(spec.run)}, "checkpoint_sha256": hashes,
+                "thresholds": {k: thresholds[k] for k in ("latent", "image")},
+                "runtime": runtime_identity(str(device).split(":")[0]),
+                "format": FORMAT}
+    identity = json.loads(json.dumps(identity))  # as job.json holds it (tuples become lists)
+    identity["job_key"] = job_key(identity)
+    return identity
+
+
+def job_key(identity: dict) -> str:
+    """A digest of everything that fixes the output's bytes. The run folder's path is left out
+    (the same checkpoints, by hash, may sit elsewhere on another driver host)."""
+    ident = json.loads(json.dumps(identity))
+    ident.pop("job_key", None)
+    ident.get("spec", {}).pop("run", None)
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
 def same_job(a: dict, b: dict) -> bool:
-    """Whether two job identities describe the same output. The run folder's path is left out
-    (the same checkpoints, by hash, may sit elsewhere on another driver host)."""
-    def key(identity: dict) -> dict:
-        identity = json.loads(json.dumps(identity))  # as job.json holds it (tuples are lists)
-        identity.get("spec", {}).pop("run", None)
-        return identity
+    """Whether two job identities describe the same output."""
+    return job_key(a) == job_key(b)
 
-    return key(a) == key(b)
+
+def _differences(old: dict, new: dict) -> list[str]:
+    """What differs between two identities, in flag names, for the refusal message."""
+    differ = sorted(k for k in set(old.get("spec", {})) | set(new["spec"])
+                    if k != "run" and old.get("spec", {}).get(k) != new["spec"].get(k))
+    if old.get("checkpoint_sha256") != new.get("checkpoint_sha256"):
+        differ.append("run checkpoints")
+    if old.get("thresholds") != new.get("thresholds"):
+        differ.append("thresholds")
+    old_rt, new_rt = old.get("runtime", {}), new.get("runtime", {})
+    if old_rt.get("device") != new_rt.get("device"):
+        differ.append(f"device kind ({old_rt.get('device')} -> {new_rt.get('device')})")
+    if old_rt.get("torch") != new_rt.get("torch"):
+        differ.append(f"torch version ({old_rt.get('torch')} -> {new_rt.get('torch')})")
+    if old.get("format") != new.get("format"):
+        differ.append(f"output format ({old.get('format')} -> {new.get('format')})")
+    return differ
+
+
+def inspect_output(out: Storage, identity: dict, *, resume: bool, overwrite: bool) -> str:
+    """What OUT allows for this job, without touching it: 'new', 'resume' or 'overwrite'.
+
+    Raises:
+        FileExistsError (OwnershipError): a file; a folder no mass-generation job made; a
+            different job's output without --overwrite; this job's output without --resume.
+    """
+    if out.is_file():
+        raise FileExistsError(f"--out {out} is a file; pass a folder path")
+    if not [n for n in out.names() if n != LEASE_FILE]:  # our own lease does not count
+        return "new"
+    marker = read_marker(out)
+    if marker is None or marker.get("kind") != "mass" or not out.is_file(JOB_FILE):
+        raise OwnershipError(
+            f"--out {out} is a non-empty folder without a regene-ray ownership marker "
+            f"({MARKER_FILE} of a mass generation), not a mass-generation output; choose a new "
+            "or empty folder. Nothing in it is deleted, with or without --overwrite")
+    old = out.read_json(JOB_FILE)
+    if overwrite:
+        refuse_protected(out)
+        return "overwrite"
+    if not same_job(old, identity):
+        raise FileExistsError(
+            f"--out {out} holds a different job's output (differs in: "
+            f"{', '.join(_differences(old, identity)) or 'format'}); pass --overwrite to replace "
+            "it, or choose another --out")
+    if not resume:
+        raise FileExistsError(
+            f"--out {out} already holds this job's output; pass --resume to complete it, or "
+            "--overwrite to start again")
+    return "resume"
 
 
 def prepare_output(out: Storage, identity: dict, *, resume: bool, overwrite: bool) -> bool:
-    """Create OUT or check it holds this job. Returns True when an earlier attempt is resumed."""
-    identity = json.loads(json.dumps(identity))  # as job.json holds it (tuples become lists)
-    if out.is_file():
-        raise FileExistsError(f"--out {out} is a file; pass a folder path")
-    resumed = False
-    if not out.is_empty():
-        if not out.is_file(JOB_FILE):
-            raise FileExistsError(
-                f"--out {out} is a non-empty folder without {JOB_FILE}, not a mass-generation "
-                "output; choose a new or empty folder")
-        old = out.read_json(JOB_FILE)
-        if overwrite:
-            log.warning("--overwrite: removing the earlier output in %s", out)
-            out.delete(SUMMARY_FILE)
-            for name in (CHUNKS_DIR, DATA_DIR, PNG_DIR):
-                out.delete_dir(name)
-            out.delete(JOB_FILE)  # last: an interrupted --overwrite can be run again
-        elif not same_job(old, identity):
-            differ = sorted(k for k in set(old.get("spec", {})) | set(identity["spec"])
-                            if k != "run"
-                            and old.get("spec", {}).get(k) != identity["spec"].get(k))
-            if old.get("checkpoint_sha256") != identity["checkpoint_sha256"]:
-                differ.append("run checkpoints")
-            raise FileExistsError(
-                f"--out {out} holds a different job's output (differs in: "
-                f"{', '.join(differ) or 'format'}); pass --overwrite to replace it, or choose "
-                "another --out")
-        elif not resume:
-            raise FileExistsError(
-                f"--out {out} already holds this job's output; pass --resume to complete it, or "
-                "--overwrite to start again")
-        else:
-            resumed = True
-            out.delete(SUMMARY_FILE)  # incomplete until finalize rewrites it
-            out.delete_temporaries()  # leftovers of local writes cut short by a crash
+    """Create OUT or check it holds this job (inspect_output), then act: --overwrite deletes the
+    earlier job's artefacts, as its marker lists them. Call it only once every input was
+    validated and the lease is held. Returns True when an earlier attempt is resumed."""
+    action = inspect_output(out, identity, resume=resume, overwrite=overwrite)
+    if action == "resume":
+        n = delete_temporaries(out)  # leftovers of local writes cut short by a crash
+        if n:
+            log.info("deleted %d temporary files of writes cut short", n)
+        return True
+    if action == "overwrite":
+        claim_for_overwrite(out, "mass")
     out.makedirs()
-    if not resumed:
-        out.write_json(JOB_FILE, identity)
-    return resumed
+    write_marker(out, "mass", MASS_ARTEFACTS, {"job_key": identity["job_key"]})
+    out.write_json(JOB_FILE, identity)
+    return False
 
 
-def scan(out: Storage) -> dict[tuple[int, int], ChunkInfo]:
-    """Finished chunks in OUT/data and OUT/_chunks (data wins when a chunk is in both)."""
+_TMP_RE = re.compile(r"^\..+\.tmp\d+$")  # regene_ray.storage's temporary names
+
+
+def delete_temporaries(out: Storage) -> int:
+    """Delete the `.NAME.tmp<pid>` files this job's own writes leave when cut short, in the
+    folders the job owns (never anything else)."""
+    if not out.is_local:
+        return 0  # object stores publish whole objects only: nothing half-written to clean
+    rels = [n for n in out.list() if _TMP_RE.match(n)]
+    for folder in (CHUNKS_DIR, DATA_DIR, PNG_DIR):
+        rels += [f"{folder}/{n}" for n in out.list(folder, recursive=True)
+                 if _TMP_RE.match(posixpath.basename(n))]
+    for rel in rels:
+        out.delete(rel)
+    return len(rels)
+
+
+class ForeignChunkError(FileExistsError):
+    """A chunk file in OUT that another job wrote."""
+
+
+def scan(out: Storage, key: str) -> dict[tuple[int, int], ChunkInfo]:
+    """Finished chunks of the job `key` in OUT/data and OUT/_chunks (data wins when a chunk is
+    in both, as an object-store move cut short leaves it).
+
+    A chunk file that cannot be read (a write cut short by a power loss on a filesystem that
+    lost the data) is deleted, so the chunk is generated again. A readable chunk of another job
+    stops the job with a message naming the file: rows of two jobs never mix.
+    """
     found: dict[tuple[int, int], ChunkInfo] = {}
     for folder in (CHUNKS_DIR, DATA_DIR):
         for name in out.list(folder):
@@ -444,7 +559,26 @@ def scan(out: Storage) -> dict[tuple[int, int], ChunkInfo]:
             if not m:
                 continue
             rel = f"{folder}/{name}"
-            c = read_metadata(rel, out)["chunk"]
+            try:
+                meta = read_metadata(rel, out)
+            except (OSError, pa.ArrowException) as e:
+                log.warning("%s is unreadable (%s); deleting it, its chunk is generated again",
+                            out.display(rel), e)
+                out.delete(rel)
+                continue
+            except ValueError as e:  # not written by regene-ray
+                raise ForeignChunkError(f"{e}; then run again with --resume") from None
+            if meta.get("job_key") != key:
+                raise ForeignChunkError(
+                    f"{out.display(rel)} was written by another job (job key "
+                    f"{str(meta.get('job_key'))[:12]}, seed {meta.get('spec', {}).get('seed')}), "
+                    "not this one: is another driver writing into --out, or were files copied "
+                    "in? Move the file out of --out, then run again with --resume")
+            c = meta["chunk"]
+            if (c["label"], c["chunk"]) != (int(m[1]), int(m[2])):
+                raise ForeignChunkError(f"{out.display(rel)} holds chunk ({c['label']}, "
+                                        f"{c['chunk']}) under another chunk's name; move it out "
+                                        "of --out, then run again with --resume")
             found[(int(m[1]), int(m[2]))] = ChunkInfo(
                 c["label"], c["chunk"], c["tried"], c["latent_passed"], c["accepted"], rel)
     return found
@@ -538,12 +672,24 @@ def cutoffs(done: dict[tuple[int, int], ChunkInfo], quota: dict[int, int]
 # finalising
 
 
-def _delete_pngs(out: Storage, table: pa.Table) -> None:
-    out.delete_many(table.column("image").combine_chunks().field("path").to_pylist())
+def _png_paths(table: pa.Table, num_classes: int) -> list[str]:
+    """The PNG paths of `table`'s rows, each checked to be exactly the path this job gives its
+    id (sinks.png_relpath): a path read from a file is never trusted for a delete."""
+    ids = table.column("id").to_pylist()
+    paths = table.column("image").combine_chunks().field("path").to_pylist()
+    for i, p in zip(ids, paths, strict=True):
+        if p != png_relpath(i % num_classes, i // num_classes, i):
+            raise ForeignChunkError(f"row {i} points at {p!r}, not the PNG this job writes for "
+                                    "it; the chunk file was not written by regene-ray")
+    return paths
+
+
+def _delete_pngs(out: Storage, table: pa.Table, num_classes: int) -> None:
+    out.delete_many(_png_paths(table, num_classes))
 
 
 def finalize(out: Storage, done: dict[tuple[int, int], ChunkInfo],
-             cut: dict[int, tuple[int, int]], png: bool) -> int:
+             cut: dict[int, tuple[int, int]], png: bool, num_classes: int) -> int:
     """Make OUT/data hold exactly the kept rows; returns the number of Parquet files there.
 
     Idempotent: a crash anywhere in here is repaired by running it again (a chunk found in both
@@ -561,7 +707,7 @@ def finalize(out: Storage, done: dict[tuple[int, int], ChunkInfo],
             table = pq.read_table(out.path(src), filesystem=out.fs)
             if table.num_rows != keep:  # not trimmed yet
                 if png:
-                    _delete_pngs(out, table.slice(keep))
+                    _delete_pngs(out, table.slice(keep), num_classes)
                 meta = read_metadata(src, out)
                 meta["chunk"]["kept"] = keep
                 write_parquet_atomic(table.slice(0, keep), final, meta, out)
@@ -569,42 +715,48 @@ def finalize(out: Storage, done: dict[tuple[int, int], ChunkInfo],
                 out.delete(src)
         else:  # surplus: past the quota
             if png:
-                _delete_pngs(out, pq.read_table(out.path(src), columns=["image"],
-                                                filesystem=out.fs))
+                _delete_pngs(out, pq.read_table(out.path(src), columns=["id", "image"],
+                                                filesystem=out.fs), num_classes)
             out.delete(src)
         # a copy left in staging by a crash between the write above and the delete
         out.delete(f"{CHUNKS_DIR}/{chunk_name(c, k)}")
     if png:
-        for c, (k_star, _) in cut.items():
-            _delete_orphan_pngs(out, c, f"{DATA_DIR}/{chunk_name(c, k_star)}")
+        for c in cut:
+            delete_orphan_pngs(out, c, num_classes)
     return sum(1 for n in out.list(DATA_DIR) if _CHUNK_RE.match(n))
 
 
-def _delete_orphan_pngs(out: Storage, label: int, last_file: str) -> int:
-    """Delete class `label`'s PNGs of candidates after its last kept row.
+def delete_orphan_pngs(out: Storage, label: int, num_classes: int) -> int:
+    """Delete class `label`'s PNG files that no kept row points to; returns how many.
 
-    A chunk whose worker wrote its PNGs but died (or whose driver was killed) before its Parquet
-    file was renamed in leaves PNGs no row points to; when that chunk lies past the cut it is
-    never run again, so finalize's surplus deletion never sees them. Ids grow with the per-class
-    index, and PNG shards are folders of consecutive indices, so only the last kept row's shard
-    and the shards after it are listed. Returns the number deleted.
+    Left by chunks whose PNGs were written but whose Parquet file never landed (a worker or the
+    driver killed in between) or was later trimmed or regenerated with fewer rows. Only files
+    named as this job names its PNGs (<shard>/<id>.png with an id of this class, in its shard)
+    are candidates; anything else under png/ is left alone and reported.
     """
-    image = pq.read_table(out.path(last_file), columns=["id", "image"],
-                          filesystem=out.fs).sort_by("id")
-    last_id = image.column("id")[-1].as_py()
-    last_shard = posixpath.dirname(image.column("image")[-1].as_py()["path"])  # png/<c>/<shard>
-    base = posixpath.dirname(last_shard)
-    orphans = []
-    for shard in out.names(base):
-        if shard < posixpath.basename(last_shard):  # zero-padded: text order is shard order
+    kept = set()
+    for name in out.list(DATA_DIR):
+        m = _CHUNK_RE.match(name)
+        if m and int(m[1]) == label:
+            ids = pq.read_table(out.path(f"{DATA_DIR}/{name}"), columns=["id"],
+                                filesystem=out.fs).column("id").to_pylist()
+            kept.update(ids)
+    base = f"{PNG_DIR}/{label}"
+    orphans, strangers = [], 0
+    for rel in out.list(base, recursive=True):
+        m = _PNG_RE.match(rel)
+        if m is None or int(m[2]) % num_classes != label or \
+                int(m[1]) != int(m[2]) // num_classes // PNG_SHARD:
+            strangers += 1
             continue
-        for name in out.list(f"{base}/{shard}"):
-            stem, ext = posixpath.splitext(name)
-            if ext == ".png" and stem.isdigit() and int(stem) > last_id:
-                orphans.append(f"{base}/{shard}/{name}")
+        if int(m[2]) not in kept:
+            orphans.append(f"{base}/{rel}")
+    if strangers:
+        log.warning("%d files under %s were not written by this job; left in place", strangers,
+                    out.display(base))
     if orphans:
-        log.info("deleting %d PNG files of class %d that no row points to (chunks cut short "
-                 "past the cut)", len(orphans), label)
+        log.info("deleting %d PNG files of class %d that no row points to (chunks cut short or "
+                 "trimmed)", len(orphans), label)
         out.delete_many(orphans)
     return len(orphans)
 
@@ -628,12 +780,21 @@ def run_job(spec: MassSpec, out: str | Path | Storage, runner: Runner, *, resume
         identity: job_metadata(spec, hashes), when the caller already computed it.
         details: how the job ran (device, workers ...), added to the summary's `extra`.
     """
-    t0 = time.perf_counter()
     out = out if isinstance(out, Storage) else Storage(out)
     identity = identity or job_metadata(spec, run_hashes(spec.run))
+    inspect_output(out, identity, resume=resume, overwrite=overwrite)  # refuse before the lease
+    with Lease(out, "mass generation") as lease:
+        return _run_locked(spec, out, runner, lease, identity, resume=resume,
+                           overwrite=overwrite, details=details)
+
+
+def _run_locked(spec: MassSpec, out: Storage, runner: Runner, lease: Lease, identity: dict, *,
+                resume: bool, overwrite: bool, details: dict | None) -> Summary:
+    t0 = time.perf_counter()
     resumed = prepare_output(out, identity, resume=resume, overwrite=overwrite)
     quota = spec.quotas()
-    done = {key: info for key, info in scan(out).items() if key[0] in quota}
+    num_classes = len(identity["thresholds"]["latent"])  # one threshold per class of the run
+    done = {key: info for key, info in scan(out, identity["job_key"]).items() if key[0] in quota}
     if resumed:
         log.info("resuming: %d chunks already done in %s", len(done), out)
     prior = prior_rate(spec.run, spec.n_parents)
@@ -643,6 +804,9 @@ def run_job(spec: MassSpec, out: str | Path | Storage, runner: Runner, *, resume
         todo = plan_wave(done, quota, spec.chunk_size, rates)
         if not todo:
             break
+        lease.check()
+        if waves == 0:
+            out.delete(SUMMARY_FILE)  # the output changes now: incomplete until rewritten
         waves += 1
         known = [r[0] for r in rates.values() if r is not None]
         log.info("wave %d: %d chunks of %d candidates (%s)", waves, len(todo), spec.chunk_size,
@@ -656,8 +820,9 @@ def run_job(spec: MassSpec, out: str | Path | Storage, runner: Runner, *, resume
         missing = [key for key in todo if key not in done]
         if missing:
             raise RuntimeError(f"the runner returned no result for chunks {missing[:5]}")
+    lease.check()
     cut = cutoffs(done, quota)
-    n_files = finalize(out, done, cut, spec.png)
+    n_files = finalize(out, done, cut, spec.png, num_classes)
     kept = {key: info for key, info in done.items() if key[1] <= cut[key[0]][0]}
     tried = sum(i.tried for i in kept.values())
     lat = sum(i.latent_passed for i in kept.values())

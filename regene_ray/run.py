@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,15 @@ from regene_ray.latent_bank import (
     save_thresholds,
 )
 from regene_ray.losses import LossConfig, build_perceptual
+from regene_ray.ownership import (
+    MARKER_FILE,
+    OwnershipError,
+    claim_for_overwrite,
+    read_marker,
+    refuse_protected,
+    write_marker,
+)
+from regene_ray.storage import Storage
 from regene_ray.train import (
     ClassifierTrainConfig,
     DecoderTrainConfig,
@@ -79,34 +87,69 @@ def load_run_config(path: str | Path) -> RunConfig:
     return from_dict(RunConfig, load_yaml(path), source=str(path))
 
 
-def prepare_out_dir(out: Path, cfg: RunConfig, *, overwrite: bool) -> bool:
-    """Create or reuse `out`. Returns True when an earlier run of the same config is resumed."""
-    cfg_path = out / CONFIG_FILE
+# Everything a training run writes directly inside its folder: --overwrite deletes these (and
+# only these, as the folder's ownership marker lists them) when it replaces an earlier run.
+RUN_ARTEFACTS = [CONFIG_FILE, "classifier", "decoder", BANK_FILE, THRESHOLDS_FILE, METRICS_FILE,
+                 RECON_GRID, GEN_GRID, "classifier_train_state.pt", "decoder_train_state.pt",
+                 ".config.yaml.tmp"]
+
+
+def inspect_out_dir(out: Path, cfg: RunConfig, *, overwrite: bool) -> str:
+    """What `out` allows, without touching it: 'new', 'resume' or 'overwrite'.
+
+    Raises:
+        ConfigError / OwnershipError: a file, a folder this job did not make, a run with a
+            different config without --overwrite, or a protected folder with --overwrite.
+    """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; pass a folder path")
-    if out.is_dir() and any(out.iterdir()):
-        if not cfg_path.is_file():
-            raise ConfigError(
-                f"--out {out} is a non-empty folder that is not a regene-ray run; choose a new or "
-                "empty folder"
-            )
-        if overwrite:
-            log.warning("--overwrite: removing the earlier run in %s", out)
-            shutil.rmtree(out)
-        else:
-            old = yaml.safe_load(cfg_path.read_text())
-            if old != to_dict(cfg):
-                raise ConfigError(
-                    f"--out {out} holds a run with a different config; pass --overwrite to "
-                    "replace it, or choose another --out"
-                )
-            log.info("resuming the run in %s", out)
-            return True
-    out.mkdir(parents=True, exist_ok=True)
+    st = Storage(out)
+    if not out.is_dir() or st.is_empty():
+        return "new"
+    marker = read_marker(st)
+    if marker is None or marker.get("kind") != "run":
+        raise OwnershipError(
+            f"--out {out} is a non-empty folder that is not a regene-ray run (it has no "
+            f"{MARKER_FILE} written by jobs/train.py); choose a new or empty folder. Nothing in "
+            "it is deleted, with or without --overwrite")
+    if overwrite:
+        refuse_protected(st)
+        return "overwrite"
+    try:
+        old = yaml.safe_load((out / CONFIG_FILE).read_text())
+    except (OSError, yaml.YAMLError):
+        old = None
+    if old != to_dict(cfg):
+        raise ConfigError(
+            f"--out {out} holds a run with a different config; pass --overwrite to "
+            "replace it, or choose another --out"
+        )
+    return "resume"
+
+
+def prepare_out_dir(out: Path, cfg: RunConfig, *, overwrite: bool) -> bool:
+    """Create or reuse `out` after inspect_out_dir; returns True when an earlier run of the same
+    config is resumed. Call it only once every input was validated: --overwrite deletes here."""
+    action = inspect_out_dir(out, cfg, overwrite=overwrite)
+    st = Storage(out)
+    st.check_writable("--out")
+    if action == "resume":
+        log.info("resuming the run in %s", out)
+        return True
+    if action == "overwrite":
+        claim_for_overwrite(st, "run")
+    write_marker(st, "run", RUN_ARTEFACTS, {"config": to_dict(cfg)})
     tmp = out / f".{CONFIG_FILE}.tmp"
     tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(cfg_path)
+    tmp.replace(out / CONFIG_FILE)
     return False
+
+
+def near_chance(accuracy: float, num_classes: int) -> bool:
+    """A test accuracy too close to guessing for the run's codes to mean anything (below twice
+    chance, or below half-way between chance and 1 for two classes)."""
+    chance = 1.0 / num_classes
+    return accuracy < min(2 * chance, (1 + chance) / 2)
 
 
 def build_models(cfg: RunConfig, data: DataSplits) -> tuple[Classifier, Decoder]:
@@ -131,9 +174,10 @@ def train_run(cfg: RunConfig, out: str | Path, *, device: str = "auto",
     """
     out = Path(out)
     dev = resolve_device(device)
-    prepare_out_dir(out, cfg, overwrite=overwrite)
+    inspect_out_dir(out, cfg, overwrite=overwrite)  # fail on a bad --out before loading data
     t_start = time.perf_counter()
-    data = load_data(cfg.data)
+    data = load_data(cfg.data)  # missing or bad data fails here, before anything is deleted
+    prepare_out_dir(out, cfg, overwrite=overwrite)
     clf, dec = build_models(cfg, data)
     timings: dict[str, float] = {}
 
@@ -196,6 +240,13 @@ def train_run(cfg: RunConfig, out: str | Path, *, device: str = "auto",
         "classifier_history": clf_hist or _history(out / "metrics.json", "classifier_history"),
         "decoder_history": dec_hist or _history(out / "metrics.json", "decoder_history"),
     }
+    metrics["near_chance"] = near_chance(metrics["test_accuracy"], data.num_classes)
+    if metrics["near_chance"]:
+        log.warning(
+            "run %s: test accuracy %.3f is near chance (%.3f for %d classes): the classifier did "
+            "not learn, so its codes are not a usable generator. Train longer or on more data "
+            "(a --smoke-test run is only a plumbing check)", out, metrics["test_accuracy"],
+            1 / data.num_classes, data.num_classes)
     save_json(metrics, out / METRICS_FILE)
     log.info(
         "run %s: test_acc %.4f recon_mae %.4f ssim %.3f perceptual=%s accept(n=2) %.2f in %.0fs",

@@ -18,10 +18,14 @@ that safe by treating "in both places" as "moved" (see regene_ray.mass.scan).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 import posixpath
 import re
+import sys
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -30,6 +34,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 REMOTE_SCHEMES = ("s3", "gs", "gcs")
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) \
+    if sys.platform.startswith("linux") else None
 REMOTE_THREADS = 16  # requests in flight for many small files on an object store
 MARKER_PREFIX = ".regene-shared-check-"  # regene_ray.cluster's probe files (never output)
 _SCHEME_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
@@ -45,9 +51,34 @@ def is_remote(uri: str | os.PathLike) -> bool:
 
 
 def redact(uri: str | os.PathLike) -> str:
-    """The URI for messages: without its ?options (they may hold keys)."""
+    """The URI for messages, logs and recorded provenance: without credentials in its user part
+    (s3://KEY:SECRET@bucket/...) and without its ?options (they may hold keys too)."""
     base, sep, _ = str(uri).partition("?")
+    m = _SCHEME_RE.match(base)
+    if m:
+        rest = base[m.end():]
+        netloc, slash, path = rest.partition("/")
+        if "@" in netloc:
+            netloc = "***@" + netloc.rpartition("@")[2]
+        base = m[0] + netloc + slash + path
     return base + ("?..." if sep else "")
+
+
+def _fsync_dir(folder: str) -> None:
+    """Make a rename in `folder` durable (a power loss after it keeps the new name)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
@@ -106,7 +137,15 @@ class Storage:
         return f"{scheme}://{self.path(rel)}"
 
     def path(self, rel: str = "") -> str:
-        return posixpath.join(self.root, rel) if rel else self.root
+        """The full path of `rel`, which must lie inside this folder: absolute paths and '..'
+        are refused, so no read, write or delete can reach outside it (a path read from a file,
+        such as a Parquet row's image.path, is checked here before it is used)."""
+        if not rel:
+            return self.root
+        parts = str(rel).split("/")
+        if str(rel).startswith("/") or "\\" in str(rel) or ".." in parts or "" in parts[:-1]:
+            raise StorageError(f"{rel!r} is not a path inside {self}; refusing to touch it")
+        return posixpath.join(self.root, rel)
 
     def local_path(self, rel: str = "") -> Path:
         if not self.is_local:
@@ -173,6 +212,22 @@ class Storage:
                                "GOOGLE_APPLICATION_CREDENTIALS or the node's role), the region "
                                "and that the bucket exists") from e
 
+    def check_writable(self, flag: str) -> None:
+        """Create this folder if needed and write (then delete) a probe file in it, so a
+        read-only folder, filesystem or bucket fails here, before a job does any work, with a
+        message that says what to do. Writes nothing outside the folder: a missing folder is
+        created, or its creation fails, like any output would."""
+        probe = f"{MARKER_PREFIX}write-{uuid.uuid4().hex}"
+        try:
+            self.makedirs()
+            self.write_bytes(probe, b"write check\n")
+            self.delete(probe)
+        except OSError as e:
+            raise StorageError(
+                f"{flag} {self} is not writable ({getattr(e, 'strerror', None) or e}); choose a "
+                "folder you can write to, or fix its permissions (or the bucket's credentials)"
+            ) from e
+
     # reading and writing
 
     def read_bytes(self, rel: str) -> bytes:
@@ -185,27 +240,53 @@ class Storage:
     def read_json(self, rel: str):
         return json.loads(self.read_bytes(rel))
 
-    def write_bytes(self, rel: str, data: bytes) -> None:
-        """Atomic: a temporary name and a rename locally, one upload remotely."""
+    def write_bytes(self, rel: str, data: bytes, *, durable: bool = True) -> None:
+        """Atomic: a temporary name and a rename locally, one upload remotely. Locally the file
+        and its folder are fsynced (durable=False leaves that to a later `sync()`)."""
         path = self.path(rel)
         if self.is_local:
             tmp = _local_tmp(path)
             with open(tmp, "wb") as f:
                 f.write(data)
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
             os.replace(tmp, path)
+            if durable:
+                _fsync_dir(posixpath.dirname(path))
             return
         with self.fs.open_output_stream(path) as f:
             f.write(data)
 
     def write_many(self, items: list[tuple[str, bytes]]) -> None:
         """write_bytes for many small files (PNGs): in a thread pool on object stores, where
-        each file is one request and its round trip, not the bytes, is the cost."""
-        if self.is_local or len(items) < 2:
+        each file is one request and its round trip, not the bytes, is the cost. Locally the
+        files are made durable together by one `sync()` of the filesystem, not one fsync each."""
+        if self.is_local:
+            for rel, data in items:
+                self.write_bytes(rel, data, durable=False)
+            if items:
+                self.sync()
+            return
+        if len(items) < 2:
             for rel, data in items:
                 self.write_bytes(rel, data)
             return
         with ThreadPoolExecutor(REMOTE_THREADS) as pool:
             list(pool.map(lambda item: self.write_bytes(*item), items))
+
+    def sync(self) -> None:
+        """Flush this local folder's filesystem to disk (Linux syncfs; elsewhere os.sync), so
+        files written with durable=False survive a power loss. Nothing to do on object stores."""
+        if not self.is_local:
+            return
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            if _LIBC is not None and _LIBC.syncfs(fd) == 0:
+                return
+            os.sync()
+        finally:
+            os.close(fd)
 
     def delete_many(self, rels: list[str]) -> None:
         """delete for many files, in a thread pool on object stores."""
@@ -227,7 +308,9 @@ class Storage:
         if self.is_local:
             tmp = _local_tmp(path)
             write(tmp, self.fs)
+            _fsync_file(tmp)
             os.replace(tmp, path)
+            _fsync_dir(posixpath.dirname(path))
         else:
             buf = pa.BufferOutputStream()
             write(buf, None)
@@ -243,6 +326,7 @@ class Storage:
         if self.is_local:
             Path(self.path(dst)).parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.path(src), self.path(dst))
+            _fsync_dir(posixpath.dirname(self.path(dst)))
         else:
             self.fs.copy_file(self.path(src), self.path(dst))
             self.delete(src)

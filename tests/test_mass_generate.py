@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import faults
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -283,7 +284,7 @@ def test_worker_count_does_not_change_output(reference, ray_cluster, tiny_run, t
 
 def test_dying_worker_is_retried(reference, ray_cluster, tiny_run, tmp_path, monkeypatch):
     marker = tmp_path / "died"
-    monkeypatch.setenv(job.FAIL_ONCE_ENV, f"4,0,{marker}")  # exit mid-batch on chunk (4, 0)
+    faults.use_dying_stage(monkeypatch, job, (4, 0), marker)  # exit mid-batch on chunk (4, 0)
     out = tmp_path / "retried"
     generate(tiny_run, out, "--count", "300", "--n-parents", "3", "--batch-size", "40",
              "--workers", "2", "--png", "--seed", "5")
@@ -296,8 +297,7 @@ def test_killed_driver_resumes_exactly(reference, ray_cluster, tiny_run, tmp_pat
     cmd = [sys.executable, str(JOB), "--run", str(tiny_run), "--count", "300", "--n-parents",
            "3", "--batch-size", "40", "--workers", "2", "--png", "--seed", "5", "--out",
            str(out)]
-    env = {**os.environ, job.FAIL_ONCE_ENV: ""}
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
@@ -444,10 +444,10 @@ def test_crash_inside_finalize_is_repaired(tiny_run, tmp_path, monkeypatch):
                     raise KeyboardInterrupt("simulated kill inside finalize")
             return real_replace(src, dst)
 
-        monkeypatch.setattr(mass.os, "replace", replace_then_crash)
+        monkeypatch.setattr(os, "replace", replace_then_crash)
         with pytest.raises(KeyboardInterrupt):
             mass.run_job(spec, crashed, mass.serial_runner(stage), identity=identity)
-        monkeypatch.setattr(mass.os, "replace", real_replace)
+        monkeypatch.setattr(os, "replace", real_replace)
         assert not (crashed / mass.SUMMARY_FILE).exists()
         s = mass.run_job(spec, crashed, mass.serial_runner(stage), resume=True,
                          identity=identity)

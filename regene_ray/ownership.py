@@ -1,0 +1,244 @@
+"""Who owns an output folder: the marker a job writes when it creates one, and the lease a
+running driver holds on it. Every job deletes only what these prove it made.
+
+**Marker.** When a job first writes into a folder it writes `OUT/.regene-ray.json`:
+
+    {"format": "regene-ray output v1", "kind": "run" | "mass" | "search",
+     "artefacts": ["config.yaml", "classifier", ...], "identity": {...}, "created": "..."}
+
+`--overwrite` deletes exactly the `artefacts` that marker lists (names directly inside OUT),
+then the marker itself, and nothing else: a user's own files beside them stay. A folder without
+the marker is never deleted from, whatever files it holds (a `config.yaml` or `job.json` proves
+nothing). The current directory, its parents, a home folder, a filesystem root and a folder
+holding `.git` are refused as folders to overwrite.
+
+**Lease.** A driver that writes into OUT holds `OUT/.regene-ray.lease` (who, since when, last
+heartbeat), refreshed by a thread every `HEARTBEAT_S`. A second driver is refused while the
+lease is fresh, with a message naming the holder; a lease whose heartbeat is older than
+`STALE_S` (its driver crashed or was killed), or whose driver ran on this host and no longer
+exists, is taken over. Locally the lease is created with
+O_EXCL; on object stores, which have no create-if-absent here, it is written and read back after
+a pause, so of two drivers racing for it at most one proceeds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from regene_ray.storage import Storage, StorageError
+
+log = logging.getLogger(__name__)
+
+MARKER_FILE = ".regene-ray.json"
+MARKER_FORMAT = "regene-ray output v1"
+LEASE_FILE = ".regene-ray.lease"
+HEARTBEAT_S = 10.0  # how often a running driver refreshes its lease
+STALE_S = 60.0  # a lease not refreshed for this long belongs to a dead driver
+REMOTE_SETTLE_S = 2.0  # object stores: wait before reading a written lease back
+
+
+class OwnershipError(FileExistsError):
+    """An output folder this job may not write into or delete from (the message says why)."""
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# the marker
+
+
+def read_marker(out: Storage) -> dict | None:
+    """The folder's ownership marker, or None when it has none (or an unreadable one)."""
+    if not out.is_file(MARKER_FILE):
+        return None
+    try:
+        marker = out.read_json(MARKER_FILE)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT:
+        return None
+    return marker
+
+
+def write_marker(out: Storage, kind: str, artefacts: list[str], identity: dict) -> None:
+    """Claim `out` for a job of `kind` that writes `artefacts` (names directly inside it)."""
+    bad = [a for a in artefacts if not a or "/" in a or a in (".", "..")]
+    if bad:
+        raise ValueError(f"artefacts must be plain names inside the folder, not {bad}")
+    out.write_json(MARKER_FILE, {"format": MARKER_FORMAT, "kind": kind,
+                                 "artefacts": sorted(artefacts), "identity": identity,
+                                 "created": _now()})
+
+
+def refuse_protected(out: Storage, flag: str = "--out") -> None:
+    """Refuse to delete from the current directory or one above it, a home folder, a filesystem
+    root, or a folder holding .git: no job output ever lives there."""
+    if not out.is_local:
+        return
+    path = Path(out.root).resolve()
+    cwd, home = Path.cwd().resolve(), Path.home().resolve()
+    why = None
+    if path == path.parent:
+        why = "a filesystem root"
+    elif path == cwd or path in cwd.parents:
+        why = "the current directory or one above it"
+    elif path == home:
+        why = "your home folder"
+    elif (path / ".git").exists():
+        why = "a folder holding .git (a source checkout)"
+    if why:
+        raise OwnershipError(f"{flag} {out} is {why}; regene-ray never deletes there. Pass a "
+                             "dedicated output folder such as runs/NAME")
+
+
+def claim_for_overwrite(out: Storage, kind: str, flag: str = "--out") -> None:
+    """Delete the artefacts of the earlier `kind` job in `out`, as its marker lists them, then
+    the marker (last, so an interrupted overwrite can be run again). Refuses a folder without a
+    marker of this kind, and protected folders."""
+    marker = read_marker(out)
+    if marker is None or marker.get("kind") != kind:
+        what = "has no regene-ray ownership marker" if marker is None else \
+            f"belongs to a regene-ray '{marker.get('kind')}' job, not a '{kind}' job"
+        raise OwnershipError(
+            f"{flag} {out} {what} ({MARKER_FILE}), so --overwrite will not delete anything in "
+            "it; choose a new or empty folder (an output of an older regene-ray version must "
+            "be removed by hand)")
+    refuse_protected(out, flag)
+    log.warning("--overwrite: removing the earlier %s job's %s from %s", kind,
+                ", ".join(marker["artefacts"]), out)
+    for name in marker["artefacts"]:
+        if name in (MARKER_FILE, LEASE_FILE):
+            continue
+        if out.is_dir(name):
+            out.delete_dir(name)
+        else:
+            out.delete(name)
+    out.delete(MARKER_FILE)
+
+
+# the lease
+
+
+class LeaseError(OwnershipError):
+    """Another live driver holds the folder."""
+
+
+class Lease:
+    """The driver's hold on an output folder (see the module docstring). Use as a context
+    manager; `lost` turns True if another driver took the lease over (this one stalled for
+    longer than STALE_S), and `check()` then raises."""
+
+    def __init__(self, out: Storage, job: str, *, heartbeat_s: float = HEARTBEAT_S,
+                 stale_s: float = STALE_S):
+        self.out = out
+        self.heartbeat_s = heartbeat_s
+        self.stale_s = stale_s
+        self.record = {"holder": f"{socket.gethostname()} pid {os.getpid()}",
+                       "host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex, "job": job, "since": _now(),
+                       "heartbeat": time.time()}
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _read(self) -> dict | None:
+        try:
+            return self.out.read_json(LEASE_FILE)
+        except (OSError, ValueError):
+            return None
+
+    def _is_dead(self, held: dict) -> bool:
+        """A lease's driver is gone when its heartbeat is stale, or at once when it ran on this
+        host and its process no longer exists (a driver killed with SIGKILL)."""
+        if time.time() - float(held.get("heartbeat", 0)) >= self.stale_s:
+            return True
+        if held.get("host") == socket.gethostname() and isinstance(held.get("pid"), int):
+            try:
+                os.kill(held["pid"], 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:  # alive, another user's
+                return False
+        return False
+
+    def _refuse(self, held: dict) -> None:
+        age = time.time() - float(held.get("heartbeat", 0))
+        raise LeaseError(
+            f"{self.out} is in use by another driver ({held.get('holder', '?')}, {held.get('job')} "
+            f"job, since {held.get('since', '?')}, last heartbeat {age:.0f} s ago). Wait for it "
+            "to finish or stop it (`ray job stop`, or kill the process); a lease not refreshed "
+            f"for {self.stale_s:.0f} s is taken over automatically")
+
+    def acquire(self) -> Lease:
+        self.out.makedirs()
+        data = json.dumps(self.record).encode()
+        if self.out.is_local:
+            try:
+                fd = os.open(self.out.path(LEASE_FILE), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                             0o644)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                return self._start()
+            except FileExistsError:
+                pass
+        held = self._read()
+        if held is not None and not self._is_dead(held):
+            self._refuse(held)
+        if held is not None:
+            log.warning("taking over the lease of %s on %s: its driver is gone (no heartbeat "
+                        "for %.0f s)", held.get("holder"), self.out,
+                        time.time() - float(held.get("heartbeat", 0)))
+        self.out.write_bytes(LEASE_FILE, data)
+        if not self.out.is_local:
+            time.sleep(REMOTE_SETTLE_S)
+        now = self._read()
+        if not now or now.get("token") != self.record["token"]:
+            self._refuse(now or {})
+        return self._start()
+
+    def _start(self) -> Lease:
+        self._thread = threading.Thread(target=self._beat, name="regene-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            held = self._read()
+            if held is not None and held.get("token") != self.record["token"]:
+                log.error("lost the lease on %s to %s", self.out, held.get("holder"))
+                self.lost = True
+                return
+            self.record["heartbeat"] = time.time()
+            try:
+                self.out.write_json(LEASE_FILE, self.record)
+            except (OSError, StorageError) as e:  # a passing storage error: try next beat
+                log.warning("could not refresh the lease on %s: %s", self.out, e)
+
+    def check(self) -> None:
+        if self.lost:
+            raise LeaseError(f"another driver took over {self.out} while this one stalled; "
+                             "this driver stops without writing more")
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        held = self._read()
+        if held is not None and held.get("token") == self.record["token"]:
+            self.out.delete(LEASE_FILE)
+
+    def __enter__(self) -> Lease:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
