@@ -9,7 +9,9 @@ Measures: the neutral classifier's accuracy on generations (overall, per class, 
 Org vs Gen / Org vs Recon / Recon vs Gen (mean +- std over --seeds; Inception features when its
 weights are on disk, otherwise the neutral classifier's, named beside every number), novelty
 (closest training images by MSE, SSIM and features; copy flags; near-duplicates) and pictures.
-The neutral classifier is cached in RUN_DIR/neutral/ and reused when its config matches.
+The neutral classifier is cached in OUT/neutral/ (or --neutral-cache) and reused when its config
+matches; the run folder is only read. --generated must be a finished mass generation of --run
+(summary.json, matching checkpoint hashes) unless --allow-partial / --allow-other-run.
 Output: OUT/report.html (self-contained, opens from disk), OUT/metrics.json, OUT/figures/*.png.
 """
 
@@ -49,6 +51,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="report folder to write (required)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder that "
                    "is not an earlier report (default: off; nothing is deleted either way)")
+    p.add_argument("--allow-partial", action="store_true", help="evaluate a --generated folder "
+                   "without summary.json (an unfinished mass generation) (default: refuse)")
+    p.add_argument("--allow-other-run", action="store_true", help="evaluate --generated images "
+                   "made from other checkpoints than --run, or of unknown origin (default: refuse)")
+    p.add_argument("--neutral-cache", type=Path, help="folder caching the neutral classifier; "
+                   "share one between reports to train it once (default: OUT/neutral)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (default: auto)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--neutral-depth", type=int, default=d.neutral_depth,
@@ -132,7 +140,9 @@ def main(args: argparse.Namespace) -> dict:
         prepare_report_dir(args.out, overwrite=args.overwrite)
         run = smoke_run(args.out, args.device)
     metrics = evaluate(run, args.out, cfg, generated=args.generated, device=args.device,
-                       overwrite=args.overwrite or args.run is None)
+                       overwrite=args.overwrite or args.run is None,
+                       neutral_cache=args.neutral_cache, allow_partial=args.allow_partial,
+                       allow_other_run=args.allow_other_run)
     rows = metrics["fid"]["rows"]
     summary = {
         "neutral_test_accuracy": metrics["neutral"]["test_accuracy"],

@@ -18,6 +18,10 @@ Tune's experiment state. Re-running with the same --storage-path and --name resu
 --storage-path may be a local folder, s3://bucket/prefix or gs://bucket/prefix (pyarrow
 filesystems; for an S3-compatible server add ?endpoint_override=host:port&scheme=http). On a
 multi-node cluster a local folder must be shared by every node, or the job refuses it.
+
+Trust: resuming a sweep unpickles Tune's `tuner.pkl` and the searcher's state from
+STORAGE_PATH/NAME (Ray Tune's own format), so whoever can write there can run code in this
+driver. Keep --storage-path on storage only you (and your cluster) can write.
 """
 
 from __future__ import annotations
@@ -46,7 +50,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="search space YAML, e.g. search_spaces/digits.yaml (required)")
     p.add_argument("--storage-path", required=True,
                    help="folder holding experiments: a local path (absolute with `ray job "
-                   "submit`), s3://bucket/prefix or gs://bucket/prefix (required)")
+                   "submit`), s3://bucket/prefix or gs://bucket/prefix. Resuming unpickles "
+                   "Tune's state from it, so only use storage that no one else can write "
+                   "(required)")
     p.add_argument("--name", required=True, help="experiment name; the same name resumes (required)")
     p.add_argument("--num-samples", type=int,
                    help="trials in the sweep (default: the space's num_samples; 3 with --smoke-test)")
@@ -120,6 +126,7 @@ def main(args: argparse.Namespace) -> dict:
                     args.storage_path)
     store = Storage(args.storage_path)  # a bad URI or unreachable bucket fails here, before Ray
     store.check_reachable()
+    store.check_writable("--storage-path")
     init_ray(args.address, args.num_cpus)
     if store.is_local:
         check_shared_folder(store.local_path(), "--storage-path")

@@ -1,7 +1,8 @@
 """Evaluation of a run's generations, the way the paper measures them, into one report folder.
 
     run folder (+ generated Parquet, or an in-process sample)
-      -> neutral classifier (ResNet v1, trained from scratch, cached in RUN_DIR/neutral/)
+      -> neutral classifier (ResNet v1, trained from scratch, cached in OUT/neutral/ or
+         --neutral-cache; the run folder is only read)
       -> neutral accuracy of generations overall / per class / per n      (paper Fig. 4a)
       -> FID Org vs Gen, Org vs Recon, Recon vs Gen, mean +- std over seeds (paper Table 1)
       -> novelty: nearest training images, copy flags, near-duplicates     (paper Fig. 6)
@@ -431,9 +432,45 @@ def _write(path: Path, data: bytes | str) -> None:
 # the whole evaluation
 
 
+def check_generated(generated: str | Path, run_dir: Path, *, allow_partial: bool = False,
+                    allow_other_run: bool = False) -> None:
+    """Refuse a --generated folder that is not a finished mass generation of this run: without
+    summary.json it is partial (a job still running, or killed), and generations made from other
+    checkpoints say nothing about this run. The flags accept them knowingly."""
+    from regene_ray.mass import DATA_DIR, JOB_FILE, SUMMARY_FILE, run_hashes
+
+    folder = Path(generated)
+    if not folder.is_dir() or not _parquet_files(folder):
+        read_generated(folder)  # raises the reader's error before anything is written
+    if not (folder / SUMMARY_FILE).is_file() and not allow_partial:
+        raise ValueError(
+            f"--generated {folder} has no {SUMMARY_FILE}: it is not a finished "
+            "jobs/mass_generate.py output (complete it with --resume), or pass --allow-partial "
+            "to evaluate whatever rows it holds")
+    try:
+        made_by = json.loads((folder / JOB_FILE).read_text())["checkpoint_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        made_by = None
+    if made_by is None:  # a bare folder of Parquet files: the footers may still say
+        from regene_ray.sinks import read_metadata
+
+        files = sorted((folder / DATA_DIR).glob("*.parquet")) or _parquet_files(folder)
+        try:
+            made_by = read_metadata(files[0]).get("checkpoint_sha256")
+        except (OSError, ValueError, pa.ArrowException):
+            made_by = None
+    if made_by != run_hashes(run_dir) and not allow_other_run:
+        why = "were made from other checkpoints than" if made_by else \
+            "carry no record of the checkpoints that made them, so may not come from"
+        raise ValueError(
+            f"--generated {folder}: its generations {why} --run {run_dir}; pass the run that "
+            "made them, or --allow-other-run to evaluate them against this run anyway")
+
+
 def evaluate(run_dir: str | Path, out: str | Path, cfg: EvalConfig | None = None, *,
              generated: str | Path | None = None, device: str = "auto",
-             overwrite: bool = False) -> dict:
+             overwrite: bool = False, neutral_cache: str | Path | None = None,
+             allow_partial: bool = False, allow_other_run: bool = False) -> dict:
     """Measure a run's generations and write metrics.json, report.html and figures/ to `out`.
 
     Args:
@@ -443,6 +480,10 @@ def evaluate(run_dir: str | Path, out: str | Path, cfg: EvalConfig | None = None
         generated: jobs/mass_generate.py output; None samples generations in-process.
         device: 'auto', 'cpu' or 'cuda[:i]'.
         overwrite: write into a non-empty folder that is not an earlier report.
+        neutral_cache: folder caching the neutral classifier (default: OUT/neutral; share one
+            between reports to train it once). The run folder is only read.
+        allow_partial, allow_other_run: accept a --generated folder without summary.json, or
+            made from other checkpoints (see check_generated).
     Returns:
         The metrics written to out/metrics.json.
     """
@@ -452,9 +493,11 @@ def evaluate(run_dir: str | Path, out: str | Path, cfg: EvalConfig | None = None
         raise FileNotFoundError(
             f"--run {run_dir} is not a run folder (no {CONFIG_FILE}); train one with "
             f"jobs/train.py --out {run_dir}")
-    if generated is not None and not Path(generated).is_dir():
-        read_generated(generated)  # raises the reader's error before anything is written
+    if generated is not None:
+        check_generated(generated, run_dir, allow_partial=allow_partial,
+                        allow_other_run=allow_other_run)
     prepare_report_dir(out, overwrite=overwrite)
+    neutral_dir = Path(neutral_cache) if neutral_cache is not None else out / NEUTRAL_DIR
     dev = resolve_device(device)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -485,7 +528,8 @@ def evaluate(run_dir: str | Path, out: str | Path, cfg: EvalConfig | None = None
     tcfg = NeutralTrainConfig(epochs=cfg.neutral_epochs, batch_size=cfg.neutral_batch_size,
                               seed=cfg.seed)
     identity = {k: v for k, v in to_dict(data_cfg).items() if k != "data_root"}
-    neutral, neutral_metrics = load_or_train_neutral(run_dir, data, ncfg, tcfg, dev, identity)
+    neutral, neutral_metrics = load_or_train_neutral(neutral_dir, data, ncfg, tcfg, dev,
+                                                     identity)
     run_acc = run_metrics.get("test_accuracy")
     if neutral_metrics["test_accuracy"] < 0.9 or (
             run_acc is not None and neutral_metrics["test_accuracy"] < run_acc - 0.05):
@@ -674,7 +718,7 @@ def evaluate(run_dir: str | Path, out: str | Path, cfg: EvalConfig | None = None
         "torch_threads": torch.get_num_threads(),
         "config": to_dict(cfg),
         "neutral": {"architecture": f"ResNet-{cfg.neutral_depth} v1 (width {cfg.neutral_width})",
-                    "folder": str((run_dir / NEUTRAL_DIR).resolve()), **neutral_metrics},
+                    "folder": str(neutral_dir.resolve()), **neutral_metrics},
         "generation_accuracy": score,
         "reference_accuracy": reference,
         "fid": {"features": feat_net.name, "features_note": feat_net.note, "rows": fid_rows},

@@ -260,13 +260,13 @@ def train_neutral(model: NeutralClassifier, data: DataSplits, cfg: NeutralTrainC
     return history
 
 
-def load_or_train_neutral(run_dir: str | Path, data: DataSplits, model_cfg: ResNetConfig,
+def load_or_train_neutral(folder: str | Path, data: DataSplits, model_cfg: ResNetConfig,
                           train_cfg: NeutralTrainConfig, device: torch.device,
                           data_identity: dict | None = None) -> tuple[NeutralClassifier, dict]:
-    """The run's neutral classifier: cached in RUN_DIR/neutral/ when its config matches.
+    """The neutral classifier for this data: cached in `folder` when its config matches.
 
     Args:
-        run_dir: the run folder; the model lives in its `neutral/` sub-folder.
+        folder: the cache folder (evaluation passes REPORT/neutral or --neutral-cache).
         data: the run's splits (train for training, holdout for validation, test for accuracy).
         model_cfg, train_cfg: what to build and how to train it.
         device: where to train.
@@ -274,7 +274,7 @@ def load_or_train_neutral(run_dir: str | Path, data: DataSplits, model_cfg: ResN
     Returns:
         (model in eval mode, metrics: test_accuracy, history, cached flag, seconds).
     """
-    folder = Path(run_dir) / NEUTRAL_DIR
+    folder = Path(folder)
     want = {"model": to_dict(model_cfg), "training": to_dict(train_cfg),
             "data": data_identity or {}}
     if (folder / WEIGHTS_FILE).is_file() and (folder / METRICS_FILE).is_file():

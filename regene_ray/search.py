@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+import posixpath
 import re
 import tempfile
 import time
@@ -46,6 +47,7 @@ from regene_ray.checkpoint import atomic_torch_save, safe_torch_load
 from regene_ray.config import ConfigError, save_json, to_dict
 from regene_ray.data import load_data
 from regene_ray.losses import ReconstructionLoss, build_perceptual
+from regene_ray.ownership import MARKER_FILE, OwnershipError, read_marker, write_marker
 from regene_ray.pareto import choose_within_tolerance, pareto_mask
 from regene_ray.run import build_models
 from regene_ray.search_space import SearchSpace
@@ -279,6 +281,21 @@ def _space_record(space: SearchSpace, num_samples: int, opts: SweepOptions) -> d
     return rec
 
 
+def claim_experiment(exp: Storage) -> None:
+    """Before a new sweep starts in `exp`: refuse a non-empty folder that no regene-ray sweep
+    made (its files are never deleted), then mark the folder as this sweep's."""
+    marker = read_marker(exp)
+    if marker is None and not exp.is_empty():
+        raise OwnershipError(
+            f"{exp} is a non-empty folder that is not a regene-ray sweep (no {MARKER_FILE}); "
+            "pass another --name or --storage-path. Nothing in it is deleted")
+    if marker is not None and marker.get("kind") != "search":
+        raise OwnershipError(f"{exp} holds a regene-ray '{marker.get('kind')}' output, not a "
+                             "sweep; pass another --name or --storage-path")
+    if marker is None:
+        write_marker(exp, "search", [*OUTPUT_FILES], {"name": posixpath.basename(exp.root)})
+
+
 def driver_folder(exp: Storage) -> Path:
     """Where the driver keeps the Optuna sqlite and writes the outputs: the experiment folder
     itself when it is local; for remote storage a cache folder keyed by its URI, so a resumed
@@ -418,6 +435,7 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> dict:
         if stale.exists():
             log.warning("%s has an Optuna study but no restorable Tune state (the driver was "
                         "killed before its first checkpoint); starting the study afresh", exp_dir)
+        claim_experiment(exp)
         for name in OUTPUT_FILES:  # nothing of an earlier attempt may pass for this sweep's
             (exp_dir / name).unlink(missing_ok=True)
             if not exp.is_local:

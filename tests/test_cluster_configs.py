@@ -1,6 +1,7 @@
 """Cluster configs: launcher YAMLs through Ray's own validation, KubeRay manifests by their fields."""
 
 import copy
+import subprocess
 from pathlib import Path
 
 import jsonschema
@@ -90,3 +91,47 @@ def test_broken_kuberay_manifest_is_rejected():
     m["spec"]["workerGroupSpecs"][0].pop("minReplicas")
     with pytest.raises(KeyError):
         check_raycluster_spec(m["spec"])
+
+
+# doors: token authentication must be on everywhere, with the token distributed, never committed
+
+
+@pytest.mark.parametrize("name", LAUNCHERS)
+def test_launcher_configs_turn_token_auth_on_and_distribute_the_token(name):
+    cfg = prepare_config(load(name))
+    assert cfg["file_mounts"].get("~/.ray/auth_token") == "./cluster/ray-auth-token"
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in cfg[key] if "ray start" in c]
+        assert starts and all("RAY_AUTH_MODE=token" in c for c in starts), key
+    assert any("auth_token" in c for c in cfg["head_setup_commands"])  # fails fast without it
+    assert "cluster/ray-auth-token" in (CLUSTER.parent / ".gitignore").read_text()
+    assert not (CLUSTER / "ray-auth-token").exists() or \
+        "ray-auth-token" not in subprocess.run(["git", "ls-files", "cluster"], cwd=CLUSTER,
+                                               capture_output=True, text=True).stdout
+
+
+def _ray_containers(manifest):
+    spec = manifest["spec"].get("rayClusterSpec", manifest["spec"])
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    return spec, [c for g in groups for c in g["template"]["spec"]["containers"]]
+
+
+def _has_token_env(container):
+    env = {e["name"]: e for e in container.get("env", [])}
+    return env.get("RAY_AUTH_MODE", {}).get("value") == "token" and \
+        env.get("RAY_AUTH_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef", {}).get("name") \
+        == "regene-ray-auth"
+
+
+@pytest.mark.parametrize("name", ["raycluster.yaml", "rayjob-search.yaml",
+                                  "rayjob-mass-generate.yaml"])
+def test_kuberay_manifests_turn_token_auth_on_and_stay_inside_the_cluster(name):
+    m = load(f"kuberay/{name}")
+    spec, containers = _ray_containers(m)
+    assert containers and all(_has_token_env(c) for c in containers)
+    assert spec["headGroupSpec"]["serviceType"] == "ClusterIP"
+    ports = [p["containerPort"] for c in containers for p in c.get("ports", [])]
+    assert 10001 not in ports  # no Ray Client port
+    if m["kind"] == "RayJob":
+        submitter = m["spec"]["submitterPodTemplate"]["spec"]["containers"]
+        assert all(_has_token_env(c) for c in submitter)

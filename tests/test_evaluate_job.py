@@ -36,9 +36,14 @@ def run(*args, check=True):
 
 
 @pytest.fixture(scope="module")
-def report(tiny_run, tmp_path_factory):
+def neutral_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("neutral") / "cache"
+
+
+@pytest.fixture(scope="module")
+def report(tiny_run, tmp_path_factory, neutral_cache):
     out = tmp_path_factory.mktemp("eval") / "report"
-    p = run("--run", tiny_run, "--out", out, *FAST)
+    p = run("--run", tiny_run, "--out", out, "--neutral-cache", neutral_cache, *FAST)
     return out, p
 
 
@@ -100,10 +105,12 @@ def test_report_is_written_and_every_embedded_image_decodes(report):
         assert name in html
 
 
-def test_neutral_model_is_cached_in_the_run_folder(report, tiny_run):
+def test_neutral_model_is_cached_where_asked_and_the_run_is_only_read(report, tiny_run,
+                                                                     neutral_cache):
     m = json.loads((report[0] / "metrics.json").read_text())
-    model = NeutralClassifier.load(tiny_run / "neutral")
-    assert model.cfg.depth == 8 and m["neutral"]["folder"] == str((tiny_run / "neutral").resolve())
+    model = NeutralClassifier.load(neutral_cache)
+    assert model.cfg.depth == 8 and m["neutral"]["folder"] == str(neutral_cache.resolve())
+    assert not (tiny_run / "neutral").exists()  # nothing written into the input run
 
 
 def test_report_renders_in_headless_chromium(report, tmp_path):
@@ -210,7 +217,8 @@ def _smoke_config(run_dir):
     return job.build_config(args)
 
 
-def test_training_images_passed_as_generations_are_flagged_as_copies(report, tiny_run, tmp_path):
+def test_training_images_passed_as_generations_are_flagged_as_copies(report, tiny_run, tmp_path,
+                                                                  neutral_cache):
     from regene_ray.data import load_data
     from regene_ray.evaluation import evaluate
     from regene_ray.run import load_run_config
@@ -230,7 +238,8 @@ def test_training_images_passed_as_generations_are_flagged_as_copies(report, tin
     torch.set_num_threads(1)
     try:
         m = evaluate(tiny_run, tmp_path / "report", _smoke_config(tiny_run),
-                     generated=tmp_path / "gen", device="cpu")
+                     generated=tmp_path / "gen", device="cpu", neutral_cache=neutral_cache,
+                     allow_partial=True, allow_other_run=True)
     finally:
         torch.set_num_threads(before)
     assert m["neutral"]["cached"]
@@ -242,11 +251,20 @@ def test_training_images_passed_as_generations_are_flagged_as_copies(report, tin
     assert set(m["generation_accuracy"]["per_n"]) == {"2"}
 
 
-def test_job_evaluates_a_generated_folder(report, tiny_run, tmp_path):
+def test_job_evaluates_a_generated_folder(report, tiny_run, tmp_path, neutral_cache):
     gen = ConvexGenerator.from_run(tiny_run)
     write_generated(tmp_path / "gen", gen, 200, n_parents=(2, 3, 5))
     out = tmp_path / "report"
-    run("--run", tiny_run, "--generated", tmp_path / "gen", "--out", out, *FAST)
+    # hand-written Parquet: no summary.json and no provenance, so it must be accepted knowingly
+    p = run("--run", tiny_run, "--generated", tmp_path / "gen", "--out", out, *FAST,
+            check=False)
+    assert p.returncode == 2 and "no summary.json" in p.stderr and "--allow-partial" in p.stderr
+    assert not out.exists()
+    p = run("--run", tiny_run, "--generated", tmp_path / "gen", "--out", out, "--allow-partial",
+            *FAST, check=False)
+    assert p.returncode == 2 and "--allow-other-run" in p.stderr and not out.exists()
+    run("--run", tiny_run, "--generated", tmp_path / "gen", "--out", out, "--allow-partial",
+        "--allow-other-run", "--neutral-cache", neutral_cache, *FAST)
     m = json.loads((out / "metrics.json").read_text())
     assert m["generated"]["source"] == f"parquet:{tmp_path / 'gen'}"
     assert m["neutral"]["cached"]  # trained by the first job, reused

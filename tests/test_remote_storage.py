@@ -120,8 +120,8 @@ def test_existing_output_on_s3_is_refused(s3, tiny_run):
     st.write_bytes("other.txt", b"not ours")
     spec = mass.MassSpec(run=str(tiny_run.resolve()), count=10, classes=(0,), chunk_size=16)
     identity = mass.job_metadata(spec, mass.run_hashes(spec.run))
-    with pytest.raises(FileExistsError, match="s3://regene/refuse is a non-empty folder without "
-                       "job.json"):
+    with pytest.raises(FileExistsError, match="s3://regene/refuse is a non-empty folder without a "
+                       "regene-ray ownership marker"):
         mass.prepare_output(st, identity, resume=False, overwrite=False)
     assert st.read_bytes("other.txt") == b"not ours"  # nothing touched
 
@@ -188,7 +188,7 @@ def test_mass_generation_refuses_existing_s3_output(s3, tiny_run):
                            "--count", "10", "--out", uri(endpoint, "taken")], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
-    assert "--out s3://regene/taken is a non-empty folder without job.json" in proc.stderr
+    assert "--out s3://regene/taken is a non-empty folder without a regene-ray ownership marker" in proc.stderr
 
 
 def _s3_trial_states(fs: pafs.S3FileSystem, exp: str) -> dict[str, str]:

@@ -8,10 +8,13 @@ dir, and runs in its own process session; teardown kills that session's processe
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -26,8 +29,10 @@ def ray_head():
         pytest.skip("the ray CLI is not installed")
     gcs, dash, client, agent, agent_grpc, metrics, rt_env, node_mgr, obj_mgr = free_ports(9)
     temp_dir = tempfile.mkdtemp(prefix="rrh", dir="/tmp")  # short: Unix socket paths
+    token = Path(temp_dir) / "auth_token"  # a fresh token file, as cluster/*.yaml mount one
+    token.write_text(secrets.token_hex(32))
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
-           "RAY_AUTH_MODE": "token"}
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     env.pop("RAY_ADDRESS", None)
     cmd = [RAY, "start", "--head", "--block", "--port", str(gcs), "--num-cpus", "2",
            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
@@ -96,3 +101,22 @@ def test_job_client_without_token_mode_is_refused(ray_head):
                           text=True, timeout=60)
     assert proc.returncode != 0
     assert "auth" in (proc.stdout + proc.stderr).lower()
+
+
+def test_dashboard_refuses_requests_without_the_token(ray_head):
+    """What the cluster configs rely on: with RAY_AUTH_MODE=token and a token file, the job
+    server answers 401 without a token, 403 with a wrong one, 200 with the right one."""
+    url, env = ray_head
+    token = Path(env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+
+    def status(headers):
+        req = urllib.request.Request(f"{url}/api/jobs/", headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    assert status({}) == 401
+    assert status({"Authorization": "Bearer " + "0" * 64}) == 403
+    assert status({"Authorization": f"Bearer {token}"}) == 200
