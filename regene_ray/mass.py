@@ -61,6 +61,7 @@ from regene_ray.ownership import (
     OwnershipError,
     claim_for_overwrite,
     read_marker,
+    refuse_if_held,
     refuse_protected,
     write_marker,
 )
@@ -472,8 +473,10 @@ def _differences(old: dict, new: dict) -> list[str]:
     return differ
 
 
-def inspect_output(out: Storage, identity: dict, *, resume: bool, overwrite: bool) -> str:
+def inspect_output(out: Storage, identity: dict, *, resume: bool, overwrite: bool,
+                   lease: Lease | None = None) -> str:
     """What OUT allows for this job, without touching it: 'new', 'resume' or 'overwrite'.
+    Without `lease` (this driver's, once taken), a live driver's lease on OUT is refused first.
 
     Raises:
         FileExistsError (OwnershipError): a file; a folder no mass-generation job made; a
@@ -481,6 +484,8 @@ def inspect_output(out: Storage, identity: dict, *, resume: bool, overwrite: boo
     """
     if out.is_file():
         raise FileExistsError(f"--out {out} is a file; pass a folder path")
+    if lease is None:
+        refuse_if_held(out)  # another live driver: say so, whatever state the folder is in
     if not [n for n in out.names() if n != LEASE_FILE]:  # our own lease does not count
         return "new"
     marker = read_marker(out)
@@ -505,11 +510,12 @@ def inspect_output(out: Storage, identity: dict, *, resume: bool, overwrite: boo
     return "resume"
 
 
-def prepare_output(out: Storage, identity: dict, *, resume: bool, overwrite: bool) -> bool:
+def prepare_output(out: Storage, identity: dict, *, resume: bool, overwrite: bool,
+                   lease: Lease | None = None) -> bool:
     """Create OUT or check it holds this job (inspect_output), then act: --overwrite deletes the
     earlier job's artefacts, as its marker lists them. Call it only once every input was
     validated and the lease is held. Returns True when an earlier attempt is resumed."""
-    action = inspect_output(out, identity, resume=resume, overwrite=overwrite)
+    action = inspect_output(out, identity, resume=resume, overwrite=overwrite, lease=lease)
     if action == "resume":
         n = delete_temporaries(out)  # leftovers of local writes cut short by a crash
         if n:
@@ -791,7 +797,7 @@ def run_job(spec: MassSpec, out: str | Path | Storage, runner: Runner, *, resume
 def _run_locked(spec: MassSpec, out: Storage, runner: Runner, lease: Lease, identity: dict, *,
                 resume: bool, overwrite: bool, details: dict | None) -> Summary:
     t0 = time.perf_counter()
-    resumed = prepare_output(out, identity, resume=resume, overwrite=overwrite)
+    resumed = prepare_output(out, identity, resume=resume, overwrite=overwrite, lease=lease)
     quota = spec.quotas()
     num_classes = len(identity["thresholds"]["latent"])  # one threshold per class of the run
     done = {key: info for key, info in scan(out, identity["job_key"]).items() if key[0] in quota}

@@ -132,6 +132,39 @@ class LeaseError(OwnershipError):
     """Another live driver holds the folder."""
 
 
+def lease_is_dead(held: dict, stale_s: float = STALE_S) -> bool:
+    """A lease's driver is gone when its heartbeat is stale, or at once when it ran on this
+    host and its process no longer exists (a driver killed with SIGKILL)."""
+    if time.time() - float(held.get("heartbeat", 0)) >= stale_s:
+        return True
+    if held.get("host") == socket.gethostname() and isinstance(held.get("pid"), int):
+        try:
+            os.kill(held["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, another user's
+            return False
+    return False
+
+
+def _held_message(out: Storage, held: dict, stale_s: float) -> str:
+    age = time.time() - float(held.get("heartbeat", 0))
+    return (f"{out} is in use by another driver ({held.get('holder', '?')}, {held.get('job')} "
+            f"job, since {held.get('since', '?')}, last heartbeat {age:.0f} s ago). Wait for it "
+            "to finish or stop it (`ray job stop`, or kill the process); a lease not refreshed "
+            f"for {stale_s:.0f} s is taken over automatically")
+
+
+def refuse_if_held(out: Storage, stale_s: float = STALE_S) -> None:
+    """Raise LeaseError when a live driver holds `out` (read-only: takes nothing)."""
+    try:
+        held = out.read_json(LEASE_FILE)
+    except (OSError, ValueError):
+        return
+    if isinstance(held, dict) and not lease_is_dead(held, stale_s):
+        raise LeaseError(_held_message(out, held, stale_s))
+
+
 class Lease:
     """The driver's hold on an output folder (see the module docstring). Use as a context
     manager; `lost` turns True if another driver took the lease over (this one stalled for
@@ -156,26 +189,10 @@ class Lease:
             return None
 
     def _is_dead(self, held: dict) -> bool:
-        """A lease's driver is gone when its heartbeat is stale, or at once when it ran on this
-        host and its process no longer exists (a driver killed with SIGKILL)."""
-        if time.time() - float(held.get("heartbeat", 0)) >= self.stale_s:
-            return True
-        if held.get("host") == socket.gethostname() and isinstance(held.get("pid"), int):
-            try:
-                os.kill(held["pid"], 0)
-            except ProcessLookupError:
-                return True
-            except PermissionError:  # alive, another user's
-                return False
-        return False
+        return lease_is_dead(held, self.stale_s)
 
     def _refuse(self, held: dict) -> None:
-        age = time.time() - float(held.get("heartbeat", 0))
-        raise LeaseError(
-            f"{self.out} is in use by another driver ({held.get('holder', '?')}, {held.get('job')} "
-            f"job, since {held.get('since', '?')}, last heartbeat {age:.0f} s ago). Wait for it "
-            "to finish or stop it (`ray job stop`, or kill the process); a lease not refreshed "
-            f"for {self.stale_s:.0f} s is taken over automatically")
+        raise LeaseError(_held_message(self.out, held, self.stale_s))
 
     def acquire(self) -> Lease:
         self.out.makedirs()

@@ -213,13 +213,20 @@ class Storage:
                                "and that the bucket exists") from e
 
     def check_writable(self, flag: str) -> None:
-        """Create this folder if needed and write (then delete) a probe file in it, so a
-        read-only folder, filesystem or bucket fails here, before a job does any work, with a
-        message that says what to do. Writes nothing outside the folder: a missing folder is
-        created, or its creation fails, like any output would."""
-        probe = f"{MARKER_PREFIX}write-{uuid.uuid4().hex}"
+        """Fail now, with a message that says what to do, when this folder cannot be written:
+        a read-only folder, filesystem or bucket. An existing folder (and any object store) gets
+        a probe file written and deleted; a missing local folder is not created here (nothing
+        is touched before every input is validated): the nearest existing folder above it must
+        be writable instead."""
         try:
-            self.makedirs()
+            if self.is_local and not self.exists():
+                parent = Path(self.root)
+                while not parent.exists():
+                    parent = parent.parent
+                if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+                    raise PermissionError(13, f"cannot create folders in {parent}")
+                return
+            probe = f"{MARKER_PREFIX}write-{uuid.uuid4().hex}"
             self.write_bytes(probe, b"write check\n")
             self.delete(probe)
         except OSError as e:

@@ -7,7 +7,6 @@ the messages of bad flags.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -24,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from masstools import JOB, generate, job, read_out
 from PIL import Image
 
 from regene_ray import mass
@@ -32,19 +32,7 @@ from regene_ray.decoder import Decoder
 from regene_ray.generator import to_uint8
 from regene_ray.latent_bank import LatentBank
 
-REPO = Path(__file__).resolve().parents[1]
-JOB = REPO / "jobs" / "mass_generate.py"
 K = 10  # classes of the digits run
-
-
-def _load_job():
-    spec = importlib.util.spec_from_file_location("mass_generate_job", JOB)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-job = _load_job()
 
 
 @pytest.fixture(scope="module")
@@ -56,17 +44,6 @@ def ray_cluster():
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
-
-
-def generate(run: Path, out: Path, *flags: str) -> mass.Summary:
-    """Run jobs/mass_generate.py's main in this process, on the module's Ray cluster."""
-    args = job.get_args_parser().parse_args(["--run", str(run), "--out", str(out), *flags])
-    return job.main(args)
-
-
-def read_out(out: Path) -> pa.Table:
-    files = sorted((out / mass.DATA_DIR).glob("*.parquet"))
-    return pa.concat_tables([pq.read_table(f) for f in files]).sort_by("id")
 
 
 def check_output(run: Path, out: Path, count: int, classes: list[int], n_parents: list[int]):
@@ -370,28 +347,6 @@ def test_refuses_another_jobs_output(reference, ray_cluster, tiny_run, tmp_path)
     generate(tiny_run, out, "--count", "30", "--batch-size", "32", "--classes", "2",
              "--overwrite")
     assert set(read_out(out)["label"].to_pylist()) == {2} and mass.count_rows(out) == 30
-
-
-BAD_FLAGS = [
-    (["--count", "0"], "must be at least 1"),
-    (["--count", "2.5"], "is a fraction"),
-    (["--count", "nan"], "is not a number"),
-    (["--count", "10", "--classes", "3,12"], "[12] not in 0..9"),
-]
-
-
-def test_bad_flags_in_a_subprocess(tiny_run, tmp_path):
-    """Each bad flag: exit status 2, its one-line message on stderr, no traceback, no output."""
-    procs = [subprocess.Popen([sys.executable, str(JOB), "--run", str(tiny_run), "--out",
-                               str(tmp_path / f"o{i}"), *flags], stderr=subprocess.PIPE,
-                              stdout=subprocess.DEVNULL, text=True)
-             for i, (flags, _) in enumerate(BAD_FLAGS)]  # in parallel: each imports torch
-    for i, (p, (flags, message)) in enumerate(zip(procs, BAD_FLAGS, strict=True)):
-        err = p.communicate(timeout=180)[1]
-        assert p.returncode == 2, (flags, err)
-        assert message in err, (flags, err)
-        assert "Traceback" not in err
-        assert not (tmp_path / f"o{i}").exists()
 
 
 @pytest.mark.parametrize("flags,message", [

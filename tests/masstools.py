@@ -1,0 +1,36 @@
+"""Helpers shared by the mass-generation tests: the job module, running it in-process on a
+test's Ray cluster, and reading its output back with pyarrow."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from regene_ray import mass
+
+REPO = Path(__file__).resolve().parents[1]
+JOB = REPO / "jobs" / "mass_generate.py"
+
+
+def load_job():
+    spec = importlib.util.spec_from_file_location("mass_generate_job", JOB)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+job = load_job()
+
+
+def generate(run: Path, out: Path, *flags: str) -> mass.Summary:
+    """Run jobs/mass_generate.py's main in this process, on the module's Ray cluster."""
+    args = job.get_args_parser().parse_args(["--run", str(run), "--out", str(out), *flags])
+    return job.main(args)
+
+
+def read_out(out: Path) -> pa.Table:
+    files = sorted((out / mass.DATA_DIR).glob("*.parquet"))
+    return pa.concat_tables([pq.read_table(f) for f in files]).sort_by("id")

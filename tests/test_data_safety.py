@@ -1,0 +1,423 @@
+"""A user's files are sacred: each failure found by the data-safety review (issue 10), tried
+with real processes and real files.
+
+Deletion: --overwrite on a project folder, a typo before a delete, a crafted path outside
+--out. Exactly-once: foreign chunks, a stale worker, two drivers, another device kind, crash
+windows, power-loss leftovers, a failed no-op resume. Honest exits: 20 repeated bad inputs,
+read-only folders, a run that never learned. Doors: credentials never recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from masstools import JOB, REPO, generate, read_out
+
+from regene_ray import mass
+from regene_ray.ownership import LEASE_FILE, MARKER_FILE, Lease, LeaseError
+from regene_ray.sinks import read_metadata, write_parquet_atomic
+from regene_ray.storage import Storage, StorageError, redact
+
+TRAIN = REPO / "jobs" / "train.py"
+SEARCH = REPO / "jobs" / "search.py"
+K = 10
+SAME = ["--count", "120", "--n-parents", "2", "--batch-size", "32", "--png", "--seed", "5"]
+
+
+def run_job(script: Path, *args, cwd: Path = REPO, timeout: int = 300):
+    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=timeout)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` with its bytes (what "untouched" means here)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(address="local", num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=False,
+             log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def finished(ray_cluster, tiny_run, tmp_path_factory) -> Path:
+    """A finished mass generation (seed 5) to copy and damage."""
+    out = tmp_path_factory.mktemp("safety") / "finished"
+    generate(tiny_run, out, *SAME)
+    return out
+
+
+def copy_of(src: Path, tmp_path: Path, name: str = "copy") -> Path:
+    dst = tmp_path / name
+    shutil.copytree(src, dst)
+    return dst
+
+
+# deletion: training runs
+
+
+def test_overwrite_never_deletes_a_project_folder(tiny_run, tmp_path):
+    """`cd myproject && jobs/train.py --out . --overwrite ...` used to delete the project,
+    .git included, because a config.yaml made it look like a run."""
+    project = tmp_path / "myproject"
+    (project / ".git").mkdir(parents=True)
+    (project / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (project / "config.yaml").write_text("mine: true\n")
+    (project / "src.py").write_text("print('precious')\n")
+    before = snapshot(project)
+    typo = run_job(TRAIN, "--out", ".", "--overwrite", "--dataset", "mnist", "--data-root",
+                   tmp_path / "typo", cwd=project)
+    smoke = run_job(TRAIN, "--out", ".", "--overwrite", "--smoke-test", cwd=project)
+    for p in (typo, smoke):
+        assert p.returncode == 2, p.stderr[-2000:]
+        assert "Traceback" not in p.stderr
+    assert "not a regene-ray run" in smoke.stderr
+    # even a marker that claims the project's files: the current directory and a folder
+    # holding .git are never deleted from
+    (project / MARKER_FILE).write_text(json.dumps({
+        "format": "regene-ray output v1", "kind": "run", "artefacts": ["src.py", "config.yaml"],
+        "identity": {}, "created": "x"}))
+    here = run_job(TRAIN, "--out", ".", "--overwrite", "--smoke-test", cwd=project)
+    there = run_job(TRAIN, "--out", project, "--overwrite", "--smoke-test", cwd=tmp_path)
+    assert here.returncode == 2 and "the current directory" in here.stderr
+    assert there.returncode == 2 and "holding .git" in there.stderr
+    (project / MARKER_FILE).unlink()
+    assert snapshot(project) == before
+
+
+def test_overwrite_validates_the_data_before_deleting(tiny_run, tmp_path):
+    run = copy_of(tiny_run, tmp_path)
+    before = snapshot(run)
+    p = run_job(TRAIN, "--out", run, "--overwrite", "--dataset", "mnist", "--data-root",
+                tmp_path / "typo")
+    assert p.returncode == 2 and "mnist files not found" in p.stderr
+    assert "--download to jobs/train.py" in p.stderr  # a flag that exists:
+    assert "--download" in run_job(TRAIN, "--help").stdout
+    assert snapshot(run) == before
+
+
+def test_overwrite_removes_only_the_earlier_runs_artefacts(tiny_run, tmp_path):
+    run = copy_of(tiny_run, tmp_path)
+    (run / "notes.txt").write_text("my notes")
+    (run / "mine").mkdir()
+    (run / "mine" / "plot.png").write_bytes(b"png")
+    old_weights = (run / "classifier" / "weights.pt").read_bytes()
+    p = run_job(TRAIN, "--smoke-test", "--out", run, "--overwrite", "--latent-dim", "16",
+                "--device", "cpu")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert (run / "notes.txt").read_text() == "my notes"
+    assert (run / "mine" / "plot.png").read_bytes() == b"png"
+    assert (run / "classifier" / "weights.pt").read_bytes() != old_weights
+    assert json.loads((run / MARKER_FILE).read_text())["kind"] == "run"
+
+
+def test_a_run_near_chance_is_flagged_and_refused_by_mass_generation(mnist_root, tmp_path):
+    """`jobs/train.py --smoke-test` on MNIST learns nothing (600 images, 3 epochs): the run says
+    so, and mass generation calls it unusable instead of suggesting a flag."""
+    run = tmp_path / "mnist-smoke"
+    p = run_job(TRAIN, "--smoke-test", "--dataset", "mnist", "--data-root", mnist_root, "--out",
+                run, "--device", "cpu")
+    assert p.returncode == 0, p.stderr[-2000:]
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["near_chance"] is True and m["test_accuracy"] < 0.2
+    assert "near chance" in p.stderr
+    g = run_job(JOB, "--run", run, "--count", "10", "--out", tmp_path / "gen")
+    assert g.returncode == 2 and "is unusable" in g.stderr and "lower --n-parents" not in g.stderr
+    assert not (tmp_path / "gen").exists()
+
+
+# deletion: mass generation
+
+
+def test_overwrite_loads_the_new_checkpoints_before_deleting(finished, tiny_run, tmp_path):
+    out = copy_of(finished, tmp_path)
+    before = snapshot(out)
+    broken = copy_of(tiny_run, tmp_path, "broken-run")
+    weights = broken / "decoder" / "weights.pt"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated
+    with pytest.raises(ValueError, match="corrupt"):
+        generate(broken, out, "--count", "50", "--overwrite")
+    assert snapshot(out) == before
+
+
+def test_a_crafted_path_outside_out_is_never_deleted(finished, tiny_run, tmp_path):
+    victim = tmp_path / "victim" / "a.txt"
+    victim.parent.mkdir()
+    victim.write_text("not yours")
+    out = copy_of(finished, tmp_path, "out")
+    (out / mass.SUMMARY_FILE).unlink()
+    src = out / mass.DATA_DIR / mass.chunk_name(0, 0)
+    table, meta = pq.read_table(src), read_metadata(src)
+    image = table.column("image").combine_chunks()
+    crafted = pa.StructArray.from_arrays(
+        [image.field("bytes"), pa.array(["../victim/a.txt"] * len(table), pa.string())],
+        names=["bytes", "path"])
+    table = table.set_column(table.schema.get_field_index("image"), "image", crafted)
+    meta["chunk"] |= {"chunk": 99}  # a surplus chunk of this job, as finalize deletes them
+    write_parquet_atomic(table, out / mass.CHUNKS_DIR / mass.chunk_name(0, 99), meta)
+    with pytest.raises(mass.ForeignChunkError, match="not the PNG this job writes"):
+        generate(tiny_run, out, *SAME, "--resume")
+    assert victim.read_text() == "not yours"
+    with pytest.raises(StorageError, match="not a path inside"):
+        Storage(out).delete("../victim/a.txt")
+    with pytest.raises(StorageError, match="not a path inside"):
+        Storage(out).delete(str(victim))
+    assert victim.read_text() == "not yours"
+
+
+# exactly-once
+
+
+@pytest.mark.parametrize("folder", [mass.CHUNKS_DIR, mass.DATA_DIR])
+def test_a_chunk_of_another_job_stops_the_job(finished, ray_cluster, tiny_run, tmp_path, folder):
+    other = tmp_path / "seed6"
+    generate(tiny_run, other, *SAME[:-1], "6")
+    out = copy_of(finished, tmp_path, "out")
+    (out / mass.SUMMARY_FILE).unlink()
+    name = mass.chunk_name(3, 0)
+    (out / folder).mkdir(exist_ok=True)
+    shutil.copy(other / mass.DATA_DIR / name, out / folder / name)
+    with pytest.raises(mass.ForeignChunkError, match=f"{folder}/{name} was written by another "
+                       "job.*seed 6"):
+        generate(tiny_run, out, *SAME, "--resume")
+    # moved away as the message says, the resume completes exactly
+    (out / folder / name).unlink()
+    generate(tiny_run, out, *SAME, "--resume")
+    assert read_out(out).equals(read_out(finished))
+
+
+def test_a_stale_worker_cannot_write_into_a_replaced_job(tiny_run, tmp_path):
+    """An actor of an earlier job (seed 0) that outlives an --overwrite by a seed-7 job must not
+    add its chunk to the new output."""
+    out = Storage(tmp_path / "out")
+    spec0 = mass.MassSpec(run=str(tiny_run), count=20, classes=(0, 1), chunk_size=16,
+                          batch_size=16)
+    spec7 = mass.MassSpec(run=str(tiny_run), count=20, classes=(0, 1), chunk_size=16,
+                          batch_size=16, seed=7)
+    id0 = mass.job_metadata(spec0, mass.run_hashes(tiny_run))
+    id7 = mass.job_metadata(spec7, mass.run_hashes(tiny_run))
+    stale = mass.WriteChunks(str(tiny_run), out, metadata=id0, chunk_size=16, batch_size=16,
+                             torch_threads=None)
+    mass.prepare_output(out, id0, resume=False, overwrite=False)
+    stale.write_chunk(0, 0)  # fine while the folder is its job's
+    mass.prepare_output(out, id7, resume=False, overwrite=True)
+    with pytest.raises(RuntimeError, match="now names another job"):
+        stale.write_chunk(1, 0)
+    assert out.list(mass.CHUNKS_DIR) == []
+
+
+def test_resume_on_another_device_kind_or_torch_is_refused(tiny_run, tmp_path):
+    out = Storage(tmp_path / "out")
+    spec = mass.MassSpec(run=str(tiny_run), count=20, classes=(0,), chunk_size=16)
+    cpu = mass.job_metadata(spec, mass.run_hashes(tiny_run), device="cpu")
+    mass.prepare_output(out, cpu, resume=False, overwrite=False)
+    cuda = mass.job_metadata(spec, mass.run_hashes(tiny_run), device="cuda")
+    with pytest.raises(FileExistsError, match=r"device kind \(cpu -> cuda\)"):
+        mass.prepare_output(out, cuda, resume=True, overwrite=False)
+    other_torch = json.loads(json.dumps(cpu))
+    other_torch["runtime"]["torch"] = "0.0.1"
+    other_torch["job_key"] = mass.job_key(other_torch)
+    with pytest.raises(FileExistsError, match=r"torch version"):
+        mass.prepare_output(out, other_torch, resume=True, overwrite=False)
+    assert mass.prepare_output(out, cpu, resume=True, overwrite=False)  # same kind: resumes
+
+
+def test_crash_windows_are_repaired_exactly(finished, ray_cluster, tiny_run, tmp_path):
+    """PNGs written but their Parquet file lost; an orphan PNG inside the kept range (a retried
+    chunk that accepted fewer); a chunk in both staging and data (an object-store move cut
+    short); an empty Parquet file (a power loss); a temporary file of a cut-short write."""
+    out = copy_of(finished, tmp_path, "out")
+    (out / mass.SUMMARY_FILE).unlink()
+    rows = read_out(finished)
+    kept_ids = set(rows["id"].to_pylist())
+    (out / mass.DATA_DIR / mass.chunk_name(3, 0)).unlink()  # its PNGs stay behind
+    rejected = next(i for i in range(3, 10_000, K) if i not in kept_ids and i < 32 * K)
+    orphan = out / "png" / "3" / f"{rejected // K // 1000:05d}" / f"{rejected}.png"
+    orphan.write_bytes(b"orphan")
+    shutil.copy(out / mass.DATA_DIR / mass.chunk_name(4, 0),
+                out / mass.CHUNKS_DIR / mass.chunk_name(4, 0))
+    (out / mass.DATA_DIR / mass.chunk_name(5, 0)).write_bytes(b"")
+    tmp = out / mass.CHUNKS_DIR / f".{mass.chunk_name(6, 1)}.tmp4242"
+    tmp.write_bytes(b"half")
+    stranger = out / "png" / "3" / "notes.txt"
+    stranger.write_text("not a PNG of this job")
+    s = generate(tiny_run, out, *SAME, "--resume")
+    assert s.resumed and read_out(out).equals(rows)
+    assert not orphan.exists() and not tmp.exists() and stranger.exists()
+    stranger.unlink()
+    assert {p.relative_to(out).as_posix() for p in (out / "png").rglob("*.png")} == \
+        {r["path"] for r in rows["image"].to_pylist()}
+    assert not list((out / mass.CHUNKS_DIR).glob("*.parquet"))
+
+
+def test_a_failed_or_no_op_resume_keeps_a_finished_dataset_complete(finished, ray_cluster,
+                                                                      tiny_run, tmp_path):
+    out = copy_of(finished, tmp_path, "out")
+    summary = (out / mass.SUMMARY_FILE).read_bytes()
+    holder = Lease(Storage(out), "test").acquire()  # a live driver holds the folder
+    try:
+        with pytest.raises(LeaseError, match="in use by another driver"):
+            generate(tiny_run, out, *SAME, "--resume")
+    finally:
+        holder.release()
+    assert (out / mass.SUMMARY_FILE).read_bytes() == summary
+    s = generate(tiny_run, out, *SAME, "--resume")
+    assert s.waves == 0 and (out / mass.SUMMARY_FILE).is_file()
+    assert read_out(out).equals(read_out(finished))
+    assert not (out / LEASE_FILE).exists()
+
+
+def test_two_drivers_on_one_out(tiny_run, tmp_path):
+    """The second driver is refused with a message naming the first; the first finishes
+    exactly. The first is paused (SIGSTOP) while the second tries, so the check never races
+    the first one's end; a paused driver still holds its lease (its process is alive and its
+    heartbeat is younger than the stale limit)."""
+    out = tmp_path / "out"
+    flags = ["--run", tiny_run, "--count", "1000", "--batch-size", "32", "--workers", "1",
+             "--out", out]
+    first = subprocess.Popen([sys.executable, str(JOB), *map(str, flags)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (out / LEASE_FILE).exists() and first.poll() is None \
+                and time.time() < deadline:
+            time.sleep(0.01)
+        first.send_signal(signal.SIGSTOP)
+        assert (out / LEASE_FILE).exists(), "the first driver never took its lease"
+        assert not (out / mass.SUMMARY_FILE).exists()
+        second = run_job(JOB, *flags, "--resume")
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert f"in use by another driver ({socket.gethostname()} pid {first.pid}" in \
+            second.stderr
+        first.send_signal(signal.SIGCONT)
+        assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
+    finally:
+        if first.poll() is None:
+            first.send_signal(signal.SIGCONT)
+            first.kill()
+    t = read_out(out)
+    assert t.num_rows == 1000 == len(np.unique(t["id"].to_numpy()))
+    assert json.loads((out / mass.SUMMARY_FILE).read_text())["requested"] == 1000
+    assert not (out / LEASE_FILE).exists()
+
+
+def test_a_dead_drivers_lease_is_taken_over(tmp_path):
+    st = Storage(tmp_path / "out")
+    st.makedirs()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    st.write_json(LEASE_FILE, {"holder": "x", "host": socket.gethostname(), "pid": int(dead),
+                               "token": "t", "job": "j", "since": "s",
+                               "heartbeat": time.time()})
+    with Lease(st, "test") as lease:  # its process is gone: taken over at once
+        assert st.read_json(LEASE_FILE)["token"] == lease.record["token"]
+    st.write_json(LEASE_FILE, {"holder": "elsewhere", "host": "another-host", "pid": 1,
+                               "token": "t", "heartbeat": time.time() - 3600})
+    with Lease(st, "test"):  # another host, but no heartbeat for an hour
+        pass
+    st.write_json(LEASE_FILE, {"holder": "elsewhere pid 1", "host": "another-host", "pid": 1,
+                               "token": "t", "since": "then", "heartbeat": time.time()})
+    with pytest.raises(LeaseError, match=r"elsewhere pid 1.*since then"):
+        Lease(st, "test").acquire()
+
+
+# honest exits
+
+
+def test_twenty_bad_inputs_exit_2_with_one_line(tiny_run, tmp_path):
+    """Bad inputs found after the run is read, some after Ray started: exit 2 every time, one
+    error line, no traceback, no abort (exit 134 used to hit 3 in 10)."""
+    cases = [
+        (["--count", "10", "--weights", "0.3,0.7", "--n-parents", "3"], "gives 2 ratios"),
+        (["--count", "10", "--classes", "3,12"], "[12] not in 0..9"),
+        (["--count", "10", "--gpus-per-worker", "1"], "the Ray cluster has 0"),
+        (["--count", "10", "--n-parents", "400"], "fewer eligible parents"),
+    ]
+    runs = [(i, *cases[i % len(cases)]) for i in range(20)]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    for start in range(0, len(runs), 4):
+        procs = [(subprocess.Popen([sys.executable, str(JOB), "--run", str(tiny_run), "--out",
+                                    str(tmp_path / f"o{i}"), *flags], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   text=True), i, message)
+                 for i, flags, message in runs[start:start + 4]]
+        for p, i, message in procs:
+            err = p.communicate(timeout=300)[1]
+            assert p.returncode == 2, (i, p.returncode, err[-2000:])
+            assert "Traceback" not in err and "terminate called" not in err
+            assert not (tmp_path / f"o{i}").exists()  # nothing touched
+            assert [ln for ln in err.splitlines() if ln.startswith("error: ")] == \
+                [next(ln for ln in err.splitlines() if message in ln)]
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A folder on a read-only filesystem (a tmpfs remounted ro), filled by `fill(dir)`."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("needs permission to mount a tmpfs (root)")
+
+    def fill(src: Path | None = None) -> Path:
+        if src is not None:
+            shutil.copytree(src, mount / src.name)
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        return mount
+
+    yield fill
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_read_only_outputs_fail_before_any_work(tiny_run, read_only, tmp_path):
+    ro = read_only()
+    procs = {
+        "train": run_job(TRAIN, "--smoke-test", "--out", ro / "run"),
+        "mass": run_job(JOB, "--run", tiny_run, "--count", "10", "--out", ro / "gen"),
+        "search": run_job(SEARCH, "--space", REPO / "search_spaces" / "digits.yaml",
+                          "--storage-path", ro / "search", "--name", "s", "--smoke-test"),
+    }
+    for name, p in procs.items():
+        assert p.returncode == 2, (name, p.stderr[-2000:])
+        assert "not writable" in p.stderr or "Read-only file system" in p.stderr, name
+        assert "Traceback" not in p.stderr, name
+    assert "Started a local Ray" not in procs["search"].stderr  # refused before Ray starts
+
+
+def test_a_read_only_run_folder_is_enough(ray_cluster, tiny_run, read_only, tmp_path):
+    run = read_only(tiny_run) / tiny_run.name
+    s = generate(run, tmp_path / "gen", "--count", "40", "--batch-size", "32")
+    assert s.requested == 40 and mass.count_rows(tmp_path / "gen") == 40
+
+
+# doors
+
+
+def test_credentials_never_reach_the_recorded_identity(tiny_run):
+    uri = "s3://AKIDEXAMPLE:wJalrSECRET@bucket/runs/tiny?endpoint_override=h:9000&secret_key=zz"
+    assert redact(uri) == "s3://***@bucket/runs/tiny?..."
+    spec = mass.MassSpec(run=uri, count=10, classes=(0,), chunk_size=16)
+    thresholds = json.loads((tiny_run / "thresholds.json").read_text())
+    identity = mass.job_metadata(spec, mass.run_hashes(tiny_run), thresholds=thresholds)
+    text = json.dumps(identity)
+    assert "SECRET" not in text and "AKIDEXAMPLE" not in text and "zz" not in text
+    assert identity["spec"]["run"] == "s3://***@bucket/runs/tiny?..."
