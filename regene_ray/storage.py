@@ -339,22 +339,18 @@ class Storage:
             self.delete(src)
 
     def delete(self, rel: str) -> None:
-        """Delete a file; nothing when it is missing."""
+        """Delete a file inside this folder; nothing when it is missing."""
+        if not rel:
+            raise StorageError(f"refusing to delete {self} itself; name a file inside it")
         try:
             self.fs.delete_file(self.path(rel))
         except FileNotFoundError:
             pass
 
     def delete_dir(self, rel: str) -> None:
-        """Delete a folder and everything under it; nothing when it is missing."""
+        """Delete a sub-folder and everything under it; nothing when it is missing. Never the
+        folder itself (callers delete the artefacts they listed, one by one)."""
+        if not rel:
+            raise StorageError(f"refusing to delete {self} itself; name a folder inside it")
         if self.exists(rel):
             self.fs.delete_dir(self.path(rel))
-
-    def delete_temporaries(self) -> int:
-        """Remove `.NAME.tmp<pid>` files left by local writes cut short by a crash."""
-        if not self.is_local:
-            return 0
-        tmps = list(Path(self.root).rglob(".*.tmp*")) if Path(self.root).is_dir() else []
-        for tmp in tmps:
-            tmp.unlink(missing_ok=True)
-        return len(tmps)
