@@ -35,9 +35,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from regene_ray.cli import run_main, setup_logging  # noqa: E402
-from regene_ray.cluster import check_shared_folder  # noqa: E402
 from regene_ray.config import ConfigError  # noqa: E402
 from regene_ray.search_space import load_search_space, smoke_test_space  # noqa: E402
+from regene_ray.shared_folder import check_shared_folder  # noqa: E402
 from regene_ray.storage import Storage, is_remote  # noqa: E402
 
 log = logging.getLogger("search")

@@ -452,7 +452,7 @@ def check_generated(generated: str | Path, run_dir: Path, *, allow_partial: bool
     except (OSError, ValueError, KeyError, TypeError):
         made_by = None
     if made_by is None:  # a bare folder of Parquet files: the footers may still say
-        from regene_ray.sinks import read_metadata
+        from regene_ray.mass.sinks import read_metadata
 
         files = sorted((folder / DATA_DIR).glob("*.parquet")) or _parquet_files(folder)
         try:

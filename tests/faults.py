@@ -6,10 +6,12 @@ by value (`use_dying_stage`)."""
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
-from regene_ray.cluster import WriteChunksOnNode
+from regene_ray.mass import ray_stage
+from regene_ray.mass.ray_stage import WriteChunksOnNode
 
 
 class DiesOnceOnChunk(WriteChunksOnNode):
@@ -29,12 +31,13 @@ class DiesOnceOnChunk(WriteChunksOnNode):
         return super().write_chunk(label, chunk)
 
 
-def use_dying_stage(monkeypatch, job_module, chunk: tuple[int, int], marker: Path) -> None:
-    """Make jobs/mass_generate.py (loaded as `job_module`) run DiesOnceOnChunk."""
+def use_dying_stage(monkeypatch, chunk: tuple[int, int], marker: Path) -> None:
+    """Make the Ray stage of jobs/mass_generate.py run DiesOnceOnChunk."""
     import sys
 
     import ray.cloudpickle as cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     stage = type("DiesOnce", (DiesOnceOnChunk,), {"CHUNK": chunk, "MARKER": str(marker)})
-    monkeypatch.setattr(job_module, "WriteChunksOnNode", stage)
+    monkeypatch.setattr(ray_stage, "ray_runner", functools.partial(ray_stage.ray_runner,
+                                                                   stage=stage))

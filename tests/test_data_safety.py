@@ -26,8 +26,8 @@ import pytest
 from masstools import JOB, REPO, generate, read_out
 
 from regene_ray import mass
+from regene_ray.mass.sinks import read_metadata, write_parquet_atomic
 from regene_ray.ownership import LEASE_FILE, MARKER_FILE, Lease, LeaseError
-from regene_ray.sinks import read_metadata, write_parquet_atomic
 from regene_ray.storage import Storage, StorageError, redact
 
 TRAIN = REPO / "jobs" / "train.py"

@@ -177,7 +177,7 @@ def test_read_generated_reads_the_mass_generation_schema(tiny_run, tmp_path):
 
 
 def test_read_generated_reads_files_from_the_mass_generation_writer(tiny_run, tmp_path):
-    sinks = pytest.importorskip("regene_ray.sinks")
+    sinks = pytest.importorskip("regene_ray.mass.sinks")
     gen = ConvexGenerator.from_run(tiny_run)
     b = gen(np.arange(50) % 10, n_parents=[2, 3, 5], seed=4).accepted_only()
     table = sinks.rows_table(b, [encode_png(im) for im in b.images], [""] * len(b))

@@ -261,7 +261,7 @@ def test_worker_count_does_not_change_output(reference, ray_cluster, tiny_run, t
 
 def test_dying_worker_is_retried(reference, ray_cluster, tiny_run, tmp_path, monkeypatch):
     marker = tmp_path / "died"
-    faults.use_dying_stage(monkeypatch, job, (4, 0), marker)  # exit mid-batch on chunk (4, 0)
+    faults.use_dying_stage(monkeypatch, (4, 0), marker)  # exit mid-batch on chunk (4, 0)
     out = tmp_path / "retried"
     generate(tiny_run, out, "--count", "300", "--n-parents", "3", "--batch-size", "40",
              "--workers", "2", "--png", "--seed", "5")

@@ -1,12 +1,10 @@
-"""Ray-side pieces for jobs that run on a cluster (the jobs call these after connecting).
-
-`WriteChunksOnNode` is regene_ray.mass.WriteChunks that also says which Ray node wrote each chunk
-(mass generation's summary counts chunks per node).
+"""Is a local output folder shared by every node of the Ray cluster? (the search and mass
+generation jobs call this after connecting).
 
 `check_shared_folder` refuses a local output folder that some node of a multi-node cluster does
 not see: the driver writes a marker file into it and a zero-CPU task pinned to every alive node
 reads it back. Nodes that join later (autoscaling) are covered by the job's own workers, which
-check the folder before writing (regene_ray.mass.WriteChunks).
+check the folder before writing (regene_ray.mass.chunks.WriteChunks).
 """
 
 from __future__ import annotations
@@ -16,9 +14,6 @@ import socket
 import uuid
 from pathlib import Path
 
-import numpy as np
-
-from regene_ray.mass import WriteChunks
 from regene_ray.storage import MARKER_PREFIX, StorageError
 
 log = logging.getLogger(__name__)
@@ -92,14 +87,3 @@ def check_shared_folder(folder: str | Path, flag: str, timeout_s: float = 120.0)
             "storage, which needs no check")
     log.info("%s %s is shared by all %d nodes", flag, folder, len(nodes))
     return len(nodes)
-
-
-class WriteChunksOnNode(WriteChunks):
-    """WriteChunks whose result rows also carry the Ray node id of the actor that wrote them."""
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import ray
-
-        out = super().__call__(batch)
-        out["node"] = np.array([ray.get_runtime_context().get_node_id()] * len(out["label"]))
-        return out
