@@ -253,7 +253,7 @@ def main(args: argparse.Namespace) -> Summary:
 
     import ray
 
-    from regene_ray.mass.ray_stage import default_workers, ray_runner
+    from regene_ray.mass.ray_stage import check_workers, default_workers, ray_runner
 
     if not ray.is_initialized():
         # "local" starts a private Ray: with no address, ray.init would join whatever cluster
@@ -262,6 +262,7 @@ def main(args: argparse.Namespace) -> Summary:
     if out.is_local:
         check_shared_folder(out.local_path(), "--out")
     workers = (1, 1) if args.smoke_test else args.workers or default_workers(args.gpus_per_worker)
+    check_workers(identity, gpus_per_worker=args.gpus_per_worker, device=device)
     log.info("generating %d images of classes %s into %s with %d..%d actors", spec.count,
              list(spec.classes), out, *workers)
     runner = ray_runner(spec, files, out, identity, workers=workers,

@@ -437,16 +437,25 @@ def check_generated(generated: str | Path, run_dir: Path, *, allow_partial: bool
     """Refuse a --generated folder that is not a finished mass generation of this run: without
     summary.json it is partial (a job still running, or killed), and generations made from other
     checkpoints say nothing about this run. The flags accept them knowingly."""
-    from regene_ray.mass import DATA_DIR, JOB_FILE, SUMMARY_FILE, run_hashes
+    from regene_ray.mass import DATA_DIR, JOB_FILE, SUMMARY_FILE, count_rows, run_hashes
 
     folder = Path(generated)
     if not folder.is_dir() or not _parquet_files(folder):
         read_generated(folder)  # raises the reader's error before anything is written
-    if not (folder / SUMMARY_FILE).is_file() and not allow_partial:
-        raise ValueError(
-            f"--generated {folder} has no {SUMMARY_FILE}: it is not a finished "
-            "jobs/mass_generate.py output (complete it with --resume), or pass --allow-partial "
-            "to evaluate whatever rows it holds")
+    if not allow_partial:
+        try:
+            requested = json.loads((folder / SUMMARY_FILE).read_text())["requested"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ValueError(
+                f"--generated {folder} has no {SUMMARY_FILE}: it is not a finished "
+                "jobs/mass_generate.py output (complete it with --resume), or pass "
+                "--allow-partial to evaluate whatever rows it holds") from None
+        rows = count_rows(folder)
+        if rows != requested:
+            raise ValueError(
+                f"--generated {folder} holds {rows} rows where its {SUMMARY_FILE} promises "
+                f"{requested}: files were removed or added since it finished. Complete it with "
+                "jobs/mass_generate.py --resume, or pass --allow-partial")
     try:
         made_by = json.loads((folder / JOB_FILE).read_text())["checkpoint_sha256"]
     except (OSError, ValueError, KeyError, TypeError):

@@ -34,6 +34,8 @@ from regene_ray.checkpoint import (
 )
 from regene_ray.config import ConfigError, from_dict, save_json, to_dict
 from regene_ray.data import DataSplits, iterate_batches, to_float
+from regene_ray.ownership import MARKER_FILE, OwnershipError, read_marker, write_marker
+from regene_ray.storage import Storage
 from regene_ray.train import cosine_lr
 
 log = logging.getLogger(__name__)
@@ -275,6 +277,7 @@ def load_or_train_neutral(folder: str | Path, data: DataSplits, model_cfg: ResNe
         (model in eval mode, metrics: test_accuracy, history, cached flag, seconds).
     """
     folder = Path(folder)
+    claim_cache(folder)
     want = {"model": to_dict(model_cfg), "training": to_dict(train_cfg),
             "data": data_identity or {}}
     if (folder / WEIGHTS_FILE).is_file() and (folder / METRICS_FILE).is_file():
@@ -310,6 +313,26 @@ def load_or_train_neutral(folder: str | Path, data: DataSplits, model_cfg: ResNe
     log.info("neutral: ResNet-%d trained in %.0fs, test accuracy %.4f", model_cfg.depth,
              metrics["train_seconds"], test_acc)
     return model.eval(), metrics | {"cached": False}
+
+
+def claim_cache(folder: Path) -> None:
+    """Use `folder` as a neutral-model cache only if it is new, empty or already one (its
+    ownership marker says so): a cache pointed at a run or any other folder would overwrite
+    files there (metrics.json, weights.pt ...)."""
+    st = Storage(folder)
+    marker = read_marker(st)
+    if marker is None and not st.is_empty():
+        raise OwnershipError(
+            f"--neutral-cache {folder} is a non-empty folder that is not a neutral-classifier "
+            f"cache (no {MARKER_FILE}); pass a new or empty folder, or an earlier cache")
+    if marker is not None and marker.get("kind") != "neutral":
+        raise OwnershipError(f"--neutral-cache {folder} holds a regene-ray "
+                             f"'{marker.get('kind')}' output, not a neutral-classifier cache; "
+                             "pass a new or empty folder")
+    if marker is None:
+        st.makedirs()
+        write_marker(st, "neutral", [METRICS_FILE, CONFIG_FILE, WEIGHTS_FILE, STATE_FILE,
+                                     "train_config.json"], {})
 
 
 def _read_json(path: Path) -> dict:

@@ -16,15 +16,16 @@ holding `.git` are refused as folders to overwrite.
 heartbeat), refreshed by a thread every `HEARTBEAT_S`. A second driver is refused while the
 lease is fresh, with a message naming the holder; a lease whose heartbeat is older than
 `STALE_S` (its driver crashed or was killed), or whose driver ran on this host and no longer
-exists, is taken over. Locally the lease is created with
-O_EXCL; on object stores, which have no create-if-absent here, it is written and read back after
-a pause, so of two drivers racing for it at most one proceeds.
+exists, is taken over. Locally the lease is read and written under an exclusive flock of the
+folder, so of two drivers racing for it exactly one proceeds; on object stores, which have no
+create-if-absent here, it is written and read back after a pause (best effort). Staleness
+compares the reader's clock with the holder's heartbeat: keep driver hosts' clocks in sync.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
+import fcntl
 import logging
 import os
 import socket
@@ -66,16 +67,24 @@ def read_marker(out: Storage) -> dict | None:
         return None
     if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT:
         return None
+    artefacts = marker.get("artefacts")
+    if not isinstance(artefacts, list) or _bad_names(artefacts):
+        return None  # a marker that names anything but plain names inside the folder: not ours
     return marker
+
+
+def _bad_names(names: list) -> list:
+    return [a for a in names if not isinstance(a, str) or not a or "/" in a or "\\" in a
+            or a in (".", "..", MARKER_FILE, LEASE_FILE)]
 
 
 def write_marker(out: Storage, kind: str, artefacts: list[str], identity: dict) -> None:
     """Claim `out` for a job of `kind` that writes `artefacts` (names directly inside it)."""
-    bad = [a for a in artefacts if not a or "/" in a or a in (".", "..")]
+    bad = _bad_names(artefacts)
     if bad:
         raise ValueError(f"artefacts must be plain names inside the folder, not {bad}")
     out.write_json(MARKER_FILE, {"format": MARKER_FORMAT, "kind": kind,
-                                 "artefacts": sorted(artefacts), "identity": identity,
+                                 "artefacts": list(artefacts), "identity": identity,
                                  "created": _now()})
 
 
@@ -101,9 +110,10 @@ def refuse_protected(out: Storage, flag: str = "--out") -> None:
 
 
 def claim_for_overwrite(out: Storage, kind: str, flag: str = "--out") -> None:
-    """Delete the artefacts of the earlier `kind` job in `out`, as its marker lists them, then
-    the marker (last, so an interrupted overwrite can be run again). Refuses a folder without a
-    marker of this kind, and protected folders."""
+    """Delete the artefacts of the earlier `kind` job in `out`, in the order its marker lists
+    them (a job lists the files that mark it complete first, so an interrupted overwrite never
+    leaves something that looks finished), then the marker (last, so an interrupted overwrite
+    can be run again). Refuses a folder without a marker of this kind, and protected folders."""
     marker = read_marker(out)
     if marker is None or marker.get("kind") != kind:
         what = "has no regene-ray ownership marker" if marker is None else \
@@ -116,8 +126,6 @@ def claim_for_overwrite(out: Storage, kind: str, flag: str = "--out") -> None:
     log.warning("--overwrite: removing the earlier %s job's %s from %s", kind,
                 ", ".join(marker["artefacts"]), out)
     for name in marker["artefacts"]:
-        if name in (MARKER_FILE, LEASE_FILE):
-            continue
         if out.is_dir(name):
             out.delete_dir(name)
         else:
@@ -195,33 +203,44 @@ class Lease:
         raise LeaseError(_held_message(self.out, held, self.stale_s))
 
     def acquire(self) -> Lease:
+        """Take the lease, or raise LeaseError naming the live driver that holds it."""
         self.out.makedirs()
-        data = json.dumps(self.record).encode()
         if self.out.is_local:
+            # Read-then-write under an exclusive flock of the folder itself: two drivers racing
+            # for a free or stale lease are serialised, and the lease file is replaced whole.
+            fd = os.open(self.out.root, os.O_RDONLY)
             try:
-                fd = os.open(self.out.path(LEASE_FILE), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                             0o644)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                return self._start()
-            except FileExistsError:
-                pass
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._take(self._read_or_held())
+            finally:
+                os.close(fd)  # releases the flock
+            return self._start()
+        # object stores: no create-if-absent here; write, wait, read back (best effort)
+        self._take(self._read_or_held())
+        time.sleep(REMOTE_SETTLE_S)
+        now = self._read()
+        if not now or now.get("token") != self.record["token"]:
+            self._refuse(now or {})
+        return self._start()
+
+    def _read_or_held(self) -> dict | None:
+        """The lease on the folder; an unreadable one counts as a live holder's (a lease being
+        written) unless its file is older than the stale limit."""
         held = self._read()
+        if held is None and self.out.exists(LEASE_FILE):
+            mtime = self.out.fs.get_file_info(self.out.path(LEASE_FILE)).mtime
+            age = time.time() - mtime.timestamp() if mtime is not None else 0.0
+            held = {"holder": "unknown (an unreadable lease)", "heartbeat": time.time() - age}
+        return held
+
+    def _take(self, held: dict | None) -> None:
         if held is not None and not self._is_dead(held):
             self._refuse(held)
         if held is not None:
             log.warning("taking over the lease of %s on %s: its driver is gone (no heartbeat "
                         "for %.0f s)", held.get("holder"), self.out,
                         time.time() - float(held.get("heartbeat", 0)))
-        self.out.write_bytes(LEASE_FILE, data)
-        if not self.out.is_local:
-            time.sleep(REMOTE_SETTLE_S)
-        now = self._read()
-        if not now or now.get("token") != self.record["token"]:
-            self._refuse(now or {})
-        return self._start()
+        self.out.write_json(LEASE_FILE, self.record)
 
     def _start(self) -> Lease:
         self._thread = threading.Thread(target=self._beat, name="regene-lease", daemon=True)

@@ -177,8 +177,8 @@ def train_run(cfg: RunConfig, out: str | Path, *, device: str = "auto",
     inspect_out_dir(out, cfg, overwrite=overwrite)  # fail on a bad --out before loading data
     t_start = time.perf_counter()
     data = load_data(cfg.data)  # missing or bad data fails here, before anything is deleted
+    clf, dec = build_models(cfg, data)  # so does an architecture that does not fit the data
     prepare_out_dir(out, cfg, overwrite=overwrite)
-    clf, dec = build_models(cfg, data)
     timings: dict[str, float] = {}
 
     # 1. classifier

@@ -55,13 +55,18 @@ def redact(uri: str | os.PathLike) -> str:
     (s3://KEY:SECRET@bucket/...) and without its ?options (they may hold keys too)."""
     base, sep, _ = str(uri).partition("?")
     m = _SCHEME_RE.match(base)
-    if m:
-        rest = base[m.end():]
-        netloc, slash, path = rest.partition("/")
-        if "@" in netloc:
-            netloc = "***@" + netloc.rpartition("@")[2]
-        base = m[0] + netloc + slash + path
+    if m and "@" in base[m.end():]:  # the last @ ends the user part (a secret may hold / or @)
+        base = m[0] + "***@" + base[m.end():].rpartition("@")[2]
     return base + ("?..." if sep else "")
+
+
+_SECRET_RE = re.compile(r"(?i)((?:secret|access|session)[_-]?key|token|password)=[^&\s'\"]*")
+
+
+def redact_text(text: str, uri: str) -> str:
+    """A message that may quote `uri` (pyarrow's errors do), with its credentials removed."""
+    text = text.replace(str(uri), redact(uri))
+    return _SECRET_RE.sub(lambda m: f"{m[1]}=***", text)
 
 
 def _fsync_dir(folder: str) -> None:
@@ -100,9 +105,9 @@ def resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     try:
         fs, path = pafs.FileSystem.from_uri(text)
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError with its own wording
-        raise StorageError(f"{redact(text)}: cannot open this storage URI ({e}); check the bucket "
-                           "name and options such as ?endpoint_override=host:port&scheme=http"
-                           ) from e
+        raise StorageError(f"{redact(text)}: cannot open this storage URI "
+                           f"({redact_text(str(e), text)}); check the bucket name and options "
+                           "such as ?endpoint_override=host:port&scheme=http") from None
     return fs, path.rstrip("/")
 
 
@@ -143,7 +148,8 @@ class Storage:
         if not rel:
             return self.root
         parts = str(rel).split("/")
-        if str(rel).startswith("/") or "\\" in str(rel) or ".." in parts or "" in parts[:-1]:
+        if str(rel).startswith("/") or "\\" in str(rel) or ".." in parts or "." in parts \
+                or "" in parts[:-1]:
             raise StorageError(f"{rel!r} is not a path inside {self}; refusing to touch it")
         return posixpath.join(self.root, rel)
 
@@ -208,9 +214,9 @@ class Storage:
                                    "credentials cannot see it; create it first (e.g. `aws s3 mb "
                                    f"s3://{bucket}`) or fix the credentials")
         except OSError as e:
-            raise StorageError(f"cannot reach {self}: {e}. Check the credentials (AWS_* / "
-                               "GOOGLE_APPLICATION_CREDENTIALS or the node's role), the region "
-                               "and that the bucket exists") from e
+            raise StorageError(f"cannot reach {self}: {redact_text(str(e), self.uri)}. Check the "
+                               "credentials (AWS_* / GOOGLE_APPLICATION_CREDENTIALS or the "
+                               "node's role), the region and that the bucket exists") from None
 
     def check_writable(self, flag: str) -> None:
         """Fail now, with a message that says what to do, when this folder cannot be written:

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -113,6 +114,10 @@ def test_overwrite_validates_the_data_before_deleting(tiny_run, tmp_path):
     assert "--download to jobs/train.py" in p.stderr  # a flag that exists:
     assert "--download" in run_job(TRAIN, "--help").stdout
     assert snapshot(run) == before
+    # an architecture that does not fit the data is found before the delete, too
+    p = run_job(TRAIN, "--out", run, "--overwrite", "--smoke-test", "--depth", "9")
+    assert p.returncode == 2 and "too small for depth 9" in p.stderr
+    assert snapshot(run) == before
 
 
 def test_overwrite_removes_only_the_earlier_runs_artefacts(tiny_run, tmp_path):
@@ -182,6 +187,48 @@ def test_a_crafted_path_outside_out_is_never_deleted(finished, tiny_run, tmp_pat
     with pytest.raises(StorageError, match="not a path inside"):
         Storage(out).delete(str(victim))
     assert victim.read_text() == "not yours"
+
+
+def test_an_interrupted_mass_overwrite_can_be_finished(finished, ray_cluster, tiny_run,
+                                                       tmp_path):
+    """--overwrite deletes what marks the output complete and whose it is first: cut short
+    after that, the folder no longer looks finished, and --overwrite finishes the job."""
+    out = copy_of(finished, tmp_path, "out")
+    marker = json.loads((out / MARKER_FILE).read_text())
+    assert marker["artefacts"][:2] == [mass.SUMMARY_FILE, mass.JOB_FILE]
+    for name in marker["artefacts"][:2]:
+        (out / name).unlink()  # an overwrite killed right here
+    with pytest.raises(FileExistsError, match="interrupted --overwrite"):
+        generate(tiny_run, out, *SAME, "--resume")
+    s = generate(tiny_run, out, *SAME[:-1], "6", "--overwrite")
+    assert s.requested == 120 and mass.count_rows(out) == 120
+
+
+def test_a_marker_that_names_anything_but_its_own_files_is_ignored(finished, tiny_run, tmp_path):
+    out = copy_of(finished, tmp_path, "out")
+    (out / "mine.txt").write_text("keep")
+    marker = json.loads((out / MARKER_FILE).read_text())
+    for forged in (["."], [".."], ["data/../.."], ["/etc"]):
+        (out / MARKER_FILE).write_text(json.dumps(marker | {"artefacts": forged}))
+        with pytest.raises(FileExistsError, match="without a regene-ray ownership marker"):
+            generate(tiny_run, out, "--count", "10", "--overwrite")
+    assert (out / "mine.txt").read_text() == "keep"
+    with pytest.raises(StorageError, match="not a path inside"):
+        Storage(out).delete_dir(".")
+
+
+def test_the_neutral_cache_never_lands_on_a_run(tiny_run, tmp_path):
+    from regene_ray.neutral import claim_cache
+
+    run = copy_of(tiny_run, tmp_path)
+    before = snapshot(run)
+    with pytest.raises(FileExistsError, match="not a neutral-classifier cache"):
+        claim_cache(run)
+    with pytest.raises(FileExistsError, match="'run' output, not a neutral"):
+        claim_cache(run)  # (the run's own marker says what it is)
+    assert snapshot(run) == before
+    claim_cache(tmp_path / "cache")  # new: claimed
+    claim_cache(tmp_path / "cache")  # an earlier cache: reused
 
 
 # exactly-once
@@ -320,6 +367,50 @@ def test_two_drivers_on_one_out(tiny_run, tmp_path):
     assert not (out / LEASE_FILE).exists()
 
 
+def test_drivers_racing_for_a_lease_get_it_once(tmp_path):
+    """Eight threads race for a free lease, then for a stale one: exactly one wins each time.
+    A lease file still being written (empty) counts as held."""
+    st = Storage(tmp_path / "out")
+    st.makedirs()
+    for setup in ("free", "stale"):
+        if setup == "stale":
+            st.write_json(LEASE_FILE, {"holder": "gone", "host": "elsewhere", "pid": 1,
+                                       "token": "t", "heartbeat": time.time() - 3600})
+        leases = [Lease(st, f"racer {i}") for i in range(8)]
+        barrier = threading.Barrier(len(leases))
+        won, lost = [], []
+
+        def race(lease, barrier=barrier, won=won, lost=lost):
+            barrier.wait()
+            try:
+                won.append(lease.acquire())
+            except LeaseError:
+                lost.append(lease)
+
+        threads = [threading.Thread(target=race, args=(x,)) for x in leases]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(won) == 1 and len(lost) == 7, setup
+        assert st.read_json(LEASE_FILE)["token"] == won[0].record["token"]
+        won[0].release()
+    (tmp_path / "out" / LEASE_FILE).write_bytes(b"")
+    with pytest.raises(LeaseError, match="unreadable"):
+        Lease(st, "test").acquire()
+
+
+def test_workers_that_run_another_torch_stop_the_job_first(ray_cluster, tiny_run):
+    from regene_ray.mass.ray_stage import check_workers
+
+    spec = mass.MassSpec(run=str(tiny_run), count=10, classes=(0,), chunk_size=16)
+    identity = mass.job_metadata(spec, mass.run_hashes(tiny_run))
+    check_workers(identity, gpus_per_worker=None, device="cpu")  # the same torch: fine
+    identity["runtime"]["torch"] = "0.0.1"
+    with pytest.raises(ValueError, match="the workers run .*but this job expects"):
+        check_workers(identity, gpus_per_worker=None, device="cpu")
+
+
 def test_a_dead_drivers_lease_is_taken_over(tmp_path):
     st = Storage(tmp_path / "out")
     st.makedirs()
@@ -421,3 +512,7 @@ def test_credentials_never_reach_the_recorded_identity(tiny_run):
     text = json.dumps(identity)
     assert "SECRET" not in text and "AKIDEXAMPLE" not in text and "zz" not in text
     assert identity["spec"]["run"] == "s3://***@bucket/runs/tiny?..."
+    assert redact("s3://AK:wJal/r+SECRET@b/k") == "s3://***@b/k"  # a secret holding a /
+    with pytest.raises(StorageError) as e:  # pyarrow's own message quotes the URI
+        Storage("s3://b/k?access_key=AKIDX&secret_key=SECRET123&endpoint_override=a b")
+    assert "SECRET123" not in str(e.value) and "AKIDX" not in str(e.value)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -21,6 +22,8 @@ from regene_ray.mass.plan import ChunkInfo, candidate_ids
 from regene_ray.mass.run_files import unpack_run
 from regene_ray.mass.sinks import SCHEMA, png_relpath, rows_table, write_parquet_atomic
 from regene_ray.storage import Storage
+
+JOB_CHECK_TRIES = 3  # reads of job.json before a worker concludes it cannot see the job
 
 
 class GenerateChunks:
@@ -126,10 +129,14 @@ class WriteChunks(GenerateChunks):
     def _check_job(self) -> None:
         """Fail clearly on a node that does not see the job's folder (a local --out that is not
         shared), or when the folder now belongs to another job."""
-        try:
-            held = self.out.read_json(JOB_FILE)
-        except (OSError, ValueError):
-            held = None
+        held = None
+        for attempt in range(JOB_CHECK_TRIES):  # a passing storage error is not a verdict
+            try:
+                held = self.out.read_json(JOB_FILE)
+                break
+            except (OSError, ValueError):
+                if attempt + 1 < JOB_CHECK_TRIES:
+                    time.sleep(2.0**attempt)
         if held is None:
             problem = "cannot see"
         elif held.get("job_key") != self.metadata.get("job_key"):

@@ -71,7 +71,8 @@ FORMAT = "regene-ray mass generation v2"
 
 
 # what a mass generation writes directly inside OUT (--overwrite deletes these, and only these)
-MASS_ARTEFACTS = [JOB_FILE, SUMMARY_FILE, CHUNKS_DIR, DATA_DIR, PNG_DIR]
+# (in the order --overwrite deletes them: what marks the output complete and whose it is first)
+MASS_ARTEFACTS = [SUMMARY_FILE, JOB_FILE, DATA_DIR, CHUNKS_DIR, PNG_DIR]
 
 
 def chunk_name(label: int, chunk: int) -> str:
@@ -207,15 +208,19 @@ def inspect_output(out: Storage, identity: dict, *, resume: bool, overwrite: boo
     if not [n for n in out.names() if n != LEASE_FILE]:  # our own lease does not count
         return "new"
     marker = read_marker(out)
-    if marker is None or marker.get("kind") != "mass" or not out.is_file(JOB_FILE):
+    if marker is None or marker.get("kind") != "mass":
         raise OwnershipError(
             f"--out {out} is a non-empty folder without a regene-ray ownership marker "
             f"({MARKER_FILE} of a mass generation), not a mass-generation output; choose a new "
             "or empty folder. Nothing in it is deleted, with or without --overwrite")
-    old = out.read_json(JOB_FILE)
     if overwrite:
         refuse_protected(out)
         return "overwrite"
+    if not out.is_file(JOB_FILE):
+        raise FileExistsError(
+            f"--out {out} holds what is left of an interrupted --overwrite (no {JOB_FILE}); run "
+            "with --overwrite again to finish replacing it")
+    old = out.read_json(JOB_FILE)
     if not same_job(old, identity):
         raise FileExistsError(
             f"--out {out} holds a different job's output (differs in: "
@@ -285,13 +290,14 @@ def scan(out: Storage, key: str) -> dict[tuple[int, int], ChunkInfo]:
             rel = f"{folder}/{name}"
             try:
                 meta = read_metadata(rel, out)
-            except (OSError, pa.ArrowException) as e:
-                log.warning("%s is unreadable (%s); deleting it, its chunk is generated again",
-                            out.display(rel), e)
+            except pa.ArrowInvalid as e:  # not Parquet: a write lost to a power loss
+                log.warning("%s is not a readable Parquet file (%s); deleting it, its chunk is "
+                            "generated again", out.display(rel), e)
                 out.delete(rel)
                 continue
-            except ValueError as e:  # not written by regene-ray
+            except ValueError as e:  # Parquet, but not written by regene-ray
                 raise ForeignChunkError(f"{e}; then run again with --resume") from None
+            # any other error (OSError: storage unreachable, throttled) stops the job as is
             if meta.get("job_key") != key:
                 raise ForeignChunkError(
                     f"{out.display(rel)} was written by another job (job key "

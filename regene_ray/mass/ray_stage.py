@@ -85,3 +85,34 @@ def default_workers(gpus_per_worker: float | None) -> tuple[int, int]:
         return n, n
     n = max(1, int(res.get("CPU", 1)))
     return n, n
+
+
+def _runtime_here(device: str) -> dict:
+    import torch
+
+    from regene_ray.mass.job import runtime_identity
+
+    kind = str(device).split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        return {"device": "cuda requested, but this torch sees no GPU", "torch": torch.__version__}
+    return runtime_identity(kind)
+
+
+def check_workers(identity: dict, *, gpus_per_worker: float | None, device: str) -> None:
+    """Run one task with an actor's resources before the job touches its output: the node it
+    lands on must run the device kind and torch version of the job's identity (they fix the
+    output's bytes), so a mismatch stops the job before --overwrite deletes anything.
+
+    Raises:
+        ValueError: naming what the workers run and what the job expects.
+    """
+    import ray
+
+    gpu = {"num_gpus": gpus_per_worker} if gpus_per_worker else {}  # never num_gpus=0
+    probe = ray.remote(num_cpus=1, max_retries=0, **gpu)(_runtime_here)
+    here = ray.get(probe.remote(device))
+    if here != identity["runtime"]:
+        raise ValueError(
+            f"the workers run {here}, but this job expects {identity['runtime']} (from --device "
+            "and the driver's torch); give every node the same torch build, or pick --device to "
+            "match the workers")
