@@ -21,9 +21,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from regene_ray.cli import setup_logging  # noqa: E402
-from regene_ray.pareto import hypervolume_2d  # noqa: E402
-from regene_ray.search import SweepOptions, run_sweep  # noqa: E402
-from regene_ray.search_space import load_search_space  # noqa: E402
+from regene_ray.search.pareto import hypervolume_2d  # noqa: E402
+from regene_ray.search.space import load_search_space  # noqa: E402
+from regene_ray.search.tuner import SweepOptions, run_sweep  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from regene_ray.cli import run_main, setup_logging  # noqa: E402
 from regene_ray.config import ConfigError  # noqa: E402
-from regene_ray.search_space import load_search_space, smoke_test_space  # noqa: E402
+from regene_ray.search.space import load_search_space, smoke_test_space  # noqa: E402
 from regene_ray.shared_folder import check_shared_folder  # noqa: E402
 from regene_ray.storage import Storage, is_remote  # noqa: E402
 
@@ -114,7 +114,7 @@ def main(args: argparse.Namespace) -> dict:
     space = load_search_space(args.space)
     if args.smoke_test:
         space = smoke_test_space(space)
-    from regene_ray.search import SweepOptions, check_name, run_sweep, trial_resources
+    from regene_ray.search.tuner import SweepOptions, check_name, run_sweep, trial_resources
 
     trial_resources(args.cpus_per_trial, args.gpus_per_trial)  # fail before starting Ray
     check_name(args.name)

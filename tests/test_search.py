@@ -16,9 +16,9 @@ import pytest
 import ray
 import yaml
 
-from regene_ray.pareto import choose_within_tolerance, pareto_mask
 from regene_ray.run import load_run_config
-from regene_ray.search import METRICS, study_url
+from regene_ray.search.outputs import METRICS, study_url
+from regene_ray.search.pareto import choose_within_tolerance, pareto_mask
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "jobs"))
@@ -151,7 +151,7 @@ def test_asha_stops_only_in_classifier_phase(tmp_path):
 
 def test_trials_ask_for_a_gpu_only_when_told():
     from regene_ray.config import ConfigError
-    from regene_ray.search import trial_resources
+    from regene_ray.search.tuner import trial_resources
 
     assert trial_resources(1, 0) == {"cpu": 1}  # no "gpu" key at all: 0 has been read as a request
     assert trial_resources(2, 0.25) == {"cpu": 2, "gpu": 0.25}

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from regene_ray.config import ConfigError
-from regene_ray.pareto import choose_within_tolerance, hypervolume_2d, pareto_mask
-from regene_ray.search_space import load_search_space, parse_search_space, smoke_test_space
+from regene_ray.search.pareto import choose_within_tolerance, hypervolume_2d, pareto_mask
+from regene_ray.search.space import load_search_space, parse_search_space, smoke_test_space
 
 REPO = Path(__file__).resolve().parents[1]
 SPACES = sorted((REPO / "search_spaces").glob("*.yaml"))

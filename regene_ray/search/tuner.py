@@ -15,22 +15,34 @@ pyarrow filesystem. Optuna's sqlite cannot live on an object store, so for remot
 driver keeps it (and writes the outputs) in a local cache folder keyed by the URI
 (`$REGENE_CACHE_DIR`, else ~/.cache/regene-ray) and uploads them: the study whenever it changed
 while the sweep runs (`UploadFiles`), everything at the end. A resume on another machine downloads
-them, and the restored searcher reopens the study there (regene_ray.study_search).
+them, and the restored searcher reopens the study there (StudySearch, below).
 
 Every report carries both objectives. While the classifier trains there is no decoder yet, so
 val_mae holds the placeholder WORST_MAE (1.0: the largest possible MAE of [0, 1] pixels) and
 `phase` says "classifier"; the final report of a finished trial holds the measured values, and
 that final report is what Optuna is told. A trial that stops before its decoder finished (an
 error, or ASHA) gets val_mae = NaN in trials.parquet and is never on the front.
+
+Why StudySearch:
+Ray Tune pickles the searcher twice: the object itself into tuner.pkl (when the Tuner is made)
+and its `__dict__` into searcher-state-*.pkl (at every experiment checkpoint). Optuna's
+RDBStorage pickles its URL, `sqlite:////abs/path/optuna.sqlite`, and reopens that path when
+unpickled. When the driver's folder for the study differs on resume (remote storage: a cache
+folder on whatever machine resumes; local storage: a moved experiment folder), the old path is
+wrong: sqlite fails ("unable to open database file") or silently starts an empty study there.
+
+`StudySearch` therefore
+* leaves the live study out of its own pickle (tuner.pkl): Tune restores it right after from the
+  searcher state, which always happens on resume;
+* restores the searcher state with an unpickler that reopens every RDBStorage at `relocate_to`
+  (set by regene_ray.search.run_sweep before Tuner.restore).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-import os
+import pickle
 import posixpath
 import re
 import tempfile
@@ -38,19 +50,31 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import torch
 import yaml
+from optuna.storages import RDBStorage
+from ray.tune.search.optuna import OptunaSearch
 
 from regene_ray.checkpoint import atomic_torch_save, safe_torch_load
 from regene_ray.config import ConfigError, save_json, to_dict
 from regene_ray.data import load_data
 from regene_ray.losses import ReconstructionLoss, build_perceptual
 from regene_ray.ownership import MARKER_FILE, OwnershipError, read_marker, write_marker
-from regene_ray.pareto import choose_within_tolerance, pareto_mask
 from regene_ray.run import build_models
-from regene_ray.search_space import SearchSpace
+from regene_ray.search.outputs import (
+    METRICS,
+    MODES,
+    OUTPUT_FILES,
+    SPACE_FILE,
+    STUDY_FILE,
+    SUMMARY_FILE,
+    WORST_MAE,
+    study_url,
+    trials_table,
+    write_outputs,
+)
+from regene_ray.search.space import SearchSpace
+from regene_ray.search.sync import download_files, driver_folder, upload_files
 from regene_ray.storage import Storage
 from regene_ray.train import (
     classifier_epoch,
@@ -63,20 +87,58 @@ from regene_ray.train import (
 
 log = logging.getLogger(__name__)
 
-METRICS = ["val_accuracy", "val_mae"]  # the two objectives, in this order
-MODES = ["max", "min"]
-WORST_MAE = 1.0  # val_mae placeholder before the decoder has trained (MAE of [0,1] pixels <= 1)
-STUDY_FILE = "optuna.sqlite"
-SPACE_FILE = "search_space.yaml"
-TRIALS_FILE = "trials.parquet"
-PARETO_PNG = "pareto.png"
-BEST_CONFIG = "best_config.yaml"
-SUMMARY_FILE = "summary.json"
+
+# the Optuna searcher whose study may move
+
+
+_relocate_to: str | None = None  # the study URL for storages unpickled from now on
+
+
+def relocate_to(url: str | None) -> None:
+    """Make restored searchers open their Optuna study at `url` (None: where it was)."""
+    global _relocate_to
+    _relocate_to = url
+
+
+class RelocatedRDBStorage(RDBStorage):
+    """RDBStorage that, when unpickled, opens the URL given to `relocate_to` instead."""
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__({**state, "url": _relocate_to or state["url"]})
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        cls = super().find_class(module, name)
+        if isinstance(cls, type) and issubclass(cls, RDBStorage):
+            return RelocatedRDBStorage
+        return cls
+
+
+class StudySearch(OptunaSearch):
+    """OptunaSearch that survives its sqlite study moving (see the module docstring)."""
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.update(_ot_study=None, _storage=None, _ot_trials={})  # back from restore()
+        return state
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            state = _Unpickler(f).load()
+        if not isinstance(state, dict):
+            raise ValueError(f"{checkpoint_path}: not a searcher state written by StudySearch")
+        self.__dict__.update(state)
+
+    def suggest(self, trial_id: str):
+        if self._ot_study is None:  # Tune logged why restore() failed and went on without it
+            raise RuntimeError(
+                "the sweep's Optuna searcher state could not be restored (see the 'Failed to "
+                "restore the run state' error above); rerun with a new --name to start afresh")
+        return super().suggest(trial_id)
+
+
 STATE_FILE = "trial_state.pt"
-OUTPUT_FILES = (SPACE_FILE, STUDY_FILE, TRIALS_FILE, PARETO_PNG, BEST_CONFIG, SUMMARY_FILE)
-
-
-# the trial
 
 
 def train_trial(config: dict, space: SearchSpace, threads: int = 1, device: str = "cpu") -> None:
@@ -154,9 +216,6 @@ def _restore(checkpoint, clf, dec, clf_opt, dec_opt, dev) -> tuple[int, dict]:
     return int(state["step"]), dict(state["metrics"])
 
 
-# the searcher
-
-
 def optuna_distributions(space: SearchSpace) -> dict:
     """The space's dimensions as Optuna distributions (keys are the dotted paths)."""
     import optuna
@@ -195,10 +254,6 @@ def make_sampler(name: str, seed: int, num_samples: int):
     raise ConfigError(f"unknown sampler '{name}'; use tpe, nsga2 or random")
 
 
-def study_url(exp_dir: Path) -> str:
-    return f"sqlite:///{Path(exp_dir).resolve() / STUDY_FILE}"
-
-
 def make_searcher(space: SearchSpace, exp_dir: Path, study_name: str, num_samples: int,
                   sampler: str | None = None):
     """OptunaSearch over `space`, both objectives, seeded, stored in exp_dir/optuna.sqlite.
@@ -208,7 +263,6 @@ def make_searcher(space: SearchSpace, exp_dir: Path, study_name: str, num_sample
     """
     import optuna
 
-    from regene_ray.study_search import StudySearch  # OptunaSearch whose study may move
 
     storage = optuna.storages.RDBStorage(study_url(exp_dir))
     return StudySearch(optuna_distributions(space), metric=METRICS, mode=MODES,
@@ -231,9 +285,6 @@ def make_asha(space: SearchSpace):
     epochs = space.run_config().classifier_training.epochs
     return ASHAScheduler(time_attr="classifier_epochs_done", metric="val_accuracy", mode="max",
                          max_t=epochs + 1, grace_period=1, reduction_factor=2)
-
-
-# the sweep
 
 
 @dataclass
@@ -296,58 +347,6 @@ def claim_experiment(exp: Storage) -> None:
         write_marker(exp, "search", [*OUTPUT_FILES], {"name": posixpath.basename(exp.root)})
 
 
-def driver_folder(exp: Storage) -> Path:
-    """Where the driver keeps the Optuna sqlite and writes the outputs: the experiment folder
-    itself when it is local; for remote storage a cache folder keyed by its URI, so a resumed
-    driver on this machine finds the study where the restored searcher looks for it."""
-    if exp.is_local:
-        return exp.local_path()
-    root = Path(os.environ.get("REGENE_CACHE_DIR") or Path.home() / ".cache" / "regene-ray")
-    key = hashlib.sha256(exp.display().encode()).hexdigest()[:16]
-    return root / "search" / f"{Path(exp.root).name}-{key}"
-
-
-def upload_files(local: Path, exp: Storage, names=OUTPUT_FILES) -> list[str]:
-    """Copy the driver's files up to remote experiment storage; returns the names copied."""
-    sent = []
-    for name in names:
-        if (local / name).is_file():
-            exp.write_bytes(name, (local / name).read_bytes())
-            sent.append(name)
-    return sent
-
-
-def _study_trials(path: Path, study_name: str) -> int:
-    import optuna
-
-    try:
-        return len(optuna.load_study(study_name=study_name,
-                                     storage=f"sqlite:///{path}").get_trials(deepcopy=False))
-    except Exception:  # noqa: BLE001 - missing, empty or not a study: the other copy wins
-        return -1
-
-
-def download_files(exp: Storage, local: Path, study_name: str) -> list[str]:
-    """Fetch the sweep's record and study from remote storage (a resume on a new machine).
-    A study already in the cache is kept when it holds at least as many trials (the uploaded
-    copy can lag the driver that was stopped)."""
-    got = []
-    local.mkdir(parents=True, exist_ok=True)
-    for name in (SPACE_FILE, STUDY_FILE):
-        if not exp.is_file(name):
-            continue
-        tmp = local / f".{name}.download"
-        tmp.write_bytes(exp.read_bytes(name))
-        if name == STUDY_FILE and (local / name).is_file() and \
-                _study_trials(local / name, study_name) >= _study_trials(tmp, study_name):
-            log.info("keeping the cached %s (as new as the uploaded one)", local / name)
-            tmp.unlink()
-            continue
-        tmp.replace(local / name)
-        got.append(name)
-    return got
-
-
 def upload_callback(exp: Storage):
     """A Tune callback that uploads the Optuna study whenever it changed (checked after every
     step of the Tune loop, and at the end), so remote storage does not lag the searcher. The
@@ -397,7 +396,6 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> dict:
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    from regene_ray.study_search import relocate_to
 
     check_name(opts.name)
     store = Storage(opts.storage_path)
@@ -478,146 +476,3 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> dict:
         if not exp.is_local:
             log.info("uploaded %s to %s", upload_files(exp_dir, exp), exp)
     return summary
-
-
-# outputs
-
-
-def trials_table(grid, space: SearchSpace) -> pd.DataFrame:
-    """One row per trial: searched values, final metrics, status (TERMINATED, STOPPED, ERROR)."""
-    rows = []
-    for r in grid:
-        m = r.metrics or {}
-        cfg = space.run_config(r.config)  # epochs may be searched: the step count is per trial
-        n_steps = cfg.classifier_training.epochs + cfg.decoder_training.epochs
-        finished = m.get("phase") == "decoder" and m.get("epoch") == n_steps - 1
-        status = "ERROR" if r.error is not None else ("TERMINATED" if finished else "STOPPED")
-        rows.append({
-            "trial_id": m.get("trial_id") or Path(r.path).name,
-            **{k: r.config.get(k) for k in space.search},
-            "val_accuracy": float(m.get("val_accuracy", np.nan)),
-            "val_mae": float(m["val_mae"]) if finished else np.nan,
-            "val_ssim": float(m["val_ssim"]) if finished else np.nan,
-            "latent_sparsity": float(m.get("latent_sparsity", np.nan)),
-            "status": status,
-            "error": str(r.error).strip().splitlines()[-1][:300] if r.error is not None else "",
-            "epochs_done": int(m.get("training_iteration", 0) or 0),
-            "time_total_s": float(m.get("time_total_s", np.nan) or np.nan),
-            "node_id": str(m.get("node_id", "")),
-        })
-    df = pd.DataFrame(rows).sort_values("trial_id", kind="stable").reset_index(drop=True)
-    for k in space.search:  # mixed-type choice columns (e.g. None and numbers) as text
-        if df[k].map(type).nunique() > 1:
-            df[k] = df[k].map(repr)
-    if len(df):
-        df["is_pareto"] = pareto_mask(df[METRICS].to_numpy(), [True, False])
-    else:
-        df["is_pareto"] = pd.Series(dtype=bool)
-    return df
-
-
-def optuna_front(exp_dir: Path, study_name: str) -> list[tuple[float, float]]:
-    """(accuracy, MAE) of the Optuna study's best_trials, read back from the sqlite storage.
-
-    Trials told with the placeholder MAE (stopped before their decoder) are left out; they are
-    dominated in MAE and never remove a measured point from the front.
-    """
-    import optuna
-
-    study = optuna.load_study(study_name=study_name, storage=study_url(exp_dir))
-    return sorted((t.values[0], t.values[1]) for t in study.best_trials
-                  if t.values[1] < WORST_MAE)
-
-
-def crosscheck_front(table: pd.DataFrame, exp_dir: Path, study_name: str) -> dict:
-    """Compare our is_pareto rows with Optuna's best_trials (as sets of objective values)."""
-    ours = sorted(map(tuple, table.loc[table.is_pareto, METRICS].to_numpy().tolist()))
-    theirs = optuna_front(exp_dir, study_name)
-    same = len(ours) == len(theirs) and all(
-        np.allclose(a, b, rtol=0, atol=1e-9) for a, b in zip(ours, theirs, strict=True))
-    if not same:
-        log.warning("Pareto front differs from Optuna's study.best_trials: ours %s, optuna %s",
-                    ours, theirs)
-    return {"matches_optuna_best_trials": bool(same), "optuna_front": theirs}
-
-
-def write_outputs(table: pd.DataFrame, space: SearchSpace, exp_dir: Path, study_name: str,
-                  tolerance: float, where: Storage | None = None) -> dict:
-    """trials.parquet, pareto.png, best_config.yaml and the printed front; returns the summary.
-
-    `where` names the experiment's storage in messages (the files go to local exp_dir)."""
-    where = where or Storage(exp_dir)
-    idx = choose_within_tolerance(table.val_accuracy.to_numpy(), table.val_mae.to_numpy(),
-                                  tolerance) if len(table) else -1
-    table = table.assign(chosen=np.arange(len(table)) == idx)
-    tmp = exp_dir / f".{TRIALS_FILE}.tmp"
-    table.to_parquet(tmp, index=False)
-    tmp.replace(exp_dir / TRIALS_FILE)
-    plot_front(table, exp_dir / PARETO_PNG, tolerance)
-    counts = table.status.value_counts().to_dict()
-    summary = {"trials": len(table), "status_counts": counts, "accuracy_tolerance": tolerance,
-               "rule": "lowest val_mae among trials with val_accuracy >= best - tolerance"}
-    summary.update(crosscheck_front(table, exp_dir, study_name))
-    if idx < 0:
-        raise RuntimeError(f"no trial in {where} finished with both metrics ({counts}); "
-                           f"see the trial errors in {where.display(TRIALS_FILE)}")
-    best = table.iloc[idx]
-    params = {k: _plain(best[k]) for k in space.search}
-    cfg = space.run_config(params, final=True)
-    header = (f"# Chosen by the architecture search in {where}\n"
-              f"# trial {best.trial_id}: val_accuracy {best.val_accuracy:.4f}, val_mae "
-              f"{best.val_mae:.4f}, latent_sparsity {best.latent_sparsity:.3f}\n"
-              f"# rule: lowest val_mae among trials with val_accuracy >= best - {tolerance}\n"
-              f"# searched: {json.dumps(params)}\n")
-    (exp_dir / BEST_CONFIG).write_text(header + yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    summary["chosen"] = {"trial_id": best.trial_id, **params,
-                         "val_accuracy": float(best.val_accuracy), "val_mae": float(best.val_mae)}
-    print(front_table(table))
-    print(f"chosen: trial {best.trial_id} (val_accuracy {best.val_accuracy:.4f}, val_mae "
-          f"{best.val_mae:.4f}) -> {where.display(BEST_CONFIG)}")
-    return summary
-
-
-def _plain(v):
-    """numpy scalars -> Python values for YAML."""
-    return v.item() if hasattr(v, "item") else v
-
-
-def front_table(table: pd.DataFrame) -> str:
-    """The Pareto front as text, sorted by MAE."""
-    front = table[table.is_pareto].sort_values("val_mae")
-    cols = ["trial_id", *[c for c in table.columns if "." in c], "val_accuracy", "val_mae",
-            "latent_sparsity", "chosen"]
-    with pd.option_context("display.width", 200, "display.max_columns", 50):
-        return f"Pareto front ({len(front)} of {len(table)} trials):\n" + \
-            front[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}")
-
-
-def plot_front(table: pd.DataFrame, path: Path, tolerance: float) -> None:
-    """Accuracy vs MAE: every finished trial, the front as a step line, the chosen point."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    done = table.dropna(subset=METRICS)
-    front = done[done.is_pareto].sort_values("val_mae")
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
-    ax.scatter(done.val_mae, done.val_accuracy, c="0.6", s=25, label="trial")
-    ax.plot(front.val_mae, front.val_accuracy, "o-", c="tab:red", drawstyle="steps-post",
-            label="Pareto front")
-    chosen = done[done.chosen]
-    if len(chosen):
-        ax.scatter(chosen.val_mae, chosen.val_accuracy, marker="*", s=250, c="gold",
-                   edgecolors="k", zorder=5, label="chosen")
-        ax.axhline(done.val_accuracy.max() - tolerance, ls="--", c="0.4", lw=0.8,
-                   label=f"best accuracy - {tolerance}")
-    ax.set_xlabel("decoder val MAE (lower is better)")
-    ax.set_ylabel("classifier val accuracy (higher is better)")
-    ax.set_title(f"{len(done)} finished trials, {int(front.shape[0])} on the front")
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)

@@ -1,0 +1,195 @@
+"""Search outputs, pure pandas / matplotlib / optuna (no Ray): the trial table with its Pareto
+flags, the cross-check against Optuna's own front, best_config.yaml by the paper's rule,
+pareto.png and summary.json. Tune's ResultGrid comes in as a plain iterable of results.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from regene_ray.config import to_dict
+from regene_ray.search.pareto import choose_within_tolerance, pareto_mask
+from regene_ray.search.space import SearchSpace
+from regene_ray.storage import Storage
+
+log = logging.getLogger(__name__)
+
+METRICS = ["val_accuracy", "val_mae"]  # the two objectives, in this order
+
+
+MODES = ["max", "min"]
+
+
+WORST_MAE = 1.0  # val_mae placeholder before the decoder has trained (MAE of [0,1] pixels <= 1)
+
+
+STUDY_FILE = "optuna.sqlite"
+
+
+SPACE_FILE = "search_space.yaml"
+
+
+TRIALS_FILE = "trials.parquet"
+
+
+PARETO_PNG = "pareto.png"
+
+
+BEST_CONFIG = "best_config.yaml"
+
+
+SUMMARY_FILE = "summary.json"
+
+
+OUTPUT_FILES = (SPACE_FILE, STUDY_FILE, TRIALS_FILE, PARETO_PNG, BEST_CONFIG, SUMMARY_FILE)
+
+
+def study_url(exp_dir: Path) -> str:
+    return f"sqlite:///{Path(exp_dir).resolve() / STUDY_FILE}"
+
+
+def trials_table(grid, space: SearchSpace) -> pd.DataFrame:
+    """One row per trial: searched values, final metrics, status (TERMINATED, STOPPED, ERROR)."""
+    rows = []
+    for r in grid:
+        m = r.metrics or {}
+        cfg = space.run_config(r.config)  # epochs may be searched: the step count is per trial
+        n_steps = cfg.classifier_training.epochs + cfg.decoder_training.epochs
+        finished = m.get("phase") == "decoder" and m.get("epoch") == n_steps - 1
+        status = "ERROR" if r.error is not None else ("TERMINATED" if finished else "STOPPED")
+        rows.append({
+            "trial_id": m.get("trial_id") or Path(r.path).name,
+            **{k: r.config.get(k) for k in space.search},
+            "val_accuracy": float(m.get("val_accuracy", np.nan)),
+            "val_mae": float(m["val_mae"]) if finished else np.nan,
+            "val_ssim": float(m["val_ssim"]) if finished else np.nan,
+            "latent_sparsity": float(m.get("latent_sparsity", np.nan)),
+            "status": status,
+            "error": str(r.error).strip().splitlines()[-1][:300] if r.error is not None else "",
+            "epochs_done": int(m.get("training_iteration", 0) or 0),
+            "time_total_s": float(m.get("time_total_s", np.nan) or np.nan),
+            "node_id": str(m.get("node_id", "")),
+        })
+    df = pd.DataFrame(rows).sort_values("trial_id", kind="stable").reset_index(drop=True)
+    for k in space.search:  # mixed-type choice columns (e.g. None and numbers) as text
+        if df[k].map(type).nunique() > 1:
+            df[k] = df[k].map(repr)
+    if len(df):
+        df["is_pareto"] = pareto_mask(df[METRICS].to_numpy(), [True, False])
+    else:
+        df["is_pareto"] = pd.Series(dtype=bool)
+    return df
+
+
+def optuna_front(exp_dir: Path, study_name: str) -> list[tuple[float, float]]:
+    """(accuracy, MAE) of the Optuna study's best_trials, read back from the sqlite storage.
+
+    Trials told with the placeholder MAE (stopped before their decoder) are left out; they are
+    dominated in MAE and never remove a measured point from the front.
+    """
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=study_url(exp_dir))
+    return sorted((t.values[0], t.values[1]) for t in study.best_trials
+                  if t.values[1] < WORST_MAE)
+
+
+def crosscheck_front(table: pd.DataFrame, exp_dir: Path, study_name: str) -> dict:
+    """Compare our is_pareto rows with Optuna's best_trials (as sets of objective values)."""
+    ours = sorted(map(tuple, table.loc[table.is_pareto, METRICS].to_numpy().tolist()))
+    theirs = optuna_front(exp_dir, study_name)
+    same = len(ours) == len(theirs) and all(
+        np.allclose(a, b, rtol=0, atol=1e-9) for a, b in zip(ours, theirs, strict=True))
+    if not same:
+        log.warning("Pareto front differs from Optuna's study.best_trials: ours %s, optuna %s",
+                    ours, theirs)
+    return {"matches_optuna_best_trials": bool(same), "optuna_front": theirs}
+
+
+def write_outputs(table: pd.DataFrame, space: SearchSpace, exp_dir: Path, study_name: str,
+                  tolerance: float, where: Storage | None = None) -> dict:
+    """trials.parquet, pareto.png, best_config.yaml and the printed front; returns the summary.
+
+    `where` names the experiment's storage in messages (the files go to local exp_dir)."""
+    where = where or Storage(exp_dir)
+    idx = choose_within_tolerance(table.val_accuracy.to_numpy(), table.val_mae.to_numpy(),
+                                  tolerance) if len(table) else -1
+    table = table.assign(chosen=np.arange(len(table)) == idx)
+    tmp = exp_dir / f".{TRIALS_FILE}.tmp"
+    table.to_parquet(tmp, index=False)
+    tmp.replace(exp_dir / TRIALS_FILE)
+    plot_front(table, exp_dir / PARETO_PNG, tolerance)
+    counts = table.status.value_counts().to_dict()
+    summary = {"trials": len(table), "status_counts": counts, "accuracy_tolerance": tolerance,
+               "rule": "lowest val_mae among trials with val_accuracy >= best - tolerance"}
+    summary.update(crosscheck_front(table, exp_dir, study_name))
+    if idx < 0:
+        raise RuntimeError(f"no trial in {where} finished with both metrics ({counts}); "
+                           f"see the trial errors in {where.display(TRIALS_FILE)}")
+    best = table.iloc[idx]
+    params = {k: _plain(best[k]) for k in space.search}
+    cfg = space.run_config(params, final=True)
+    header = (f"# Chosen by the architecture search in {where}\n"
+              f"# trial {best.trial_id}: val_accuracy {best.val_accuracy:.4f}, val_mae "
+              f"{best.val_mae:.4f}, latent_sparsity {best.latent_sparsity:.3f}\n"
+              f"# rule: lowest val_mae among trials with val_accuracy >= best - {tolerance}\n"
+              f"# searched: {json.dumps(params)}\n")
+    (exp_dir / BEST_CONFIG).write_text(header + yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    summary["chosen"] = {"trial_id": best.trial_id, **params,
+                         "val_accuracy": float(best.val_accuracy), "val_mae": float(best.val_mae)}
+    print(front_table(table))
+    print(f"chosen: trial {best.trial_id} (val_accuracy {best.val_accuracy:.4f}, val_mae "
+          f"{best.val_mae:.4f}) -> {where.display(BEST_CONFIG)}")
+    return summary
+
+
+def _plain(v):
+    """numpy scalars -> Python values for YAML."""
+    return v.item() if hasattr(v, "item") else v
+
+
+def front_table(table: pd.DataFrame) -> str:
+    """The Pareto front as text, sorted by MAE."""
+    front = table[table.is_pareto].sort_values("val_mae")
+    cols = ["trial_id", *[c for c in table.columns if "." in c], "val_accuracy", "val_mae",
+            "latent_sparsity", "chosen"]
+    with pd.option_context("display.width", 200, "display.max_columns", 50):
+        return f"Pareto front ({len(front)} of {len(table)} trials):\n" + \
+            front[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}")
+
+
+def plot_front(table: pd.DataFrame, path: Path, tolerance: float) -> None:
+    """Accuracy vs MAE: every finished trial, the front as a step line, the chosen point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = table.dropna(subset=METRICS)
+    front = done[done.is_pareto].sort_values("val_mae")
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    ax.scatter(done.val_mae, done.val_accuracy, c="0.6", s=25, label="trial")
+    ax.plot(front.val_mae, front.val_accuracy, "o-", c="tab:red", drawstyle="steps-post",
+            label="Pareto front")
+    chosen = done[done.chosen]
+    if len(chosen):
+        ax.scatter(chosen.val_mae, chosen.val_accuracy, marker="*", s=250, c="gold",
+                   edgecolors="k", zorder=5, label="chosen")
+        ax.axhline(done.val_accuracy.max() - tolerance, ls="--", c="0.4", lw=0.8,
+                   label=f"best accuracy - {tolerance}")
+    ax.set_xlabel("decoder val MAE (lower is better)")
+    ax.set_ylabel("classifier val accuracy (higher is better)")
+    ax.set_title(f"{len(done)} finished trials, {int(front.shape[0])} on the front")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
