@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from regene_ray.cli import run_main, setup_logging  # noqa: E402
 from regene_ray.config import ConfigError  # noqa: E402
-from regene_ray.evaluation import REPORT_FILE, EvalConfig, evaluate  # noqa: E402
+from regene_ray.evaluation.evaluate import REPORT_FILE, EvalConfig, evaluate  # noqa: E402
 
 SMOKE_RUN = "smoke-run"  # with --smoke-test and no --run: a tiny run trained inside --out
 
@@ -135,7 +135,7 @@ def main(args: argparse.Namespace) -> dict:
     if run is None:
         if not args.smoke_test:
             raise ConfigError("--run is required: pass a run folder made by jobs/train.py")
-        from regene_ray.evaluation import prepare_report_dir
+        from regene_ray.evaluation.evaluate import prepare_report_dir
 
         prepare_report_dir(args.out, overwrite=args.overwrite)
         run = smoke_run(args.out, args.device)

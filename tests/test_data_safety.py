@@ -218,7 +218,7 @@ def test_a_marker_that_names_anything_but_its_own_files_is_ignored(finished, tin
 
 
 def test_the_neutral_cache_never_lands_on_a_run(tiny_run, tmp_path):
-    from regene_ray.neutral import claim_cache
+    from regene_ray.evaluation.neutral import claim_cache
 
     run = copy_of(tiny_run, tmp_path)
     before = snapshot(run)

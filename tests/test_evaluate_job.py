@@ -18,9 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
-from regene_ray.evaluation import REPORT_KIND, prepare_report_dir, read_generated
+from regene_ray.evaluation.evaluate import REPORT_KIND, prepare_report_dir, read_generated
+from regene_ray.evaluation.neutral import NeutralClassifier
 from regene_ray.generator import ConvexGenerator, encode_png
-from regene_ray.neutral import NeutralClassifier
 from tests.conftest import REPO
 
 JOB = [sys.executable, str(REPO / "jobs" / "evaluate.py")]
@@ -220,7 +220,7 @@ def _smoke_config(run_dir):
 def test_training_images_passed_as_generations_are_flagged_as_copies(report, tiny_run, tmp_path,
                                                                   neutral_cache):
     from regene_ray.data import load_data
-    from regene_ray.evaluation import evaluate
+    from regene_ray.evaluation.evaluate import evaluate
     from regene_ray.run import load_run_config
 
     data = load_data(load_run_config(tiny_run / "config.yaml").data)

@@ -8,7 +8,7 @@ import torch
 
 from regene_ray.config import ConfigError, to_dict
 from regene_ray.data import DataConfig, load_data
-from regene_ray.fid import (
+from regene_ray.evaluation.fid import (
     INCEPTION_FILE,
     FeatureNet,
     NeutralFeatures,
@@ -17,7 +17,7 @@ from regene_ray.fid import (
     fid_from_features,
     fid_table,
 )
-from regene_ray.neutral import (
+from regene_ray.evaluation.neutral import (
     NeutralClassifier,
     NeutralTrainConfig,
     ResNetConfig,
@@ -25,7 +25,7 @@ from regene_ray.neutral import (
     random_shift,
     score_generations,
 )
-from regene_ray.novelty import (
+from regene_ray.evaluation.novelty import (
     copy_report,
     near_duplicate_fraction,
     nearest_l2,

@@ -31,26 +31,26 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from regene_ray import eval_figures as figs
 from regene_ray.config import ConfigError, save_json, to_dict
 from regene_ray.data import DataSplits, load_data
-from regene_ray.fid import (
+from regene_ray.evaluation import figures as figs
+from regene_ray.evaluation.fid import (
     FeatureNet,
     NeutralFeatures,
     choose_feature_net,
     extract_features,
     fid_table,
 )
-from regene_ray.generator import ConvexGenerator, to_uint8
-from regene_ray.neutral import (
+from regene_ray.evaluation.neutral import (
     NEUTRAL_DIR,
     NeutralTrainConfig,
     ResNetConfig,
     load_or_train_neutral,
     score_generations,
 )
-from regene_ray.novelty import nearest_ssim, novelty
-from regene_ray.report import Figure, Table, render_html
+from regene_ray.evaluation.novelty import nearest_ssim, novelty
+from regene_ray.evaluation.report import Figure, Table, render_html
+from regene_ray.generator import ConvexGenerator, to_uint8
 from regene_ray.run import CONFIG_FILE, METRICS_FILE, load_run_config
 from regene_ray.train import resolve_device
 
@@ -580,7 +580,7 @@ def evaluate(run_dir: str | Path, out: str | Path, cfg: EvalConfig | None = None
     # 4. FID (Table 1)
     allow = cfg.fid_features != "neutral"
     if cfg.fid_features == "inception" and cfg.inception_weights is None:
-        from regene_ray.fid import find_inception_weights
+        from regene_ray.evaluation.fid import find_inception_weights
 
         path, why = find_inception_weights(None)
         if path is None:
