@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from regene_ray.storage import atomic_write, atomic_write_bytes
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
@@ -20,11 +21,7 @@ class CheckpointError(ValueError):
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """torch.save to a temporary name, then rename, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
@@ -50,9 +47,7 @@ def save_model(model: torch.nn.Module, config: dict, directory: str | Path) -> N
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_torch_save(state, directory / WEIGHTS_FILE)
-    tmp = directory / f".{CONFIG_FILE}.tmp"
-    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    tmp.replace(directory / CONFIG_FILE)
+    atomic_write_bytes(directory / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def read_config(directory: str | Path) -> dict:

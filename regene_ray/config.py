@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from regene_ray.storage import atomic_write_bytes
+
 T = TypeVar("T")
 
 
@@ -144,6 +146,4 @@ def load_yaml(path: str | Path) -> dict:
 def save_json(obj: Any, path: str | Path) -> None:
     """Write JSON atomically (temp file, then rename)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")

@@ -17,6 +17,7 @@ from regene_ray.config import save_json
 from regene_ray.data import to_float
 from regene_ray.decoder import Decoder
 from regene_ray.filtering import label_confidence
+from regene_ray.storage import atomic_write
 
 BANK_FILE = "latent_bank.parquet"
 THRESHOLDS_FILE = "thresholds.json"
@@ -57,9 +58,7 @@ class LatentBank:
             "confidence": pa.array(self.confidence, pa.float32()),
             "correct": pa.array(self.correct, pa.bool_()),
         })
-        tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(table, tmp)
-        tmp.replace(path)
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
     @classmethod
     def load(cls, path: str | Path | bytes) -> LatentBank:

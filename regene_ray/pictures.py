@@ -13,6 +13,7 @@ from regene_ray.classifier import Classifier
 from regene_ray.data import DataSplits, to_float
 from regene_ray.decoder import Decoder
 from regene_ray.generator import ConvexGenerator
+from regene_ray.storage import atomic_write
 
 
 def _upscale(x: torch.Tensor, min_side: int = 48) -> torch.Tensor:
@@ -24,9 +25,8 @@ def _save(grid: torch.Tensor, path: Path) -> None:
     from PIL import Image
 
     arr = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    Image.fromarray(arr if arr.shape[2] == 3 else arr[..., 0]).save(tmp)
-    tmp.replace(path)
+    image = Image.fromarray(arr if arr.shape[2] == 3 else arr[..., 0])
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 @torch.no_grad()
@@ -84,7 +84,5 @@ def save_generation_grid(gen: ConvexGenerator, class_names: Sequence[str],
                     ax.set_ylabel(str(class_names[c])[:10], fontsize=8, rotation=0, labelpad=18)
     fig.suptitle("accepted convex generations (both filter steps)", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=80)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
     plt.close(fig)
-    tmp.replace(path)

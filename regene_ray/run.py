@@ -39,7 +39,7 @@ from regene_ray.ownership import (
     refuse_protected,
     write_marker,
 )
-from regene_ray.storage import Storage
+from regene_ray.storage import Storage, atomic_write_bytes
 from regene_ray.train import (
     ClassifierTrainConfig,
     DecoderTrainConfig,
@@ -90,8 +90,7 @@ def load_run_config(path: str | Path) -> RunConfig:
 # Everything a training run writes directly inside its folder: --overwrite deletes these (and
 # only these, as the folder's ownership marker lists them) when it replaces an earlier run.
 RUN_ARTEFACTS = [CONFIG_FILE, "classifier", "decoder", BANK_FILE, THRESHOLDS_FILE, METRICS_FILE,
-                 RECON_GRID, GEN_GRID, "classifier_train_state.pt", "decoder_train_state.pt",
-                 ".config.yaml.tmp"]
+                 RECON_GRID, GEN_GRID, "classifier_train_state.pt", "decoder_train_state.pt"]
 
 
 def inspect_out_dir(out: Path, cfg: RunConfig, *, overwrite: bool) -> str:
@@ -139,9 +138,7 @@ def prepare_out_dir(out: Path, cfg: RunConfig, *, overwrite: bool) -> bool:
     if action == "overwrite":
         claim_for_overwrite(st, "run")
     write_marker(st, "run", RUN_ARTEFACTS, {"config": to_dict(cfg)})
-    tmp = out / f".{CONFIG_FILE}.tmp"
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(out / CONFIG_FILE)
+    atomic_write_bytes(out / CONFIG_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return False
 
 

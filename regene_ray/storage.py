@@ -26,6 +26,7 @@ import posixpath
 import re
 import sys
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -115,6 +116,32 @@ def _local_tmp(path: str) -> str:
     """A temporary name beside local `path` (its folder created), for write-then-rename."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.tmp{os.getpid()}")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object], *,
+                 durable: bool = True) -> None:
+    """The project's one atomic local write: `write(tmp)` fills `.NAME.tmp<pid>` beside `path`,
+    which is fsynced and renamed over `path` (and the rename fsynced), so a reader, a resumed
+    job or a power loss sees the old file or the new one, never half of one. durable=False
+    skips the fsyncs (many small files made durable together by Storage.sync)."""
+    path = str(path)
+    tmp = _local_tmp(path)
+    try:
+        write(tmp)
+        if durable:
+            _fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if durable:
+        _fsync_dir(posixpath.dirname(path) or ".")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes | str) -> None:
+    """atomic_write of bytes (str is written as UTF-8)."""
+    data = data.encode() if isinstance(data, str) else data
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 class Storage:
@@ -258,15 +285,7 @@ class Storage:
         and its folder are fsynced (durable=False leaves that to a later `sync()`)."""
         path = self.path(rel)
         if self.is_local:
-            tmp = _local_tmp(path)
-            with open(tmp, "wb") as f:
-                f.write(data)
-                if durable:
-                    f.flush()
-                    os.fsync(f.fileno())
-            os.replace(tmp, path)
-            if durable:
-                _fsync_dir(posixpath.dirname(path))
+            atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), durable=durable)
             return
         with self.fs.open_output_stream(path) as f:
             f.write(data)
@@ -319,11 +338,7 @@ class Storage:
         failure while writing must not complete, and so publish, a partial object)."""
         path = self.path(rel)
         if self.is_local:
-            tmp = _local_tmp(path)
-            write(tmp, self.fs)
-            _fsync_file(tmp)
-            os.replace(tmp, path)
-            _fsync_dir(posixpath.dirname(path))
+            atomic_write(path, lambda tmp: write(tmp, self.fs))
         else:
             buf = pa.BufferOutputStream()
             write(buf, None)

@@ -52,6 +52,7 @@ from regene_ray.evaluation.novelty import nearest_ssim, novelty
 from regene_ray.evaluation.report import Figure, Table, render_html
 from regene_ray.generator import ConvexGenerator, to_uint8
 from regene_ray.run import CONFIG_FILE, METRICS_FILE, load_run_config
+from regene_ray.storage import atomic_write_bytes
 from regene_ray.train import resolve_device
 
 log = logging.getLogger(__name__)
@@ -423,10 +424,7 @@ def prepare_report_dir(out: Path, *, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _write(path: Path, data: bytes | str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data) if isinstance(data, bytes) else tmp.write_text(data, encoding="utf-8")
-    tmp.replace(path)
+_write = atomic_write_bytes  # every report file: the project's one atomic write
 
 
 # the whole evaluation

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ import yaml
 from regene_ray.config import to_dict
 from regene_ray.search.pareto import choose_within_tolerance, pareto_mask
 from regene_ray.search.space import SearchSpace
-from regene_ray.storage import Storage
+from regene_ray.storage import Storage, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +121,7 @@ def write_outputs(table: pd.DataFrame, space: SearchSpace, exp_dir: Path, study_
     idx = choose_within_tolerance(table.val_accuracy.to_numpy(), table.val_mae.to_numpy(),
                                   tolerance) if len(table) else -1
     table = table.assign(chosen=np.arange(len(table)) == idx)
-    tmp = exp_dir / f".{TRIALS_FILE}.tmp"
-    table.to_parquet(tmp, index=False)
-    tmp.replace(exp_dir / TRIALS_FILE)
+    atomic_write(exp_dir / TRIALS_FILE, lambda tmp: table.to_parquet(tmp, index=False))
     plot_front(table, exp_dir / PARETO_PNG, tolerance)
     counts = table.status.value_counts().to_dict()
     summary = {"trials": len(table), "status_counts": counts, "accuracy_tolerance": tolerance,
@@ -189,7 +186,5 @@ def plot_front(table: pd.DataFrame, path: Path, tolerance: float) -> None:
     ax.set_title(f"{len(done)} finished trials, {int(front.shape[0])} on the front")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
