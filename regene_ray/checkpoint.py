@@ -11,7 +11,7 @@ import torch
 
 from regene_ray.storage import atomic_write, atomic_write_bytes
 
-CONFIG_FILE = "config.json"
+MODEL_CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
 
 
@@ -47,11 +47,11 @@ def save_model(model: torch.nn.Module, config: dict, directory: str | Path) -> N
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_torch_save(state, directory / WEIGHTS_FILE)
-    atomic_write_bytes(directory / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    atomic_write_bytes(directory / MODEL_CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def read_config(directory: str | Path) -> dict:
-    path = Path(directory) / CONFIG_FILE
+    path = Path(directory) / MODEL_CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(
             f"{path} is missing: {directory} is not a saved model folder; train one with "

@@ -52,7 +52,7 @@ from regene_ray.train import (
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.yaml"
+RUN_CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 RECON_GRID = "reconstructions.png"
 GEN_GRID = "generations.png"
@@ -89,7 +89,7 @@ def load_run_config(path: str | Path) -> RunConfig:
 
 # Everything a training run writes directly inside its folder: --overwrite deletes these (and
 # only these, as the folder's ownership marker lists them) when it replaces an earlier run.
-RUN_ARTEFACTS = [CONFIG_FILE, "classifier", "decoder", BANK_FILE, THRESHOLDS_FILE, METRICS_FILE,
+RUN_ARTEFACTS = [RUN_CONFIG_FILE, "classifier", "decoder", BANK_FILE, THRESHOLDS_FILE, METRICS_FILE,
                  RECON_GRID, GEN_GRID, "classifier_train_state.pt", "decoder_train_state.pt"]
 
 
@@ -115,7 +115,7 @@ def inspect_out_dir(out: Path, cfg: RunConfig, *, overwrite: bool) -> str:
         refuse_protected(st)
         return "overwrite"
     try:
-        old = yaml.safe_load((out / CONFIG_FILE).read_text())
+        old = yaml.safe_load((out / RUN_CONFIG_FILE).read_text())
     except (OSError, yaml.YAMLError):
         old = None
     if old != to_dict(cfg):
@@ -138,7 +138,7 @@ def prepare_out_dir(out: Path, cfg: RunConfig, *, overwrite: bool) -> bool:
     if action == "overwrite":
         claim_for_overwrite(st, "run")
     write_marker(st, "run", RUN_ARTEFACTS, {"config": to_dict(cfg)})
-    atomic_write_bytes(out / CONFIG_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic_write_bytes(out / RUN_CONFIG_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return False
 
 

@@ -51,7 +51,7 @@ from regene_ray.evaluation.neutral import (
 from regene_ray.evaluation.novelty import nearest_ssim, novelty
 from regene_ray.evaluation.report import Figure, Table, render_html
 from regene_ray.generator import ConvexGenerator, to_uint8
-from regene_ray.run import CONFIG_FILE, METRICS_FILE, load_run_config
+from regene_ray.run import METRICS_FILE, RUN_CONFIG_FILE, load_run_config
 from regene_ray.storage import atomic_write_bytes
 from regene_ray.train import resolve_device
 
@@ -496,9 +496,9 @@ def evaluate(run_dir: str | Path, out: str | Path, cfg: EvalConfig | None = None
     """
     cfg = cfg or EvalConfig()
     run_dir, out = Path(run_dir), Path(out)
-    if not (run_dir / CONFIG_FILE).is_file():
+    if not (run_dir / RUN_CONFIG_FILE).is_file():
         raise FileNotFoundError(
-            f"--run {run_dir} is not a run folder (no {CONFIG_FILE}); train one with "
+            f"--run {run_dir} is not a run folder (no {RUN_CONFIG_FILE}); train one with "
             f"jobs/train.py --out {run_dir}")
     if generated is not None:
         check_generated(generated, run_dir, allow_partial=allow_partial,
@@ -515,7 +515,7 @@ def evaluate(run_dir: str | Path, out: str | Path, cfg: EvalConfig | None = None
         return time.perf_counter()
 
     t0 = time.perf_counter()
-    run_cfg = load_run_config(run_dir / CONFIG_FILE)
+    run_cfg = load_run_config(run_dir / RUN_CONFIG_FILE)
     data_cfg = run_cfg.data
     if cfg.data_root is not None:
         data_cfg.data_root = cfg.data_root

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from regene_ray.checkpoint import (
-    CONFIG_FILE,
+    MODEL_CONFIG_FILE,
     WEIGHTS_FILE,
     atomic_torch_save,
     load_weights,
@@ -289,7 +289,7 @@ def load_or_train_neutral(folder: str | Path, data: DataSplits, model_cfg: ResNe
                      folder, metrics.get("test_accuracy", float("nan")))
             return model, metrics
         log.warning("neutral: %s holds a model for another config; retraining it", folder)
-        for name in (WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE, STATE_FILE):
+        for name in (WEIGHTS_FILE, MODEL_CONFIG_FILE, METRICS_FILE, STATE_FILE):
             (folder / name).unlink(missing_ok=True)
     state = folder / STATE_FILE
     if state.is_file():
@@ -331,7 +331,7 @@ def claim_cache(folder: Path) -> None:
                              "pass a new or empty folder")
     if marker is None:
         st.makedirs()
-        write_marker(st, "neutral", [METRICS_FILE, CONFIG_FILE, WEIGHTS_FILE, STATE_FILE,
+        write_marker(st, "neutral", [METRICS_FILE, MODEL_CONFIG_FILE, WEIGHTS_FILE, STATE_FILE,
                                      "train_config.json"], {})
 
 

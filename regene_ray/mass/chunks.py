@@ -81,8 +81,8 @@ class GenerateChunks:
         return rows_table(acc, pngs, paths), info
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        tables = [self.generate(int(c), int(k))[0]
-                  for c, k in zip(batch["label"], batch["chunk"], strict=True)]
+        tables = [self.generate(int(c), int(chunk))[0]
+                  for c, chunk in zip(batch["label"], batch["chunk"], strict=True)]
         table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
         return {name: table.column(name).to_numpy(zero_copy_only=False)
                 for name in table.column_names}
@@ -164,8 +164,8 @@ class WriteChunks(GenerateChunks):
         return info
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        infos = [self.write_chunk(int(c), int(k))
-                 for c, k in zip(batch["label"], batch["chunk"], strict=True)]
+        infos = [self.write_chunk(int(c), int(chunk))
+                 for c, chunk in zip(batch["label"], batch["chunk"], strict=True)]
         return {key: np.array([getattr(i, key) for i in infos], dtype=np.int64)
                 for key in ("label", "chunk", "tried", "latent_passed", "accepted")}
 
@@ -182,8 +182,8 @@ def serial_runner(stage: WriteChunks) -> Runner:
 
     def run(todo: list[tuple[int, int]]) -> list[ChunkInfo]:
         infos = []
-        for c, k in todo:
-            r = stage({"label": np.array([c]), "chunk": np.array([k])})
+        for c, chunk in todo:
+            r = stage({"label": np.array([c]), "chunk": np.array([chunk])})
             infos.append(ChunkInfo(int(r["label"][0]), int(r["chunk"][0]), int(r["tried"][0]),
                                    int(r["latent_passed"][0]), int(r["accepted"][0])))
         return infos

@@ -338,14 +338,14 @@ def finalize(out: Storage, done: dict[tuple[int, int], ChunkInfo],
     OUT/_chunks and OUT/data, as an object-store move cut short leaves it, counts as moved).
     """
     out.makedirs(DATA_DIR)
-    for (c, k), info in sorted(done.items()):
-        k_star, keep = cut[c]
-        final = f"{DATA_DIR}/{chunk_name(c, k)}"
+    for (c, chunk), info in sorted(done.items()):
+        last_chunk, keep = cut[c]
+        final = f"{DATA_DIR}/{chunk_name(c, chunk)}"
         src = info.path
-        if k < k_star or (k == k_star and keep == info.accepted):
+        if chunk < last_chunk or (chunk == last_chunk and keep == info.accepted):
             if src != final:
                 out.move(src, final)
-        elif k == k_star:
+        elif chunk == last_chunk:
             table = pq.read_table(out.path(src), filesystem=out.fs)
             if table.num_rows != keep:  # not trimmed yet
                 if png:
@@ -361,7 +361,7 @@ def finalize(out: Storage, done: dict[tuple[int, int], ChunkInfo],
                                                 filesystem=out.fs), num_classes)
             out.delete(src)
         # a copy left in staging by a crash between the write above and the delete
-        out.delete(f"{CHUNKS_DIR}/{chunk_name(c, k)}")
+        out.delete(f"{CHUNKS_DIR}/{chunk_name(c, chunk)}")
     if png:
         for c in cut:
             delete_orphan_pngs(out, c, num_classes)
@@ -471,9 +471,9 @@ def _run_locked(spec: MassSpec, out: Storage, runner: Runner, lease: Lease, iden
     summary = Summary(
         requested=spec.count, classes=list(spec.classes),
         quotas={str(c): q for c, q in quota.items()},
-        accepted_per_class={str(c): keep + sum(i.accepted for (cc, k), i in kept.items()
-                                               if cc == c and k < k_star)
-                            for c, (k_star, keep) in cut.items()},
+        accepted_per_class={str(c): keep + sum(i.accepted for (cc, chunk), i in kept.items()
+                                               if cc == c and chunk < last_chunk)
+                            for c, (last_chunk, keep) in cut.items()},
         candidates_tried=tried, candidates_generated_this_run=generated,
         acceptance={"latent_step": lat / tried, "image_step_given_latent": acc / max(lat, 1),
                     "both_steps": acc / tried},

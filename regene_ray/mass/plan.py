@@ -131,14 +131,14 @@ def plan_wave(done: dict[tuple[int, int], ChunkInfo], quota: dict[int, int], chu
         if not measured:
             rate *= 0.9
         slack = 2.0 * math.sqrt(q / rate) + 1.0
-        got, k, planned = 0.0, 0, []
+        got, chunk, planned = 0.0, 0, []
         while got < q + (slack if planned else 0.0):
-            if (c, k) in done:
-                got += done[(c, k)].accepted
+            if (c, chunk) in done:
+                got += done[(c, chunk)].accepted
             else:
-                planned.append((c, k))
+                planned.append((c, chunk))
                 got += rate * chunk_size
-            k += 1
+            chunk += 1
         if not measured and len(planned) * chunk_size > SPLIT_CANDIDATES:
             planned = planned[:max(1, len(planned) // 2)]
         todo += planned
@@ -150,13 +150,13 @@ def cutoffs(done: dict[tuple[int, int], ChunkInfo], quota: dict[int, int]
     """{class: (k*, rows to keep from chunk k*)} when the output can be finalised, else None."""
     cut = {}
     for c, q in quota.items():
-        got, k = 0, 0
+        got, chunk = 0, 0
         while got < q:
-            info = done.get((c, k))
+            info = done.get((c, chunk))
             if info is None:
                 return None
             if got + info.accepted >= q:
-                cut[c] = (k, q - got)
+                cut[c] = (chunk, q - got)
             got += info.accepted
-            k += 1
+            chunk += 1
     return cut

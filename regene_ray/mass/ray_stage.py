@@ -38,7 +38,7 @@ def ray_runner(spec: MassSpec, run_files: dict[str, bytes], out: Storage, identi
     import ray
 
     def run(todo: list[tuple[int, int]]) -> list[ChunkInfo]:
-        items = [{"label": c, "chunk": k} for c, k in sorted(todo, key=lambda t: (t[1], t[0]))]
+        items = [{"label": c, "chunk": chunk} for c, chunk in sorted(todo, key=lambda t: (t[1], t[0]))]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         gpu = {"num_gpus": gpus_per_worker} if gpus_per_worker else {}  # never num_gpus=0
         # max_restarts / max_task_retries have no named parameter in Ray 2.60: they travel as
