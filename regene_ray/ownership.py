@@ -109,6 +109,30 @@ def refuse_protected(out: Storage, flag: str = "--out") -> None:
                              "dedicated output folder such as runs/NAME")
 
 
+def inspect_owned(out: Storage, kind: str, *, overwrite: bool, what: str,
+                  flag: str = "--out") -> str:
+    """Read-only: what a `kind` job may do with `out`: 'new' (missing or empty; a lease alone
+    does not count), 'overwrite' (its own earlier output, and --overwrite), or 'existing' (its
+    own earlier output, for the caller to compare identities).
+
+    Raises:
+        OwnershipError: a non-empty folder without this kind's marker (`what` names the kind
+            of output in the message), or a protected folder with --overwrite.
+    """
+    if not [n for n in out.names() if n != LEASE_FILE]:
+        return "new"
+    marker = read_marker(out)
+    if marker is None or marker.get("kind") != kind:
+        raise OwnershipError(
+            f"{flag} {out} is a non-empty folder without a regene-ray ownership marker "
+            f"({MARKER_FILE} of a {kind} job), not {what}; choose a new or empty folder. "
+            "Nothing in it is deleted, with or without --overwrite")
+    if overwrite:
+        refuse_protected(out, flag)
+        return "overwrite"
+    return "existing"
+
+
 def claim_for_overwrite(out: Storage, kind: str, flag: str = "--out") -> None:
     """Delete the artefacts of the earlier `kind` job in `out`, in the order its marker lists
     them (a job lists the files that mark it complete first, so an interrupted overwrite never

@@ -32,11 +32,8 @@ from regene_ray.latent_bank import (
 )
 from regene_ray.losses import LossConfig, build_perceptual
 from regene_ray.ownership import (
-    MARKER_FILE,
-    OwnershipError,
     claim_for_overwrite,
-    read_marker,
-    refuse_protected,
+    inspect_owned,
     write_marker,
 )
 from regene_ray.storage import Storage, atomic_write_bytes
@@ -102,18 +99,10 @@ def inspect_out_dir(out: Path, cfg: RunConfig, *, overwrite: bool) -> str:
     """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; pass a folder path")
-    st = Storage(out)
-    if not out.is_dir() or st.is_empty():
-        return "new"
-    marker = read_marker(st)
-    if marker is None or marker.get("kind") != "run":
-        raise OwnershipError(
-            f"--out {out} is a non-empty folder that is not a regene-ray run (it has no "
-            f"{MARKER_FILE} written by jobs/train.py); choose a new or empty folder. Nothing in "
-            "it is deleted, with or without --overwrite")
-    if overwrite:
-        refuse_protected(st)
-        return "overwrite"
+    action = inspect_owned(Storage(out), "run", overwrite=overwrite,
+                           what="a regene-ray run of jobs/train.py")
+    if action != "existing":
+        return action
     try:
         old = yaml.safe_load((out / RUN_CONFIG_FILE).read_text())
     except (OSError, yaml.YAMLError):

@@ -148,22 +148,15 @@ def train_classifier(model: Classifier, data: DataSplits, cfg: ClassifierTrainCo
     """
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    history, start = _maybe_resume(checkpoint, model, opt, "classifier")
-    for epoch in range(start, cfg.epochs):
+
+    def epoch_fn(epoch: int) -> dict:
         stats = classifier_epoch(model, opt, data, cfg, epoch, device, seed)
         val = evaluate_classifier(model, data.holdout_x, data.holdout_y, device)
-        stats.update(epoch=epoch, val_accuracy=val["accuracy"], val_loss=val["loss"],
-                     latent_sparsity=val["latent_sparsity"])
-        history.append(stats)
-        log.info("classifier epoch %d: loss %.4f val_acc %.4f sparsity %.2f %.0f img/s",
-                 epoch, stats["train_loss"], stats["val_accuracy"], stats["latent_sparsity"],
-                 stats["images_per_s"])
-        if checkpoint is not None:
-            _save_state(checkpoint, model, opt, epoch, history)
-        if on_epoch is not None:
-            on_epoch(epoch, stats)
-    model.eval()
-    return history
+        return stats | {"val_accuracy": val["accuracy"], "val_loss": val["loss"],
+                        "latent_sparsity": val["latent_sparsity"]}
+
+    return fit_epochs(model, opt, cfg.epochs, epoch_fn, what="classifier", checkpoint=checkpoint,
+                      on_epoch=on_epoch, shown=("train_loss", "val_accuracy", "latent_sparsity"))
 
 
 # decoder
@@ -237,24 +230,49 @@ def train_decoder(decoder: Decoder, classifier: Classifier, data: DataSplits,
     codes = encode_all(classifier, data.train_x, device)  # (N, latent_dim), once
     loss_fn = ReconstructionLoss(cfg.loss, perceptual).to(device)
     opt = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    history, start = _maybe_resume(checkpoint, decoder, opt, "decoder")
-    for epoch in range(start, cfg.epochs):
+
+    def epoch_fn(epoch: int) -> dict:
         stats = decoder_epoch(decoder, loss_fn, opt, codes, data.train_x, cfg, epoch, device, seed)
         val = evaluate_decoder(decoder, classifier, data.holdout_x, device)
-        stats.update(epoch=epoch, val_mae=val["mae"], val_ssim=val["ssim"])
-        history.append(stats)
-        log.info("decoder epoch %d: loss %.4f val_mae %.4f val_ssim %.3f %.0f img/s",
-                 epoch, stats["train_loss"], stats["val_mae"], stats["val_ssim"],
-                 stats["images_per_s"])
-        if checkpoint is not None:
-            _save_state(checkpoint, decoder, opt, epoch, history)
-        if on_epoch is not None:
-            on_epoch(epoch, stats)
-    decoder.eval()
-    return history
+        return stats | {"val_mae": val["mae"], "val_ssim": val["ssim"]}
+
+    return fit_epochs(decoder, opt, cfg.epochs, epoch_fn, what="decoder", checkpoint=checkpoint,
+                      on_epoch=on_epoch, shown=("train_loss", "val_mae", "val_ssim"))
 
 
 # resumable state
+
+
+def fit_epochs(model: torch.nn.Module, opt: torch.optim.Optimizer, epochs: int,
+               epoch_fn: Callable[[int], dict], *, what: str,
+               checkpoint: str | Path | None = None,
+               on_epoch: Callable[[int, dict], None] | None = None,
+               shown: tuple[str, ...] = ("train_loss",)) -> list[dict]:
+    """The one resumable training loop (classifier, decoder and the neutral judge use it).
+
+    Args:
+        model, opt: what trains; both are restored from `checkpoint` when it exists.
+        epochs: total epochs; a resumed loop continues after the last saved one.
+        epoch_fn: one epoch -> its statistics (with "images_per_s").
+        what: the name in logs and errors.
+        checkpoint: the resume file, written atomically after every epoch (None: no resume).
+        on_epoch: called with (epoch, stats) after each epoch (Tune reports through it).
+        shown: statistics in the one-line log of each epoch.
+    Returns:
+        The per-epoch history, including epochs restored from the checkpoint.
+    """
+    history, start = _maybe_resume(checkpoint, model, opt, what)
+    for epoch in range(start, epochs):
+        stats = {"epoch": epoch, **epoch_fn(epoch)}
+        history.append(stats)
+        log.info("%s epoch %d: %s %.0f img/s", what, epoch,
+                 " ".join(f"{k} {stats[k]:.4g}" for k in shown), stats["images_per_s"])
+        if checkpoint is not None:
+            _save_state(checkpoint, model, opt, epoch, history)
+        if on_epoch is not None:
+            on_epoch(epoch, stats)
+    model.eval()
+    return history
 
 
 def _save_state(path: str | Path, model, opt, epoch: int, history: list[dict]) -> None:

@@ -26,17 +26,15 @@ from tqdm.auto import tqdm
 from regene_ray.checkpoint import (
     MODEL_CONFIG_FILE,
     WEIGHTS_FILE,
-    atomic_torch_save,
     load_weights,
     read_config,
-    safe_torch_load,
     save_model,
 )
 from regene_ray.config import ConfigError, from_dict, save_json, to_dict
 from regene_ray.data import DataSplits, iterate_batches, to_float
 from regene_ray.ownership import MARKER_FILE, OwnershipError, read_marker, write_marker
 from regene_ray.storage import Storage
-from regene_ray.train import cosine_lr
+from regene_ray.train import cosine_lr, fit_epochs
 
 log = logging.getLogger(__name__)
 
@@ -220,14 +218,8 @@ def train_neutral(model: NeutralClassifier, data: DataSplits, cfg: NeutralTrainC
     """
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start, history = 0, []
-    if checkpoint is not None and checkpoint.is_file():
-        state = safe_torch_load(checkpoint)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        start, history = int(state["epoch"]) + 1, list(state.get("history", []))
-        log.info("neutral: resuming after epoch %d from %s", start - 1, checkpoint)
-    for epoch in range(start, cfg.epochs):
+
+    def epoch_fn(epoch: int) -> dict:
         model.train()
         for group in opt.param_groups:
             group["lr"] = cosine_lr(cfg.lr, epoch, cfg.epochs)
@@ -249,17 +241,12 @@ def train_neutral(model: NeutralClassifier, data: DataSplits, cfg: NeutralTrainC
             total += float(loss.detach()) * len(yb)
             correct += int((logits.argmax(1) == yb).sum())
             n += len(yb)
-        secs = time.perf_counter() - t0
-        row = {"epoch": epoch, "train_loss": total / n, "train_accuracy": correct / n,
-               "val_accuracy": accuracy(model, data.holdout_x, data.holdout_y, device),
-               "images_per_s": n / secs}
-        history.append(row)
-        log.info("neutral epoch %d: loss %.4f train_acc %.4f val_acc %.4f %.0f img/s", epoch,
-                 row["train_loss"], row["train_accuracy"], row["val_accuracy"], row["images_per_s"])
-        if checkpoint is not None:
-            atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict(),
-                               "epoch": epoch, "history": history}, checkpoint)
-    return history
+        return {"train_loss": total / n, "train_accuracy": correct / n,
+                "val_accuracy": accuracy(model, data.holdout_x, data.holdout_y, device),
+                "images_per_s": n / (time.perf_counter() - t0)}
+
+    return fit_epochs(model, opt, cfg.epochs, epoch_fn, what="neutral", checkpoint=checkpoint,
+                      shown=("train_loss", "train_accuracy", "val_accuracy"))
 
 
 def load_or_train_neutral(folder: str | Path, data: DataSplits, model_cfg: ResNetConfig,

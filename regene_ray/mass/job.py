@@ -30,14 +30,10 @@ from regene_ray.mass.plan import ChunkInfo, class_rates, cutoffs, plan_wave, pri
 from regene_ray.mass.run_files import run_hashes
 from regene_ray.mass.sinks import PNG_SHARD, png_relpath, read_metadata, write_parquet_atomic
 from regene_ray.ownership import (
-    LEASE_FILE,
-    MARKER_FILE,
     Lease,
-    OwnershipError,
     claim_for_overwrite,
-    read_marker,
+    inspect_owned,
     refuse_if_held,
-    refuse_protected,
     write_marker,
 )
 from regene_ray.storage import Storage, redact
@@ -205,17 +201,9 @@ def inspect_output(out: Storage, identity: dict, *, resume: bool, overwrite: boo
         raise FileExistsError(f"--out {out} is a file; pass a folder path")
     if lease is None:
         refuse_if_held(out)  # another live driver: say so, whatever state the folder is in
-    if not [n for n in out.names() if n != LEASE_FILE]:  # our own lease does not count
-        return "new"
-    marker = read_marker(out)
-    if marker is None or marker.get("kind") != "mass":
-        raise OwnershipError(
-            f"--out {out} is a non-empty folder without a regene-ray ownership marker "
-            f"({MARKER_FILE} of a mass generation), not a mass-generation output; choose a new "
-            "or empty folder. Nothing in it is deleted, with or without --overwrite")
-    if overwrite:
-        refuse_protected(out)
-        return "overwrite"
+    action = inspect_owned(out, "mass", overwrite=overwrite, what="a mass-generation output")
+    if action != "existing":
+        return action
     if not out.is_file(JOB_FILE):
         raise FileExistsError(
             f"--out {out} holds what is left of an interrupted --overwrite (no {JOB_FILE}); run "
