@@ -38,6 +38,8 @@ from regene_ray.ownership import (
 )
 from regene_ray.storage import Storage, atomic_write_bytes
 from regene_ray.train import (
+    CLASSIFIER_STATE,
+    DECODER_STATE,
     ClassifierTrainConfig,
     DecoderTrainConfig,
     evaluate_classifier,
@@ -87,7 +89,7 @@ def load_run_config(path: str | Path) -> RunConfig:
 # Everything a training run writes directly inside its folder: --overwrite deletes these (and
 # only these, as the folder's ownership marker lists them) when it replaces an earlier run.
 RUN_ARTEFACTS = [RUN_CONFIG_FILE, "classifier", "decoder", BANK_FILE, THRESHOLDS_FILE, METRICS_FILE,
-                 RECON_GRID, GEN_GRID, "classifier_train_state.pt", "decoder_train_state.pt"]
+                 RECON_GRID, GEN_GRID, CLASSIFIER_STATE, DECODER_STATE]
 
 
 def inspect_out_dir(out: Path, cfg: RunConfig, *, overwrite: bool) -> str:
@@ -174,7 +176,7 @@ def train_run(cfg: RunConfig, out: str | Path, *, device: str = "auto",
         clf_hist = []
     else:
         clf_hist = train_classifier(clf, data, cfg.classifier_training, dev,
-                                    checkpoint=out / "classifier_train_state.pt", seed=cfg.seed)
+                                    checkpoint=out / CLASSIFIER_STATE, seed=cfg.seed)
         clf.save(out / "classifier")
     timings["classifier_s"] = time.perf_counter() - t0
 
@@ -186,7 +188,7 @@ def train_run(cfg: RunConfig, out: str | Path, *, device: str = "auto",
         dec_hist = []
     else:
         dec_hist = train_decoder(dec, clf, data, cfg.decoder_training, dev, perceptual,
-                                 checkpoint=out / "decoder_train_state.pt", seed=cfg.seed)
+                                 checkpoint=out / DECODER_STATE, seed=cfg.seed)
         dec.save(out / "decoder")
     timings["decoder_s"] = time.perf_counter() - t0
 

@@ -27,6 +27,10 @@ from regene_ray.losses import LossConfig, ReconstructionLoss, ssim_score
 
 log = logging.getLogger(__name__)
 
+# the resume files of a run (and of a search trial's checkpoint): fit_epochs' one format
+CLASSIFIER_STATE = "classifier_train_state.pt"
+DECODER_STATE = "decoder_train_state.pt"
+
 
 @dataclass
 class ClassifierTrainConfig:

@@ -1,9 +1,10 @@
 """Architecture search on Ray Tune + Optuna: two objectives (accuracy up, decoder MAE down).
 
 Pieces, in pipeline order:
-- `train_trial`: the Tune trainable, a short loop around the core's epoch functions. It trains the
-  classifier (reporting val_accuracy and latent_sparsity each epoch), then the decoder on the
-  frozen codes (reporting val_mae), checkpointing every epoch so a restored trial continues.
+- `train_trial`: the Tune trainable: jobs/train.py's train_classifier (reporting val_accuracy
+  and latent_sparsity each epoch), then train_decoder on the frozen codes (reporting val_mae),
+  through their on_epoch hook; the checkpoint is their resume files, so a restored trial
+  continues where it stopped.
 - `make_searcher`: OptunaSearch with metric=[val_accuracy, val_mae], mode=[max, min], a seeded
   sampler and an Optuna sqlite storage in the experiment folder (optuna-dashboard opens it).
 - `run_sweep`: builds or restores the Tuner, runs it, and writes the outputs: trials.parquet,
@@ -45,6 +46,7 @@ import math
 import pickle
 import posixpath
 import re
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -55,10 +57,9 @@ import yaml
 from optuna.storages import RDBStorage
 from ray.tune.search.optuna import OptunaSearch
 
-from regene_ray.checkpoint import atomic_torch_save, safe_torch_load
 from regene_ray.config import ConfigError, save_json, to_dict
 from regene_ray.data import load_data
-from regene_ray.losses import ReconstructionLoss, build_perceptual
+from regene_ray.losses import build_perceptual
 from regene_ray.ownership import MARKER_FILE, OwnershipError, read_marker, write_marker
 from regene_ray.run import build_models
 from regene_ray.search.outputs import (
@@ -77,12 +78,11 @@ from regene_ray.search.space import SearchSpace
 from regene_ray.search.sync import download_files, driver_folder, upload_files
 from regene_ray.storage import Storage
 from regene_ray.train import (
-    classifier_epoch,
-    decoder_epoch,
-    encode_all,
-    evaluate_classifier,
-    evaluate_decoder,
+    CLASSIFIER_STATE,
+    DECODER_STATE,
     resolve_device,
+    train_classifier,
+    train_decoder,
 )
 
 log = logging.getLogger(__name__)
@@ -138,11 +138,15 @@ class StudySearch(OptunaSearch):
         return super().suggest(trial_id)
 
 
-STATE_FILE = "trial_state.pt"
 
 
 def train_trial(config: dict, space: SearchSpace, threads: int = 1, device: str = "cpu") -> None:
-    """Tune trainable: classifier epochs, then decoder epochs, one report + checkpoint per epoch.
+    """Tune trainable: jobs/train.py's own train_classifier, then train_decoder on the frozen
+    codes, each reporting and checkpointing through its on_epoch hook.
+
+    The checkpoint is the run folder's resume files (classifier_train_state.pt and
+    decoder_train_state.pt, regene_ray.train's one format): a restored trial copies them back
+    and the same functions continue from the last finished epoch.
 
     Args:
         config: the searched values (dotted RunConfig paths), chosen by the sampler.
@@ -150,6 +154,7 @@ def train_trial(config: dict, space: SearchSpace, threads: int = 1, device: str 
         threads: torch CPU threads (the trial's CPU share).
         device: "cpu", or "auto" for the GPU (share) Tune gave the trial.
     """
+    import ray
     from ray import tune
 
     torch.set_num_threads(max(1, threads))
@@ -157,63 +162,54 @@ def train_trial(config: dict, space: SearchSpace, threads: int = 1, device: str 
     dev = resolve_device(device)
     data = load_data(cfg.data)
     clf, dec = build_models(cfg, data)
-    clf, dec = clf.to(dev), dec.to(dev)
-    ct, dt = cfg.classifier_training, cfg.decoder_training
-    clf_opt = torch.optim.AdamW(clf.parameters(), lr=ct.lr, weight_decay=ct.weight_decay)
-    dec_opt = torch.optim.AdamW(dec.parameters(), lr=dt.lr, weight_decay=dt.weight_decay)
-    step, last = _restore(tune.get_checkpoint(), clf, dec, clf_opt, dec_opt, dev)
-    n_clf = ct.epochs
+    n_clf, node = cfg.classifier_training.epochs, ray.get_runtime_context().get_node_id()
+    reported = []
 
-    for epoch in range(step, n_clf):  # 1. classifier
-        stats = classifier_epoch(clf, clf_opt, data, ct, epoch, dev, cfg.seed)
-        val = evaluate_classifier(clf, data.holdout_x, data.holdout_y, dev)
-        last = {"phase": "classifier", "epoch": epoch, "classifier_epochs_done": epoch + 1,
-                "val_accuracy": val["accuracy"], "latent_sparsity": val["latent_sparsity"],
-                "val_mae": WORST_MAE, "val_ssim": 0.0, "train_loss": stats["train_loss"]}
-        _report(tune, last, clf, dec, clf_opt, dec_opt, epoch + 1)
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        restored = tune.get_checkpoint()
+        if restored is not None:
+            with restored.as_directory() as d:
+                for name in (CLASSIFIER_STATE, DECODER_STATE):
+                    if (Path(d) / name).is_file():
+                        shutil.copy(Path(d) / name, work / name)
 
-    if step < n_clf + dt.epochs:  # 2. decoder on the frozen codes
-        clf.eval().requires_grad_(False)
-        codes = encode_all(clf, data.train_x, dev)  # (N, latent_dim)
-        loss_fn = ReconstructionLoss(dt.loss, build_perceptual(dt.loss, clf)[0]).to(dev)
-    for epoch in range(max(step - n_clf, 0), dt.epochs):
-        stats = decoder_epoch(dec, loss_fn, dec_opt, codes, data.train_x, dt, epoch, dev, cfg.seed)
-        val = evaluate_decoder(dec, clf, data.holdout_x, dev)
-        last = {**last, "phase": "decoder", "epoch": n_clf + epoch, "val_mae": val["mae"],
-                "val_ssim": val["ssim"], "train_loss": stats["train_loss"]}
-        _report(tune, last, clf, dec, clf_opt, dec_opt, n_clf + epoch + 1)
+        def report(metrics: dict) -> None:  # each report names the trial's node (trials.parquet)
+            reported.append({**metrics, "node_id": node})
+            with tempfile.TemporaryDirectory() as snap:  # the state files as of this epoch
+                for f in work.iterdir():
+                    shutil.copy(f, snap)
+                tune.report(reported[-1], checkpoint=tune.Checkpoint.from_directory(snap))
 
-    if step >= n_clf + dt.epochs:  # restored after its last epoch: repeat the final result
-        import ray
-
-        tune.report({**last, "node_id": ray.get_runtime_context().get_node_id()})
-
-
-def _report(tune, metrics: dict, clf, dec, clf_opt, dec_opt, step: int) -> None:
-    """tune.report with a checkpoint holding both models, both optimizers and the next step.
-    Each report also names the Ray node the trial runs on (trials.parquet's node_id)."""
-    import ray
-
-    metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}
-    with tempfile.TemporaryDirectory() as d:
-        atomic_torch_save({"step": step, "metrics": metrics, "clf": clf.state_dict(),
-                           "dec": dec.state_dict(), "clf_opt": clf_opt.state_dict(),
-                           "dec_opt": dec_opt.state_dict()}, Path(d) / STATE_FILE)
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        clf_hist = train_classifier(clf, data, cfg.classifier_training, dev,
+                                    checkpoint=work / CLASSIFIER_STATE, seed=cfg.seed,
+                                    on_epoch=lambda e, s: report(_classifier_metrics(e, s)))
+        clf_last = _classifier_metrics(len(clf_hist) - 1, clf_hist[-1])
+        perceptual, _ = build_perceptual(cfg.decoder_training.loss, clf)
+        dec_hist = train_decoder(dec, clf, data, cfg.decoder_training, dev, perceptual,
+                                 checkpoint=work / DECODER_STATE, seed=cfg.seed,
+                                 on_epoch=lambda e, s: report(_decoder_metrics(clf_last, n_clf,
+                                                                               e, s)))
+        if not reported:  # restored after its last epoch: repeat the final result
+            tune.report({**_decoder_metrics(clf_last, n_clf, len(dec_hist) - 1, dec_hist[-1]),
+                         "node_id": node})
 
 
-def _restore(checkpoint, clf, dec, clf_opt, dec_opt, dev) -> tuple[int, dict]:
-    """(next step, last metrics) from a Tune checkpoint, loading the states in place."""
-    if checkpoint is None:
-        return 0, {}
-    with checkpoint.as_directory() as d:
-        state = safe_torch_load(Path(d) / STATE_FILE, map_location=dev)
-    clf.load_state_dict(state["clf"])
-    dec.load_state_dict(state["dec"])
-    clf_opt.load_state_dict(state["clf_opt"])
-    dec_opt.load_state_dict(state["dec_opt"])
-    log.info("trial restored at step %d (%s)", state["step"], state["metrics"].get("phase"))
-    return int(state["step"]), dict(state["metrics"])
+def _classifier_metrics(epoch: int, stats: dict) -> dict:
+    """A classifier-phase report: val_mae is the WORST_MAE placeholder (no decoder yet)."""
+    return {"phase": "classifier", "epoch": epoch, "classifier_epochs_done": epoch + 1,
+            "val_accuracy": stats["val_accuracy"], "latent_sparsity": stats["latent_sparsity"],
+            "val_mae": WORST_MAE, "val_ssim": 0.0, "train_loss": stats["train_loss"]}
+
+
+def _decoder_metrics(classifier_last: dict, n_clf: int, epoch: int, stats: dict) -> dict:
+    """A decoder-phase report: the classifier's final values and this epoch's MAE / SSIM."""
+    return {**classifier_last, "phase": "decoder", "epoch": n_clf + epoch,
+            "val_mae": stats["val_mae"], "val_ssim": stats["val_ssim"],
+            "train_loss": stats["train_loss"]}
+
+
+# the searcher
 
 
 def optuna_distributions(space: SearchSpace) -> dict:
