@@ -179,3 +179,32 @@ class ConvexGenerator:
             image_confidence=img_conf.cpu().numpy().astype(np.float32),
             accepted=accepted.cpu().numpy(), images=images.cpu().numpy(),
         )
+
+
+def measure_acceptance(gen: ConvexGenerator, n_parents: int, per_class: int, *,
+                       seed: int) -> dict:
+    """How often fresh candidates pass the filter steps: `per_class` candidates of every class
+    with at least `n_parents` eligible parents, ids 0, 1, ... (the keyed streams make `seed`
+    alone decide which candidates these are).
+
+    Returns:
+        {"classes", "candidates" (in all), "latent_step", "image_step_given_latent",
+         "accepted" (overall fractions), "per_class": {"latent_step", "accepted"} (lists of
+         length num_classes, NaN for classes left out)}
+    """
+    classes = gen.eligible_classes(n_parents)
+    K = gen.num_classes
+    per = {"latent_step": [float("nan")] * K, "accepted": [float("nan")] * K}
+    if not classes:
+        return {"classes": [], "candidates": 0, "per_class": per}
+    labels = np.repeat(np.asarray(classes, dtype=np.int64), per_class)  # (C * per_class,)
+    b = gen(labels, n_parents=n_parents, seed=seed, ids=np.arange(len(labels), dtype=np.int64))
+    for c in classes:
+        m = b.labels == c
+        per["latent_step"][c] = float(b.latent_pass[m].mean())
+        per["accepted"][c] = float(b.accepted[m].mean())
+    lat, acc = float(b.latent_pass.mean()), float(b.accepted.mean())
+    return {"classes": list(classes), "candidates": len(labels), "latent_step": lat,
+            "image_step_given_latent": acc / lat if lat > 0 else 0.0, "accepted": acc,
+            "per_class": per}
+

@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
@@ -22,7 +21,7 @@ from regene_ray.classifier import ArchConfig, Classifier, ClassifierConfig
 from regene_ray.config import ConfigError, from_dict, load_yaml, save_json, to_dict
 from regene_ray.data import DataConfig, DataSplits, load_data
 from regene_ray.decoder import Decoder, DecoderConfig
-from regene_ray.generator import ConvexGenerator
+from regene_ray.generator import ConvexGenerator, measure_acceptance
 from regene_ray.latent_bank import (
     BANK_FILE,
     THRESHOLDS_FILE,
@@ -55,6 +54,7 @@ RUN_CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 RECON_GRID = "reconstructions.png"
 GEN_GRID = "generations.png"
+ACCEPTANCE_SEED = 1000  # offset from the run seed: acceptance candidates are not grid ones
 
 
 @dataclass
@@ -204,7 +204,7 @@ def train_run(cfg: RunConfig, out: str | Path, *, device: str = "auto",
     test = evaluate_classifier(clf, data.test_x, data.test_y, dev)
     recon = evaluate_decoder(dec, clf, data.test_x, dev)
     gen = ConvexGenerator(bank, clf, dec, thresholds, device=dev)
-    acceptance = measure_acceptance(gen, cfg, data.num_classes)
+    acceptance = run_acceptance(gen, cfg, data.num_classes)
     from regene_ray.pictures import save_generation_grid, save_reconstruction_grid
 
     save_reconstruction_grid(clf, dec, data, out / RECON_GRID, dev)
@@ -261,27 +261,18 @@ def class_mean_baseline_mae(data: DataSplits) -> float:
     return float((means[data.test_y] - t).abs().mean())
 
 
-def measure_acceptance(gen: ConvexGenerator, cfg: RunConfig, num_classes: int) -> dict:
-    """Fraction of candidates passing each filter step, per number of parents."""
+def run_acceptance(gen: ConvexGenerator, cfg: RunConfig, num_classes: int) -> dict:
+    """generator.measure_acceptance for each n of the grid, about cfg.acceptance_candidates
+    candidates each (the prior mass generation plans its first wave from)."""
     out = {}
-    n = cfg.acceptance_candidates
-    for k in cfg.grid_n_parents:
-        classes = gen.eligible_classes(k)
+    for n in cfg.grid_n_parents:
+        classes = gen.eligible_classes(n)
         if len(classes) < num_classes:
             log.warning("n=%d: classes %s have fewer than %d eligible parents; left out of the "
-                        "acceptance measurement", k, sorted(set(range(num_classes)) - set(classes)), k)
-        if not classes:
-            out[str(k)] = {"candidates": 0, "classes": []}
-            continue
-        labels = np.asarray(classes)[np.arange(n) % len(classes)]
-        b = gen(labels, n_parents=k, seed=cfg.seed + 1000 + k)
-        lat = float(b.latent_pass.mean())
-        acc = float(b.accepted.mean())
-        out[str(k)] = {
-            "candidates": n,
-            "classes": classes,
-            "latent_step": lat,
-            "image_step_given_latent": acc / lat if lat > 0 else 0.0,
-            "accepted": acc,
-        }
+                        "acceptance measurement", n, sorted(set(range(num_classes)) - set(classes)),
+                        n)
+        per_class = -(-cfg.acceptance_candidates // max(len(classes), 1))
+        m = measure_acceptance(gen, n, per_class, seed=cfg.seed + ACCEPTANCE_SEED)
+        m.pop("per_class")
+        out[str(n)] = m
     return out

@@ -50,7 +50,7 @@ from regene_ray.evaluation.neutral import (
 )
 from regene_ray.evaluation.novelty import nearest_ssim, novelty
 from regene_ray.evaluation.report import Figure, Table, render_html
-from regene_ray.generator import ConvexGenerator, to_uint8
+from regene_ray.generator import ConvexGenerator, measure_acceptance, to_uint8
 from regene_ray.run import METRICS_FILE, RUN_CONFIG_FILE, load_run_config
 from regene_ray.storage import atomic_write_bytes
 from regene_ray.train import resolve_device
@@ -269,21 +269,10 @@ def reconstruct(gen: ConvexGenerator, x: torch.Tensor, batch_size: int = 512) ->
 
 def acceptance_per_class(gen: ConvexGenerator, n_parents: list[int], per_class: int,
                          seed: int) -> dict:
-    """Fraction of candidates kept by step 1 and by both steps, per class, for each n."""
-    K = gen.num_classes
-    out = {}
-    for k in n_parents:
-        classes = np.asarray(gen.eligible_classes(k), dtype=np.int64)
-        lat, acc = [float("nan")] * K, [float("nan")] * K
-        if len(classes):
-            labels = np.repeat(classes, per_class)
-            ids = np.arange(len(labels), dtype=np.int64) + 2_000_000_000 + k * 10_000_000
-            b = gen(labels, n_parents=k, seed=seed + 7, ids=ids)
-            for c in classes:
-                m = b.labels == c
-                lat[c], acc[c] = float(b.latent_pass[m].mean()), float(b.accepted[m].mean())
-        out[str(k)] = {"latent_step": lat, "accepted": acc, "candidates_per_class": per_class}
-    return out
+    """Fraction of candidates kept by step 1 and by both steps, per class, for each n
+    (generator.measure_acceptance, the same measurement jobs/train.py records)."""
+    return {str(n): measure_acceptance(gen, n, per_class, seed=seed)["per_class"]
+            | {"candidates_per_class": per_class} for n in n_parents}
 
 
 def interpolation_rows(gen: ConvexGenerator, data: DataSplits, n_rows: int, seed: int
