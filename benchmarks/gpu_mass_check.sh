@@ -1,46 +1,61 @@
 #!/usr/bin/env bash
-# GPU check of mass generation on a lent CUDA machine. Carry runs/demo (a trained digits run).
-#   1. the batch transform on cuda without Ray: speed per batch size, agreement with the CPU
-#   2. jobs/mass_generate.py with --gpus-per-worker: images/s, and identical output for 2 and 4
-#      actors (determinism on the GPU)
+# GPU check of mass generation through Ray on a lent CUDA machine, with an MNIST-size run.
+# Today's stage is the fused one (each actor mixes, filters, decodes, re-classifies and encodes
+# PNGs); this measures it through `jobs/mass_generate.py --gpus-per-worker` for the first time.
+# Carried beside the repo (both git-ignored):
+#   .whl/                   ../shared/tools/device-bundle.sh: Ray without its jars + missing wheels
+#   .gpu_data/MNIST/raw/    gzipped official MNIST files
+# Writes its figures to $OUT; about 6 minutes on one H100.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
-RUN=${RUN:-runs/demo}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-python3 - "$RUN" <<'EOF'
-import sys, time, numpy as np, torch
+T0=$(date +%s)
+mkdir -p /tmp/site && tar -xJf .whl/ray-nojars.tar.xz -C /tmp/site && \
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && \
+  export PYTHONPATH=/tmp/site:$PWD || exit 1
+mkdir -p /tmp/data/MNIST/raw && for f in .gpu_data/MNIST/raw/*.gz; do
+  gunzip -c "$f" > /tmp/data/MNIST/raw/$(basename "$f" .gz); done
+export REGENE_DATA_ROOT=/tmp/data PYTHONUNBUFFERED=1
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc
+  python3 -c "import torch, ray; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'ray', ray.__version__)"
+} 2>&1 | tee "$OUT/machine.txt"
+
+echo "== 1. train configs/mnist.yaml on cuda"
+python3 jobs/train.py --config configs/mnist.yaml --out /tmp/run --device cuda > "$OUT/train.log" 2>&1
+tail -2 "$OUT/train.log"; cp /tmp/run/metrics.json "$OUT/metrics_run.json" 2>/dev/null
+
+echo "== 2. bare single-process GPU loop (the batch transform, no Ray), chunk 16384, batch 4096"
+python3 - <<'PY' 2>&1 | tee "$OUT/bare.txt"
+import time, torch
 from regene_ray import mass
-run = sys.argv[1]
-cpu = mass.GenerateChunks(run, chunk_size=1024, torch_threads=4)
-gpu = mass.GenerateChunks(run, chunk_size=1024, device="cuda", torch_threads=4)
-a, _ = cpu.generate(3, 0); b, _ = gpu.generate(3, 0)
-ia, ib = a["id"].to_numpy(), b["id"].to_numpy()
-both = np.intersect1d(ia, ib)
-from PIL import Image; import io
-px = lambda t, i: np.asarray(Image.open(io.BytesIO(t["image"][int(np.flatnonzero(t["id"].to_numpy() == i)[0])]["bytes"].as_py()))).astype(int)
-diff = max(np.abs(px(a, i) - px(b, i)).max() for i in both[:200])
-print(f"cpu vs cuda, chunk (3,0): accepted {len(ia)} / {len(ib)}, common {len(both)}, "
-      f"max pixel diff over 200 common rows {diff}, tf32 conv {torch.backends.cudnn.allow_tf32}")
-for C in (1024, 4096, 16384):
-    gpu.chunk_size = C
-    gpu.generate(0, 0); torch.cuda.synchronize()
-    t = time.perf_counter()
-    for k in range(1, 4):
-        gpu.generate(k % 10, k)
-    torch.cuda.synchronize(); dt = (time.perf_counter() - t) / 3
-    print(f"cuda transform, one actor, batch {C}: {C / dt:.0f} candidates/s (incl. PNG encoding)")
-EOF
-python3 -c "import ray; print('ray', ray.__version__)" || { echo "no ray on this machine"; exit 0; }
+g = mass.GenerateChunks("/tmp/run", chunk_size=16384, batch_size=4096, device="cuda", torch_threads=4)
+g.generate(0, 0); torch.cuda.synchronize()
+t, n, acc = time.perf_counter(), 0, 0
+for k in range(1, 9):
+    table, info = g.generate(k % 10, k); n += info.tried; acc += info.accepted
+torch.cuda.synchronize(); dt = time.perf_counter() - t
+print(f"bare GPU loop: {n / dt:.0f} candidates/s, {acc / dt:.0f} accepted img/s over {n} candidates")
+PY
+
+nvidia-smi dmon -s u -d 1 > "$OUT/dmon.txt" 2>&1 &
+DMON=$!
+echo "== 3. identical output for 2 and 4 GPU actors (100k, --gpus-per-worker 0.25)"
 for w in 2 4; do
-  /usr/bin/time -v python3 jobs/mass_generate.py --run "$RUN" --count 100000 --batch-size 4096 \
-    --gpus-per-worker 0.25 --workers $w --out /tmp/gpu_w$w 2> /tmp/gpu_w$w.log | tail -2
-  grep -E "mass_generate:|Maximum resident|Elapsed" /tmp/gpu_w$w.log | tail -4
-  cp /tmp/gpu_w$w/summary.json "$OUT/summary_gpu_w$w.json"
+  /usr/bin/time -v python3 jobs/mass_generate.py --run /tmp/run --count 100000 --batch-size 4096 \
+    --gpus-per-worker 0.25 --workers $w --out /tmp/gen_w$w > /dev/null 2> /tmp/gen_w$w.log
+  grep -E "mass_generate:.*img/s|Elapsed|Maximum resident" /tmp/gen_w$w.log | tee -a "$OUT/ray_100k.txt"
 done
-python3 - <<'EOF'
+python3 - <<'PY' 2>&1 | tee -a "$OUT/ray_100k.txt"
 import pyarrow.parquet as pq
-a = pq.read_table("/tmp/gpu_w2/data").sort_by("id"); b = pq.read_table("/tmp/gpu_w4/data").sort_by("id")
+a = pq.read_table("/tmp/gen_w2/data").sort_by("id"); b = pq.read_table("/tmp/gen_w4/data").sort_by("id")
 print("rows", a.num_rows, b.num_rows, "identical outputs with 2 and 4 GPU actors:", a.equals(b))
-EOF
+PY
+echo "== 4. 1e6 images through Ray, 4 actors x 0.25 GPU (stopped after 240 s)"
+echo "dmon line at 1e6 start: $(wc -l < "$OUT/dmon.txt")" >> "$OUT/ray_1m.txt"
+timeout 240 /usr/bin/time -v python3 jobs/mass_generate.py --run /tmp/run --count 1e6 \
+  --batch-size 4096 --gpus-per-worker 0.25 --workers 4 --out /tmp/gen_1m > /dev/null 2> /tmp/gen_1m.log
+echo "exit $?" >> "$OUT/ray_1m.txt"
+grep -E "mass_generate:.*img/s|wave|Elapsed|Maximum resident" /tmp/gen_1m.log | tee -a "$OUT/ray_1m.txt"
+cp /tmp/gen_1m/summary.json "$OUT/summary_1m.json" 2>/dev/null
+kill $DMON 2>/dev/null
+tail -5 /tmp/gen_1m.log > "$OUT/ray_1m_tail.txt"
+echo "total $(( $(date +%s) - T0 )) s"
