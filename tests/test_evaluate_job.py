@@ -18,8 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
-from regene_ray.evaluation.evaluate import REPORT_KIND, prepare_report_dir, read_generated
+from regene_ray.evaluation.evaluate import REPORT_KIND, prepare_report_dir
 from regene_ray.evaluation.neutral import NeutralClassifier
+from regene_ray.evaluation.stages import read_generated
 from regene_ray.generator import ConvexGenerator, encode_png
 from tests.conftest import REPO
 

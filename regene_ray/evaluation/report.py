@@ -11,6 +11,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from regene_ray.evaluation.stages import FID_ROWS
+
 CSS = """
 body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 24px auto;
        max-width: 1100px; color: #1d2433; background: #fff; line-height: 1.4; }
@@ -87,3 +89,145 @@ def render_html(title: str, intro: Sequence[str], tables: Sequence[Table],
         parts.append(f'<p class="note">{html.escape(footer)}</p>')
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+# the text around the numbers
+
+
+def intro(m: dict) -> list[str]:
+    g = m["generated"]
+    return [
+        f"Run {m['run']} on {m['dataset']}; generations: {g['source']} ({g['evaluated']} "
+        f"evaluated of {g['available']}); device {m['device']}, {m['torch_threads']} torch "
+        f"thread(s) on {m['machine']}.",
+        f"Neutral classifier: {m['neutral']['architecture']} trained from scratch on the run's "
+        f"training split, test accuracy {m['neutral']['test_accuracy']:.4f}"
+        f"{' (cached)' if m['neutral'].get('cached') else ''}.",
+        "Org = real training images, Recon = decoder(encoder(training images)), Gen = accepted "
+        "convex generations.",
+    ]
+
+
+def tables(m: dict) -> list[Table]:
+    s, ref = m["generation_accuracy"], m["reference_accuracy"]
+    acc_rows = [[f"generations, n = {n}", v] for n, v in sorted(s["per_n"].items(), key=lambda
+                                                                   kv: int(kv[0]))]
+    acc_rows += [["generations, all", s["overall"]], ["real test images", ref["real_test"]],
+                 ["reconstructed test images", ref["reconstructed_test"]]]
+    fid = m["fid"]
+    fid_rows = [[FID_ROWS[k][0], r["mean"], r["std"], r["seeds"], r["sample_size"], r["features"]]
+                for k, r in fid["rows"].items()]
+    nov_rows = [[name, v["copy_fraction"], v["expected_fraction"], v["near_duplicate_fraction"],
+                 v["test_near_duplicate_fraction"], v["median_ratio"], v["threshold"]]
+                for name, v in ((k, m["novelty"][k]) for k in ("pixel", "feature"))]
+    acc = m["acceptance"]["run_metrics"]
+    run_rows = [[f"n = {n}", a.get("latent_step", float("nan")),
+                 a.get("image_step_given_latent", float("nan")), a.get("accepted", float("nan"))]
+                for n, a in sorted(acc.items(), key=lambda kv: int(kv[0]))]
+    tables = [
+        Table("Neutral classifier accuracy (paper Fig. 4a)", ["images", "accuracy"], acc_rows,
+              "Fraction assigned to the intended label. The paper reports >= 0.9 on MNIST."),
+        Table("FID (paper Table 1)", ["pair", "mean", "std", "seeds", "images per side",
+                                      "feature network"], fid_rows,
+              f"Feature choice: {fid['features_note']}. The Org vs Org row compares two "
+              "disjoint samples of real images: no FID at this sample size can go below it. "
+              "Paper (MNIST, Inception): Org vs Gen 16.3, Org vs Recon 13.9, Recon vs Gen 3.03."),
+        Table("Novelty and memorisation (paper Fig. 6)",
+              ["space", "flagged as copies", "expected by chance", "near-duplicates among gens",
+               "same among test images", "median NN distance gen / test", "copy threshold (all classes)"],
+              nov_rows,
+              "A generation is flagged when it is closer to its nearest training image than "
+              f"the closest {m['novelty']['copy_quantile']:g} of real test images of its class "
+              "are (copy threshold: the same over all classes); novel "
+              "generations are flagged at about the chance rate, copies all are. A near-duplicate "
+              "is a generation whose nearest other generation is closer than that threshold; "
+              "the same fraction among as many real test images is the chance level."),
+    ]
+    if run_rows:
+        tables.append(Table("Filter acceptance measured by jobs/train.py",
+                            ["n", "latent step", "image step given latent", "both steps"],
+                            run_rows))
+    return tables
+
+
+# the pictures, with their captions
+
+
+def report_figures(cfg, inp, gset, scores, nov, acceptance: dict) -> tuple[list[Figure], list[str]]:
+    """The report's figures (PNG bytes + title + caption) from the stages' results, and the
+    warnings about figures left out. Arguments are evaluation.stages results."""
+    from regene_ray.evaluation import figures as figs
+    from regene_ray.evaluation.stages import (
+        INTERPOLATION_RATIOS,
+        interpolation_rows,
+        latent_embedding,
+        overlay_groups,
+    )
+
+    data, gen, warnings = inp.data, inp.gen, []
+    figures = [
+        Figure("neutral_accuracy", "Neutral classifier accuracy on generations (paper Fig. 4a)",
+               f"Fraction of {len(gset)} generations that the neutral ResNet-{cfg.neutral_depth} "
+               "assigns to their intended class, per class and number of parents n; the dashed "
+               "line is its accuracy on real test images.",
+               figs.neutral_accuracy_bars(scores.generations, data.class_names,
+                                          scores.reference["real_test"])),
+    ]
+    interp = interpolation_rows(gen, data, cfg.interpolation_classes, cfg.seed)
+    if interp:
+        figures.append(Figure(
+            "interpolation", "Interpolation strips (paper Fig. 5)",
+            "Left and right: two real training images of one class. Between them: decoded "
+            "convex mixes (1 - r) z_A + r z_B of their codes for r = 0.1 ... 0.9, unfiltered; "
+            "the frame says whether the mix passes both filter steps.",
+            figs.interpolation_strips(interp, INTERPOLATION_RATIOS)))
+    groups = overlay_groups(gset, data.train_x, cfg.overlay_per_n)
+    if groups:
+        figures.append(Figure(
+            "parents_overlay", "Generations beside an overlay of their parents",
+            "Each framed generation is followed by the pixel-wise mean of its n parents' real "
+            "training images: a generation that is just the blend of its parents would look "
+            "like the overlay.", figs.parents_overlay(groups, cfg.overlay_per_n)))
+    else:
+        warnings.append("the generated set has no parent_ids; the parents overlay is left out")
+    for key, title, what in (
+            ("closest_matches", "Closest training images (paper Fig. 6)",
+             "randomly chosen generations"),
+            ("closest_matches_nearest", "Closest training images of the least novel generations",
+             "the generations nearest to the training set in pixels (where copies would show)")):
+        ms = nov.matches["random" if key == "closest_matches" else "closest"]
+        columns = [
+            ("MSE", data.train_x[[m["mse"]["train_index"] for m in ms]].numpy(),
+             [f"mse {m['mse']['distance']:.4f}" for m in ms]),
+            ("SSIM", data.train_x[[m["ssim"]["train_index"] for m in ms]].numpy(),
+             [f"ssim {m['ssim']['ssim']:.3f}" for m in ms]),
+            (f"features (ResNet-{cfg.neutral_depth})",
+             data.train_x[[m["feature"]["train_index"] for m in ms]].numpy(),
+             [f"d {m['feature']['distance']:.3g}" for m in ms]),
+        ]
+        figures.append(Figure(
+            key, title,
+            f"Each of {len(ms)} {what} (first column) beside the training image nearest by pixel "
+            "MSE, most similar by SSIM (exhaustive search) and nearest in the neutral "
+            "classifier's features; a red frame marks a likely copy.",
+            figs.closest_matches(nov.generations[[m["position"] for m in ms]].numpy(), columns,
+                                 [m["flagged"] for m in ms])))
+    figures.append(Figure(
+        "nn_distances", "Nearest-neighbour distances: generations vs real test images",
+        f"Distance from each of {len(nov.generations)} generations and {nov.test_count} real "
+        "test images to its nearest training image. Real test images are novel by "
+        f"construction; the red line is their {cfg.copy_quantile:g} quantile over all classes "
+        "(generations are flagged against the same quantile of their own class).",
+        figs.distance_histograms({k: nov.raw[k] for k in ("pixel", "feature")})))
+    figures.append(Figure(
+        "latent_embedding", "Latent space (paper Fig. 3)",
+        f"{cfg.embedding.upper()} of {min(cfg.embedding_points, len(gen.bank))} training codes "
+        "coloured by class; black lines are convex paths between two same-class codes, and one "
+        "triangle is the hull of three (n = 3).",
+        latent_embedding(gen, data.class_names, cfg.embedding_points, cfg.embedding, cfg.seed)))
+    figures.append(Figure(
+        "acceptance", "Acceptance per class and filter step",
+        f"{cfg.acceptance_per_class} candidates per class and n; left: kept by the latent "
+        "filter, right: kept by both steps.",
+        figs.acceptance_bars(acceptance, data.class_names)))
+    return figures, warnings
