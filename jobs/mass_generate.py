@@ -10,7 +10,7 @@
         --gpus-per-worker 1 --workers 1,8
 
 Chunks of candidate ids (one chunk = a few decoder batches = one Parquet file) stream through
-`map_batches` on an actor pool of regene_ray.mass.WriteChunks; see regene_ray/mass.py for how the
+`map_batches` on an actor pool of regene_ray.mass.chunks.WriteChunks; see regene_ray/mass/ for how the
 output stays exact, deterministic and resumable. Output: OUT/data/*.parquet, OUT/summary.json,
 with --png OUT/png/<label>/<shard>/<id>.png. A killed job completes with --resume.
 

@@ -73,7 +73,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "recorded as errored (default: 1)")
     p.add_argument("--scheduler", choices=["none", "asha"], default="none",
                    help="asha: stop trials on classifier accuracy during the classifier phase; "
-                   "biased against slow-learning architectures, see regene_ray/search.py "
+                   "biased against slow-learning architectures, see regene_ray/search/tuner.py "
                    "(default: none)")
     p.add_argument("--sampler", choices=["tpe", "nsga2", "random"],
                    help="override the space's sampler (default: the space's, tpe)")
