@@ -90,6 +90,29 @@ def _workers(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+def _positive_int(flag: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} {text} must be at least 1")
+        return value
+
+    return parse
+
+
+def _chunk_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return _positive_int("--chunk-size")(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"--chunk-size {text!r}: give a whole number >= 1 or "
+                                         "auto") from None
+
+
 def _positive_float(text: str) -> float:
     try:
         v = float(text)
@@ -123,10 +146,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="generation seed (default: 0)")
     p.add_argument("--png", action="store_true",
                    help="also write OUT/png/<label>/<shard>/<id>.png (default: off)")
-    p.add_argument("--batch-size", type=int, default=256,
+    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=256,
                    help="candidates per decoder batch (default: 256, the fastest on a 2-core CPU)"
                    "; part of the job's identity, since it fixes each batch's make-up")
-    p.add_argument("--chunk-size", default="auto",
+    p.add_argument("--chunk-size", type=_chunk_size, default="auto",
                    help="candidates per chunk, the unit of work, resume and Parquet files; a "
                    "whole number or auto: at least 8 chunks per class, at most 16 batches "
                    "(default: auto)")
@@ -196,7 +219,11 @@ def read_run(run: str) -> tuple[Storage, dict[str, bytes]]:
 
 def build_spec(args: argparse.Namespace, run: Storage, files: dict[str, bytes], *,
                smoke: bool = False) -> MassSpec:
-    """The job's spec from the flags and the run; --smoke-test's limits are applied here."""
+    """The job's spec from the flags and the run; --smoke-test's limits are applied here.
+
+    Flags are checked in three layers, each once: their syntax by the parser's types, what
+    depends on the run (class range, parents in the bank) here, and the spec's own invariants
+    (n >= 2, weights that fit n ...) by MassSpec itself, for Python callers too."""
     count = min(args.count or 200, 200) if smoke else args.count
     batch_size = min(args.batch_size, 64) if smoke else args.batch_size
     num_classes = int(json.loads(files["classifier/config.json"])["num_classes"])
@@ -211,16 +238,8 @@ def build_spec(args: argparse.Namespace, run: Storage, files: dict[str, bytes], 
     if short:
         raise ValueError(f"--n-parents {max(args.n_parents)}: class(es) {short} have fewer "
                          "eligible parents in the latent bank; lower --n-parents")
-    if batch_size < 1:
-        raise ValueError(f"--batch-size {batch_size} must be at least 1")
-    if args.chunk_size == "auto" or smoke:
-        chunk = auto_chunk_size(count, len(classes), batch_size)
-    else:
-        try:
-            chunk = int(args.chunk_size)
-        except ValueError:
-            raise ValueError(f"--chunk-size {args.chunk_size!r}: give a whole number or auto"
-                             ) from None
+    chunk = auto_chunk_size(count, len(classes), batch_size) \
+        if args.chunk_size == "auto" or smoke else args.chunk_size
     return MassSpec(run=run.uri if not run.is_local else run.root, count=count,
                     classes=tuple(classes), n_parents=tuple(args.n_parents),
                     weights=args.weights, seed=args.seed, chunk_size=chunk,

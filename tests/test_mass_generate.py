@@ -354,6 +354,8 @@ def test_refuses_another_jobs_output(reference, ray_cluster, tiny_run, tmp_path)
     (["--count", "1e-2"], "is a fraction"),
     (["--count", "10", "--workers", "3,1"], "1 <= MIN <= MAX"),
     (["--count", "10", "--gpus-per-worker", "0"], "must be a positive number"),
+    (["--count", "10", "--batch-size", "0"], "--batch-size 0 must be at least 1"),
+    (["--count", "10", "--chunk-size", "x"], "give a whole number >= 1 or auto"),
     (["--count", "10", "--n-parents", "2,x"], "whole numbers separated by commas"),
 ])
 def test_bad_flags_parser(tmp_path, capsys, flags, message):
@@ -366,7 +368,6 @@ def test_bad_flags_parser(tmp_path, capsys, flags, message):
     (["--count", "10", "--n-parents", "1"], "at least 2 parents"),
     (["--count", "10", "--n-parents", "400"], "fewer eligible parents"),
     (["--count", "10", "--resume", "--overwrite"], "exclude each other"),
-    (["--count", "10", "--batch-size", "0"], "--batch-size 0 must be at least 1"),
     (["--count", "10", "--weights", "dirichlet:-1"], "positive alpha"),
     (["--count", "10", "--device", "cuda"], "--device cuda needs --gpus-per-worker"),
 ])
