@@ -104,15 +104,7 @@ def build_config(args: argparse.Namespace) -> EvalConfig:
         n_parents=args.n_parents, num_generated=args.num_generated,
         max_generated=args.max_generated, novelty_samples=args.novelty_samples,
         embedding=args.embedding, data_root=args.data_root, seed=args.seed)
-    if args.smoke_test:
-        cfg.neutral_depth, cfg.neutral_width = 8, 16
-        cfg.neutral_epochs, cfg.neutral_batch_size = min(cfg.neutral_epochs, 3), 32
-        cfg.fid_samples = min(cfg.fid_samples, 150)
-        cfg.num_generated = min(cfg.num_generated, 300)
-        cfg.max_generated = min(cfg.max_generated, 1000)
-        cfg.novelty_samples = min(cfg.novelty_samples, 150)
-        cfg.match_samples, cfg.acceptance_per_class, cfg.embedding_points = 4, 20, 500
-    return cfg
+    return cfg.smoke() if args.smoke_test else cfg
 
 
 def smoke_run(out: Path, device: str) -> Path:

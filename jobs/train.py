@@ -89,17 +89,10 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         d["seed"] = d["data"]["seed"] = args.seed
     if args.perceptual is not None:
         d["decoder_training"]["loss"]["perceptual"] = args.perceptual
-    if args.smoke_test:
-        d["data"]["max_train"] = min(d["data"]["max_train"] or 600, 600)
-        d["data"]["max_test"] = min(d["data"]["max_test"] or 200, 200)
-        d["classifier"]["base_channels"] = min(d["classifier"]["base_channels"], 8)
-        d["classifier"]["latent_dim"] = min(d["classifier"]["latent_dim"], 32)
-        d["classifier_training"]["epochs"] = min(d["classifier_training"]["epochs"], 3)
-        d["decoder_training"]["epochs"] = min(d["decoder_training"]["epochs"], 2)
-        d["acceptance_candidates"] = 200
     from regene_ray.config import from_dict
 
-    return from_dict(RunConfig, d, source=str(args.config or "flags"))
+    cfg = from_dict(RunConfig, d, source=str(args.config or "flags"))
+    return cfg.smoke() if args.smoke_test else cfg
 
 
 def main(args: argparse.Namespace) -> dict:

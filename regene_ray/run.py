@@ -67,6 +67,22 @@ class RunConfig:
     grid_n_parents: list[int] = field(default_factory=lambda: [2, 3, 5])  # columns of the grid
     acceptance_candidates: int = 2000  # candidates per n used to measure filter acceptance
 
+    def smoke(self) -> RunConfig:
+        """This run shrunk to seconds on 2 CPU cores: every job's --smoke-test (jobs/train.py,
+        each trial of jobs/search.py) uses this one recipe. At most 600 training and 200 test
+        images, 8 base channels (32 at most), a 32-wide code, 2 + 2 epochs."""
+        d = to_dict(self)
+        d["data"]["max_train"] = min(d["data"]["max_train"] or 600, 600)
+        d["data"]["max_test"] = min(d["data"]["max_test"] or 200, 200)
+        arch = d["classifier"]
+        arch["base_channels"] = min(arch["base_channels"], 8)
+        arch["max_channels"] = min(arch["max_channels"], 32)
+        arch["latent_dim"] = min(arch["latent_dim"], 32)
+        for stage in ("classifier_training", "decoder_training"):
+            d[stage]["epochs"] = min(d[stage]["epochs"], 2)
+        d["acceptance_candidates"] = min(d["acceptance_candidates"], 200)
+        return from_dict(RunConfig, d, source="smoke test")
+
 
 def smoke_run_config(*, epochs: int = 6, grid_n_parents: tuple[int, ...] = (2, 3)) -> RunConfig:
     """A digits run that trains in seconds on 2 CPU cores (for --smoke-test and tests)."""

@@ -16,6 +16,7 @@ Gen = accepted convex generations.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import platform
@@ -72,6 +73,17 @@ class EvalConfig:
     inception_weights: str | None = None  # explicit FID Inception weights file
     data_root: str | None = None  # overrides the run config's data_root
     seed: int = 0  # all sampling in the evaluation
+
+    def smoke(self) -> EvalConfig:
+        """This evaluation shrunk to seconds (jobs/evaluate.py --smoke-test): a ResNet-8 judge
+        for 3 epochs, 150 images per FID side, 300 generations."""
+        return dataclasses.replace(
+            self, neutral_depth=8, neutral_width=16, neutral_epochs=min(self.neutral_epochs, 3),
+            neutral_batch_size=32, fid_samples=min(self.fid_samples, 150),
+            num_generated=min(self.num_generated, 300),
+            max_generated=min(self.max_generated, 1000),
+            novelty_samples=min(self.novelty_samples, 150), match_samples=4,
+            acceptance_per_class=20, embedding_points=500)
 
     def __post_init__(self):
         if self.seeds < 1 or self.fid_samples < 10:

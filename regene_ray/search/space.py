@@ -60,6 +60,7 @@ class SearchSpace:
     num_samples: int = 16  # trials in the sweep (the --num-samples default)
     seed: int = 0  # seeds the sampler; trials also use base.seed for init and shuffling
     sampler: str = "tpe"  # tpe (multivariate, multi-objective TPE), nsga2 or random
+    smoke: bool = False  # every trial's RunConfig shrunk by RunConfig.smoke() (--smoke-test)
     source: str = "<search space>"  # the file it came from, quoted in errors
 
     def run_config(self, params: dict | None = None, *, final: bool = False) -> RunConfig:
@@ -74,7 +75,8 @@ class SearchSpace:
             d = deep_merge(d, self.final)
         for path, value in (params or {}).items():
             set_path(d, path, value)
-        return from_dict(RunConfig, d, source=self.source)
+        cfg = from_dict(RunConfig, d, source=self.source)
+        return cfg.smoke() if self.smoke else cfg
 
 
 def deep_merge(a: dict, b: dict) -> dict:
@@ -208,18 +210,10 @@ def load_search_space(path: str | Path) -> SearchSpace:
 
 
 def smoke_test_space(space: SearchSpace) -> SearchSpace:
-    """The same space shrunk to seconds per trial: few images, 2 + 2 epochs, 3 trials, narrow."""
+    """The same space shrunk to seconds per trial: each trial's config by RunConfig.smoke(),
+    the searched widths to what that recipe allows, epochs no longer searched, 3 trials."""
     s = copy.deepcopy(space)
-    b = s.base
-    data = b.setdefault("data", {})
-    data["max_train"] = min(data.get("max_train") or 600, 600)
-    data["max_test"] = min(data.get("max_test") or 100, 100)
-    clf = b.setdefault("classifier", {})
-    clf["base_channels"] = min(clf.get("base_channels", 8), 8)
-    clf["max_channels"] = min(clf.get("max_channels", 32), 32)
-    for stage in ("classifier_training", "decoder_training"):
-        b.setdefault(stage, {})["epochs"] = 2
-    b["acceptance_candidates"] = 200
+    s.smoke = True
     for k, dim in list(s.search.items()):
         if k in ("classifier.latent_dim", "classifier.base_channels"):
             if dim.choices is not None:
