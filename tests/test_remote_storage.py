@@ -259,7 +259,8 @@ def test_search_to_s3_killed_and_resumed_on_another_machine(s3, tmp_path):
     assert best["classifier"]["latent_dim"] == int(chosen["classifier.latent_dim"])
     names = {Path(i.path).name for i in fs.get_file_info(
         pafs.FileSelector("regene/search/sw", recursive=True))}
-    assert {"pareto.png", "search_space.yaml", "tuner.pkl", "trial_state.pt"} <= names
+    assert {"pareto.png", "search_space.yaml", "tuner.pkl", "classifier_train_state.pt",
+            "decoder_train_state.pt"} <= names  # trial checkpoints: the run's resume files
 
 
 def test_bad_storage_uris_stop_the_jobs_before_ray_starts(tiny_run, tmp_path):

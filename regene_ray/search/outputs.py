@@ -138,12 +138,13 @@ def write_outputs(table: pd.DataFrame, space: SearchSpace, exp_dir: Path, study_
               f"{best.val_mae:.4f}, latent_sparsity {best.latent_sparsity:.3f}\n"
               f"# rule: lowest val_mae among trials with val_accuracy >= best - {tolerance}\n"
               f"# searched: {json.dumps(params)}\n")
-    (exp_dir / BEST_CONFIG).write_text(header + yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic_write(exp_dir / BEST_CONFIG, lambda tmp: Path(tmp).write_text(
+        header + yaml.safe_dump(to_dict(cfg), sort_keys=False)))
     summary["chosen"] = {"trial_id": best.trial_id, **params,
                          "val_accuracy": float(best.val_accuracy), "val_mae": float(best.val_mae)}
-    print(front_table(table))
-    print(f"chosen: trial {best.trial_id} (val_accuracy {best.val_accuracy:.4f}, val_mae "
-          f"{best.val_mae:.4f}) -> {where.display(BEST_CONFIG)}")
+    log.info("%s", front_table(table))
+    log.info("chosen: trial %s (val_accuracy %.4f, val_mae %.4f) -> %s", best.trial_id,
+             best.val_accuracy, best.val_mae, where.display(BEST_CONFIG))
     return summary
 
 

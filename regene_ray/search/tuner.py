@@ -378,6 +378,69 @@ def check_name(name: str) -> str:
     return name
 
 
+def _restored_tuner(trainable, space: SearchSpace, opts: SweepOptions, record: dict,
+                    exp: Storage, exp_dir: Path, num_samples: int):
+    """Tuner.restore of the sweep in `exp`, after checking it was started with this space."""
+    from ray import tune
+
+    if not exp.is_local:
+        download_files(exp, exp_dir, opts.name)
+    old = yaml.safe_load((exp_dir / SPACE_FILE).read_text()) \
+        if (exp_dir / SPACE_FILE).is_file() else None
+    if old != record:
+        raise ConfigError(
+            f"{exp} holds a sweep with a different search space or options; pass a new "
+            "--name (or the same space, --num-samples, --scheduler and sampler) to resume it")
+    log.info("resuming the sweep in %s", exp)
+    relocate_to(study_url(exp_dir))  # the restored searcher reopens its study here
+    return tune.Tuner.restore(exp.path(), trainable=trainable, resume_unfinished=True,
+                              resume_errored=False, restart_errored=opts.restart_errored,
+                              storage_filesystem=None if exp.is_local else exp.fs)
+
+
+def _new_tuner(trainable, space: SearchSpace, opts: SweepOptions, record: dict, exp: Storage,
+               exp_dir: Path, num_samples: int):
+    """A new Tuner for the sweep: claims `exp`, records the space, builds searcher and scheduler."""
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    if (exp_dir / STUDY_FILE).exists():
+        log.warning("%s has an Optuna study but no restorable Tune state (the driver was "
+                    "killed before its first checkpoint); starting the study afresh", exp_dir)
+    claim_experiment(exp)
+    for name in OUTPUT_FILES:  # nothing of an earlier attempt may pass for this sweep's
+        (exp_dir / name).unlink(missing_ok=True)
+        if not exp.is_local:
+            exp.delete(name)
+    (exp_dir / SPACE_FILE).write_text(yaml.safe_dump(record, sort_keys=False))
+    if not exp.is_local:
+        upload_files(exp_dir, exp, (SPACE_FILE,))
+    concurrency = opts.max_concurrent or default_concurrency(opts.cpus_per_trial,
+                                                             opts.gpus_per_trial)
+    searcher = ConcurrencyLimiter(
+        make_searcher(space, exp_dir, opts.name, num_samples, opts.sampler), concurrency)
+    scheduler = make_asha(space) if opts.scheduler == "asha" else None
+    log.info("sweep %s: %d trials, %d at once, %s per trial, sampler %s, scheduler %s",
+             exp, num_samples, concurrency,
+             trial_resources(opts.cpus_per_trial, opts.gpus_per_trial),
+             opts.sampler or space.sampler, opts.scheduler)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                    num_samples=num_samples),  # metric/mode: on the searcher
+        run_config=tune.RunConfig(
+            name=opts.name, storage_path=Storage(opts.storage_path).path(),
+            storage_filesystem=None if exp.is_local else exp.fs,
+            failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1,
+            callbacks=[] if exp.is_local else [upload_callback(exp)],
+            # experiment state to remote storage at least every 30 s (Tune's default: 300 s,
+            # sooner when trials checkpoint); what a resume after a driver crash starts from
+            sync_config=tune.SyncConfig(sync_period=30)),
+    )
+
+
 def run_sweep(space: SearchSpace, opts: SweepOptions) -> dict:
     """Run (or resume) the sweep and write its outputs into storage_path/name.
 
@@ -390,8 +453,6 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> dict:
         The summary written to summary.json.
     """
     from ray import tune
-    from ray.tune.search import ConcurrencyLimiter
-
 
     check_name(opts.name)
     store = Storage(opts.storage_path)
@@ -407,59 +468,9 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> dict:
     )
     record = _space_record(space, num_samples, opts)
     t0 = time.perf_counter()
-    if tune.Tuner.can_restore(exp.path(), storage_filesystem=fs):
-        if not exp.is_local:
-            download_files(exp, exp_dir, opts.name)
-        old = yaml.safe_load((exp_dir / SPACE_FILE).read_text()) \
-            if (exp_dir / SPACE_FILE).is_file() else None
-        if old != record:
-            raise ConfigError(
-                f"{exp} holds a sweep with a different search space or options; pass a new "
-                "--name (or the same space, --num-samples, --scheduler and sampler) to resume it"
-            )
-        log.info("resuming the sweep in %s", exp)
-        relocate_to(study_url(exp_dir))  # the restored searcher reopens its study here
-        tuner = tune.Tuner.restore(exp.path(), trainable=trainable, resume_unfinished=True,
-                                   resume_errored=False, restart_errored=opts.restart_errored,
-                                   storage_filesystem=fs)
-        resumed = True
-    else:
-        exp_dir.mkdir(parents=True, exist_ok=True)
-        stale = exp_dir / STUDY_FILE
-        if stale.exists():
-            log.warning("%s has an Optuna study but no restorable Tune state (the driver was "
-                        "killed before its first checkpoint); starting the study afresh", exp_dir)
-        claim_experiment(exp)
-        for name in OUTPUT_FILES:  # nothing of an earlier attempt may pass for this sweep's
-            (exp_dir / name).unlink(missing_ok=True)
-            if not exp.is_local:
-                exp.delete(name)
-        (exp_dir / SPACE_FILE).write_text(yaml.safe_dump(record, sort_keys=False))
-        if not exp.is_local:
-            upload_files(exp_dir, exp, (SPACE_FILE,))
-        concurrency = opts.max_concurrent or default_concurrency(opts.cpus_per_trial,
-                                                                 opts.gpus_per_trial)
-        searcher = ConcurrencyLimiter(
-            make_searcher(space, exp_dir, opts.name, num_samples, opts.sampler), concurrency)
-        scheduler = make_asha(space) if opts.scheduler == "asha" else None
-        log.info("sweep %s: %d trials, %d at once, %s per trial, sampler %s, scheduler %s",
-                 exp, num_samples, concurrency,
-                 trial_resources(opts.cpus_per_trial, opts.gpus_per_trial),
-                 opts.sampler or space.sampler, opts.scheduler)
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                        num_samples=num_samples),  # metric/mode: on the searcher
-            run_config=tune.RunConfig(
-                name=opts.name, storage_path=store.path(), storage_filesystem=fs,
-                failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1,
-                callbacks=[] if exp.is_local else [upload_callback(exp)],
-                # experiment state to remote storage at least every 30 s (Tune's default: 300 s,
-                # sooner when trials checkpoint); what a resume after a driver crash starts from
-                sync_config=tune.SyncConfig(sync_period=30)),
-        )
-        resumed = False
+    resumed = tune.Tuner.can_restore(exp.path(), storage_filesystem=fs)
+    tuner = (_restored_tuner if resumed else _new_tuner)(trainable, space, opts, record, exp,
+                                                         exp_dir, num_samples)
     grid = tuner.fit()
     table = trials_table(grid, space)
     try:
