@@ -99,14 +99,8 @@ def decode_png(data: bytes, where: str) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
-def read_generated(folder: str | Path, *, max_images: int = 20000, seed: int = 0
-                   ) -> GeneratedSet:
-    """Read mass generation's Parquet output (all *.parquet under `folder`, recursively).
-
-    Columns used: label and image {bytes, path} (required); n_parents and parent_ids (optional).
-    Beyond `max_images` rows, a seeded random subset is read (only its images are decoded).
-    """
-    folder = Path(folder)
+def generated_files(folder: Path) -> list[Path]:
+    """Every *.parquet under --generated; a missing folder or none there is an error."""
     if not folder.is_dir():
         raise FileNotFoundError(f"--generated {folder} does not exist; pass the --out folder of "
                                 "jobs/mass_generate.py, or leave --generated out to sample "
@@ -115,6 +109,18 @@ def read_generated(folder: str | Path, *, max_images: int = 20000, seed: int = 0
     if not files:
         raise ValueError(f"--generated {folder} holds no Parquet files; pass the --out folder of "
                          "a finished jobs/mass_generate.py run")
+    return files
+
+
+def read_generated(folder: str | Path, *, max_images: int = 20000, seed: int = 0
+                   ) -> GeneratedSet:
+    """Read mass generation's Parquet output (all *.parquet under `folder`, recursively).
+
+    Columns used: label and image {bytes, path} (required); n_parents and parent_ids (optional).
+    Beyond `max_images` rows, a seeded random subset is read (only its images are decoded).
+    """
+    folder = Path(folder)
+    files = generated_files(folder)
     metas, counts = [], []
     for f in files:
         try:
@@ -173,8 +179,7 @@ def check_generated(generated: str | Path, run_dir: Path, *, allow_partial: bool
     from regene_ray.mass import DATA_DIR, JOB_FILE, SUMMARY_FILE, count_rows, run_hashes
 
     folder = Path(generated)
-    if not folder.is_dir() or not _parquet_files(folder):
-        read_generated(folder)  # raises the reader's error before anything is written
+    generated_files(folder)  # a missing folder or one without Parquet files: say so first
     if not allow_partial:
         try:
             requested = json.loads((folder / SUMMARY_FILE).read_text())["requested"]
