@@ -69,6 +69,81 @@ def encode_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Mixes:
+    """Mixed codes of one call with their provenance (the CPU half of a generation).
+
+    parent_ids and weights are padded with -1 / 0 beyond each row's n_parents.
+    """
+
+    ids: np.ndarray  # (B,) int64 candidate ids
+    labels: np.ndarray  # (B,) int64 intended class
+    n_parents: np.ndarray  # (B,) int64
+    parent_ids: np.ndarray  # (B, n_max) int64 latent-bank ids
+    weights: np.ndarray  # (B, n_max) float32
+    z: np.ndarray  # (B, D) float32 mixed codes
+
+    def rows(self, start: int, stop: int) -> Mixes:
+        return Mixes(**{f.name: getattr(self, f.name)[start:stop] for f in fields(self)})
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class LatentMixer:
+    """Step 3 of ReGene, on CPU: draw n parents of a candidate's class and convex weights (all a
+    function of (seed, id)) and mix their codes. Needs only the latent bank, so a CPU worker of
+    a split pipeline holds no networks.
+
+    Mixing always runs on CPU in float32, whatever device decodes: the codes a GPU decodes are
+    then bit for bit those a CPU worker would decode.
+    """
+
+    def __init__(self, bank: LatentBank, num_classes: int):
+        self.bank = bank
+        self.num_classes = int(num_classes)
+        self.pools = bank.pools(self.num_classes)
+        self.latents = torch.from_numpy(np.ascontiguousarray(bank.latents, np.float32))  # (N, D)
+
+    def eligible_classes(self, n_parents: int) -> list[int]:
+        """Classes with at least `n_parents` eligible codes in the bank."""
+        return [c for c, pool in enumerate(self.pools) if len(pool) >= n_parents]
+
+    def __call__(self, labels: Sequence[int] | np.ndarray, n_parents: int | Sequence[int] = 2,
+                 weights: str | WeightScheme = "uniform", *, seed: int = 0,
+                 ids: Sequence[int] | np.ndarray | None = None) -> Mixes:
+        """One mixed code per label; see ConvexGenerator.__call__ for the arguments."""
+        labels = np.asarray(labels, dtype=np.int64)
+        if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(f"labels must be in [0, {self.num_classes}); got {np.unique(labels)}")
+        ids = np.arange(len(labels), dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
+        if len(ids) != len(labels):
+            raise ValueError(f"{len(ids)} ids for {len(labels)} labels")
+        options = [n_parents] if np.isscalar(n_parents) else list(n_parents)
+        scheme = parse_weights(weights)
+        n_per = choose_n_parents(options, KeyedRNG(seed, ids))  # (B,)
+        n_max = int(max(options))
+        B = len(labels)
+        parent_rows = np.full((B, n_max), -1, dtype=np.int64)
+        w = np.zeros((B, n_max), dtype=np.float32)
+        z = torch.empty(B, self.bank.latent_dim)
+        with torch.inference_mode():
+            for k in sorted(set(n_per.tolist())):
+                rows = np.flatnonzero(n_per == k)
+                sub = KeyedRNG(seed, ids[rows])
+                pr = sample_parents(self.pools, labels[rows], k, sub)  # (b, k)
+                wk = sample_convex_weights(k, scheme, sub)  # (b, k)
+                parent_rows[rows, :k], w[rows, :k] = pr, wk
+                z[torch.from_numpy(rows)] = mix(self.latents[torch.from_numpy(pr)],  # (b, k, D)
+                                                torch.from_numpy(wk))
+        parent_ids = np.where(parent_rows >= 0, self.bank.ids[np.maximum(parent_rows, 0)], -1)
+        return Mixes(ids=ids, labels=labels, n_parents=n_per, parent_ids=parent_ids, weights=w,
+                     z=z.numpy())
+
+
 class ConvexGenerator:
     """Mix same-class codes convexly, filter in latent space, decode, filter the images.
 
@@ -77,33 +152,38 @@ class ConvexGenerator:
         classifier: the trained classifier (encoder + linear head).
         decoder: the decoder trained on this classifier's codes.
         thresholds: {"latent": [tau_c], "image": [tau_c]} as in thresholds.json.
-        device: where the networks run.
+        device: where the networks run (mixing runs on CPU, see LatentMixer).
+        precision: 'fp32' (default), or 'bf16' / 'fp16' for the decoder only (autocast); both
+            classifier passes, and so both filter decisions, stay in float32.
     """
 
     def __init__(self, bank: LatentBank, classifier: Classifier, decoder: Decoder,
-                 thresholds: dict, device: torch.device | str = "cpu"):
+                 thresholds: dict, device: torch.device | str = "cpu", precision: str = "fp32"):
         check_compatible(classifier.cfg, decoder.cfg)
         if bank.latent_dim != classifier.cfg.latent_dim:
             raise ValueError(
                 f"latent bank codes have dim {bank.latent_dim} but classifier latent_dim is "
                 f"{classifier.cfg.latent_dim}; rebuild the bank with jobs/train.py"
             )
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
         self.device = torch.device(device)
+        self.precision = precision
         self.bank = bank
         self.num_classes = classifier.cfg.num_classes
+        self.mixer = LatentMixer(bank, self.num_classes)
         self.classifier = classifier.to(self.device).eval()
         self.decoder = decoder.to(self.device).eval()
-        self.pools = bank.pools(self.num_classes)
-        self.latents = torch.from_numpy(bank.latents).to(self.device)  # (N, D)
         self.tau_latent = torch.tensor(thresholds["latent"], dtype=torch.float32)
         self.tau_image = torch.tensor(thresholds["image"], dtype=torch.float32)
 
     def eligible_classes(self, n_parents: int) -> list[int]:
         """Classes with at least `n_parents` eligible codes in the bank."""
-        return [c for c, pool in enumerate(self.pools) if len(pool) >= n_parents]
+        return self.mixer.eligible_classes(n_parents)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: torch.device | str = "cpu") -> ConvexGenerator:
+    def from_run(cls, run_dir: str | Path, device: torch.device | str = "cpu",
+                 precision: str = "fp32") -> ConvexGenerator:
         """Load classifier, decoder, bank and thresholds from a jobs/train.py run folder."""
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
@@ -115,9 +195,49 @@ class ConvexGenerator:
         check_compatible(clf.cfg, dec.cfg, where=f"run dir {run_dir}")
         bank = LatentBank.load(run_dir / BANK_FILE)
         thr = load_thresholds(run_dir / THRESHOLDS_FILE, clf.cfg.num_classes)
-        return cls(bank, clf, dec, thr, device=device)
+        return cls(bank, clf, dec, thr, device=device, precision=precision)
+
+    def _to_device(self, a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        if self.device.type == "cuda":  # page-locked, so the copy runs asynchronously
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return self.decoder(z)
+        with torch.autocast(self.device.type, dtype=dtype):
+            return self.decoder(z).float()
 
     @torch.inference_mode()
+    def score(self, m: Mixes, *, filter: bool = True) -> GenerationBatch:
+        """The device half: the latent filter, decoding, the image filter, as one batch (its
+        make-up fixes the float noise of the convs: callers keep it a function of the ids)."""
+        B = len(m)
+        z = self._to_device(m.z)
+        y = self._to_device(m.labels)
+        lat_conf = label_confidence(self.classifier.classify_latent(z), y)
+        lat_pass = passes(lat_conf, y, self.tau_latent)
+        decode = lat_pass if filter else torch.ones_like(lat_pass)
+        images = torch.zeros(B, self.decoder.cfg.out_channels, self.decoder.cfg.image_size,
+                             self.decoder.cfg.image_size, dtype=torch.uint8, device=self.device)
+        img_conf = torch.full((B,), float("nan"), device=self.device)
+        if decode.any():
+            x = to_uint8(self._decode(z[decode]))
+            images[decode] = x
+            # classify the image exactly as it is stored (uint8), so the stored bytes reproduce
+            # the stored confidence
+            img_conf[decode] = label_confidence(self.classifier(x.float() / 255.0), y[decode])
+        accepted = lat_pass & passes(img_conf.nan_to_num(-1.0), y, self.tau_image)
+        return GenerationBatch(
+            ids=m.ids, labels=m.labels, n_parents=m.n_parents, parent_ids=m.parent_ids,
+            weights=m.weights, latent_confidence=lat_conf.cpu().numpy().astype(np.float32),
+            latent_pass=lat_pass.cpu().numpy(),
+            image_confidence=img_conf.cpu().numpy().astype(np.float32),
+            accepted=accepted.cpu().numpy(), images=images.cpu().numpy(),
+        )
+
     def __call__(self, labels: Sequence[int] | np.ndarray, n_parents: int | Sequence[int] = 2,
                  weights: str | WeightScheme = "uniform", *, seed: int = 0,
                  ids: Sequence[int] | np.ndarray | None = None, filter: bool = True
@@ -133,52 +253,8 @@ class ConvexGenerator:
         Returns:
             A GenerationBatch over all B candidates; `.accepted_only()` keeps the survivors.
         """
-        labels = np.asarray(labels, dtype=np.int64)
-        if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(f"labels must be in [0, {self.num_classes}); got {np.unique(labels)}")
-        ids = np.arange(len(labels), dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
-        if len(ids) != len(labels):
-            raise ValueError(f"{len(ids)} ids for {len(labels)} labels")
-        options = [n_parents] if np.isscalar(n_parents) else list(n_parents)
-        scheme = parse_weights(weights)
-        rng = KeyedRNG(seed, ids)
-        n_per = choose_n_parents(options, rng)  # (B,)
-        n_max = int(max(options))
-        B = len(labels)
-        parent_rows = np.full((B, n_max), -1, dtype=np.int64)
-        w = np.zeros((B, n_max), dtype=np.float32)
-        z = torch.empty(B, self.bank.latent_dim, device=self.device)
-        for k in sorted(set(n_per.tolist())):
-            rows = np.flatnonzero(n_per == k)
-            sub = KeyedRNG(seed, ids[rows])
-            pr = sample_parents(self.pools, labels[rows], k, sub)  # (b, k)
-            wk = sample_convex_weights(k, scheme, sub)  # (b, k)
-            parent_rows[rows, :k], w[rows, :k] = pr, wk
-            z[torch.from_numpy(rows).to(self.device)] = mix(
-                self.latents[torch.from_numpy(pr).to(self.device)],  # (b, k, D)
-                torch.from_numpy(wk).to(self.device))
-        y = torch.from_numpy(labels).to(self.device)
-        lat_conf = label_confidence(self.classifier.classify_latent(z), y)
-        lat_pass = passes(lat_conf, y, self.tau_latent)
-        decode = lat_pass if filter else torch.ones_like(lat_pass)
-        images = torch.zeros(B, self.decoder.cfg.out_channels, self.decoder.cfg.image_size,
-                             self.decoder.cfg.image_size, dtype=torch.uint8, device=self.device)
-        img_conf = torch.full((B,), float("nan"), device=self.device)
-        if decode.any():
-            x = to_uint8(self.decoder(z[decode]))
-            images[decode] = x
-            # classify the image exactly as it is stored (uint8), so the stored bytes reproduce
-            # the stored confidence
-            img_conf[decode] = label_confidence(self.classifier(x.float() / 255.0), y[decode])
-        accepted = lat_pass & passes(img_conf.nan_to_num(-1.0), y, self.tau_image)
-        parent_ids = np.where(parent_rows >= 0, self.bank.ids[np.maximum(parent_rows, 0)], -1)
-        return GenerationBatch(
-            ids=ids, labels=labels, n_parents=n_per, parent_ids=parent_ids, weights=w,
-            latent_confidence=lat_conf.cpu().numpy().astype(np.float32),
-            latent_pass=lat_pass.cpu().numpy(),
-            image_confidence=img_conf.cpu().numpy().astype(np.float32),
-            accepted=accepted.cpu().numpy(), images=images.cpu().numpy(),
-        )
+        return self.score(self.mixer(labels, n_parents, weights, seed=seed, ids=ids),
+                          filter=filter)
 
 
 def measure_acceptance(gen: ConvexGenerator, n_parents: int, per_class: int, *,

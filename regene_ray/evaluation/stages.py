@@ -330,12 +330,12 @@ def latent_embedding(gen: ConvexGenerator, class_names: list[str], points: int, 
     paths = []  # each (P, D); vertices are rows 0 and P-1, or every 11th row of the triangle
     t = np.linspace(0, 1, 11)[:, None]
     for c in gen.eligible_classes(3)[:3]:
-        pool = gen.pools[c]
+        pool = gen.mixer.pools[c]
         a, b = bank.latents[rng.choice(pool, 2, replace=False)]
         paths.append((1 - t) * a + t * b)  # (11, D) a two-parent path
     if paths:
         c = gen.eligible_classes(3)[-1]
-        a, b, d = bank.latents[rng.choice(gen.pools[c], 3, replace=False)]
+        a, b, d = bank.latents[rng.choice(gen.mixer.pools[c], 3, replace=False)]
         paths.append(np.concatenate([(1 - t) * a + t * b, (1 - t) * b + t * d,
                                      (1 - t) * d + t * a]))  # a triangle: n = 3 hull
     allz = np.concatenate([z] + paths) if paths else z

@@ -1,10 +1,13 @@
-"""Mass generation, the batch transform: chunk descriptors in, accepted rows out (mix, latent
-filter, decode, image filter, PNG), written as one Parquet file per chunk. A plain callable
-class: tests call it on a dict of numpy arrays; only regene_ray.mass.ray_stage hands it to Ray.
+"""Mass generation, the batch transforms: chunk descriptors in, accepted rows out (mix, latent
+filter, decode, image filter, PNG), written as one Parquet file per chunk. Three stages (CPU
+mixing, the networks, CPU commit) that run fused in one actor (WriteChunks) or as separate Ray
+Data operators (regene_ray.mass.ray_stage). Plain callable classes: tests call them on dicts of
+numpy arrays; only ray_stage hands them to Ray.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import time
@@ -16,7 +19,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from regene_ray.generator import ConvexGenerator, GenerationBatch, encode_png
+from regene_ray.generator import ConvexGenerator, GenerationBatch, LatentMixer, Mixes, encode_png
+from regene_ray.latent_bank import BANK_FILE, LatentBank
 from regene_ray.mass.job import CHUNKS_DIR, JOB_FILE, Runner, chunk_name, runtime_identity
 from regene_ray.mass.plan import ChunkInfo, candidate_ids
 from regene_ray.mass.run_files import unpack_run
@@ -26,70 +30,141 @@ from regene_ray.storage import Storage
 JOB_CHECK_TRIES = 3  # reads of job.json before a worker concludes it cannot see the job
 
 
-class GenerateChunks:
-    """Batch transform: chunk descriptors -> accepted rows (mix, filter, decode, filter, PNG).
+# The three stages of a chunk, each a plain callable class on dicts of numpy arrays with one row
+# per chunk (ray_stage runs them as one fused actor or as three Ray Data operators):
+#   MixChunks    CPU      (label, chunk) -> ids, provenance and mixed codes z
+#   ScoreChunks  device   + latent filter, decode, image filter -> decisions and uint8 images
+#   CommitChunks CPU      + PNG encoding, PNG files, one Parquet file -> the chunk's statistics
+# A row holds a whole chunk (arrays with a leading chunk axis), so a chunk is never split
+# between calls and its decoder batches are the same whichever stage layout runs it.
 
-    A batch holds one row per chunk: {"label": (B,), "chunk": (B,)}. Each chunk is generated as
-    one decoder batch, so its rows do not depend on which other chunks share the call.
+
+def _load(run_dir: str | Path | dict[str, bytes], load):
+    """load(folder) on a run folder, or on packed run files (a temporary copy, then deleted)."""
+    if not isinstance(run_dir, dict):
+        return load(Path(run_dir))
+    tmp = unpack_run(run_dir)
+    try:
+        return load(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _stack(items: list, cls, extra: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Dataclass rows (Mixes or GenerationBatch, one per chunk) -> {field: (k, ...)} + extra."""
+    return {**extra, **{f.name: np.stack([getattr(i, f.name) for i in items])
+                        for f in fields(cls)}}
+
+
+def _rows(batch: dict[str, np.ndarray], cls) -> list:
+    """The inverse of _stack: one dataclass per chunk."""
+    return [cls(**{f.name: np.asarray(batch[f.name][i]) for f in fields(cls)})
+            for i in range(len(batch["label"]))]
+
+
+def _keys(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {"label": np.asarray(batch["label"], np.int64),
+            "chunk": np.asarray(batch["chunk"], np.int64)}
+
+
+class MixChunks:
+    """CPU stage: chunk descriptors {"label", "chunk"} -> one row of Mixes per chunk.
+
+    Holds only the latent bank (no networks).
 
     Args:
-        run_dir: a jobs/train.py run folder, or its files from pack_run; the classifier,
-            decoder and bank load once here.
-        n_parents, weights, seed, chunk_size, batch_size: as in MassSpec.
-        device: 'cpu' or 'cuda[:i]'.
-        torch_threads: intra-op threads (1 per actor: many single-threaded actors parallelise
-            the Python and PNG work too).
+        run_dir: a jobs/train.py run folder, or its files from pack_run, or a LatentMixer
+            already loaded.
+        n_parents, weights, seed, chunk_size: as in MassSpec.
     """
 
-    def __init__(self, run_dir: str | Path | dict[str, bytes], *, n_parents: Sequence[int] = (2,),
-                 weights: str = "uniform", seed: int = 0, chunk_size: int = 1024,
-                 batch_size: int = 0, device: str = "cpu", torch_threads: int | None = 1):
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
-        if isinstance(run_dir, dict):  # packed: load from a temporary copy, then delete it
-            tmp = unpack_run(run_dir)
-            try:
-                self.gen = ConvexGenerator.from_run(tmp, device=device)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            self.gen = ConvexGenerator.from_run(run_dir, device=device)
-        # channels_last: oneDNN's NHWC convs ran 1.4x faster here (benchmarks/RESULTS-mass-
-        # generate.md). It changes float noise, not results, and is the same on every worker.
-        self.gen.classifier.to(memory_format=torch.channels_last)
-        self.gen.decoder.to(memory_format=torch.channels_last)
-        self.num_classes = self.gen.num_classes
+    def __init__(self, run_dir: str | Path | dict[str, bytes] | LatentMixer, *,
+                 n_parents: Sequence[int] = (2,), weights: str = "uniform", seed: int = 0,
+                 chunk_size: int = 1024):
+        def load(folder: Path) -> LatentMixer:
+            cfg = json.loads((folder / "classifier" / "config.json").read_text())
+            return LatentMixer(LatentBank.load(folder / BANK_FILE), int(cfg["num_classes"]))
+
+        self.mixer = run_dir if isinstance(run_dir, LatentMixer) else _load(run_dir, load)
+        self.num_classes = self.mixer.num_classes
         self.n_parents = [int(n) for n in n_parents]
         self.weights = weights
         self.seed = int(seed)
         self.chunk_size = int(chunk_size)
-        self.batch_size = int(batch_size) or self.chunk_size
 
-    def generate(self, label: int, chunk: int) -> tuple[pa.Table, ChunkInfo]:
-        """One chunk -> (accepted rows in id order, its statistics)."""
+    def mix_chunk(self, label: int, chunk: int) -> Mixes:
         ids = candidate_ids(label, chunk, self.chunk_size, self.num_classes)  # (C,)
-        parts = [self.gen(np.full(len(b), label), self.n_parents, self.weights, seed=self.seed,
-                          ids=b)
-                 for b in np.split(ids, np.arange(self.batch_size, len(ids), self.batch_size))]
-        out = GenerationBatch(**{f.name: np.concatenate([getattr(p, f.name) for p in parts])
-                                 for f in fields(GenerationBatch)})
-        acc = out.accepted_only()
-        pngs = [encode_png(im) for im in acc.images]
-        paths = [png_relpath(label, int(i) // self.num_classes, int(i)) for i in acc.ids]
-        info = ChunkInfo(label, chunk, tried=len(ids), latent_passed=int(out.latent_pass.sum()),
-                         accepted=len(acc))
-        return rows_table(acc, pngs, paths), info
+        return self.mixer(np.full(len(ids), label), self.n_parents, self.weights, seed=self.seed,
+                          ids=ids)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        tables = [self.generate(int(c), int(chunk))[0]
-                  for c, chunk in zip(batch["label"], batch["chunk"], strict=True)]
-        table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
-        return {name: table.column(name).to_numpy(zero_copy_only=False)
-                for name in table.column_names}
+        keys = _keys(batch)
+        return _stack([self.mix_chunk(int(c), int(k))
+                       for c, k in zip(keys["label"], keys["chunk"], strict=True)], Mixes, keys)
 
 
-class WriteChunks(GenerateChunks):
-    """GenerateChunks that writes each chunk to OUT/_chunks/ (and its PNGs) and returns stats.
+class ScoreChunks:
+    """Network stage: rows of Mixes -> rows of GenerationBatch (both filter steps, decoding).
+
+    Each chunk is scored in decoder batches of `batch_size` consecutive candidates from its
+    start, so the float noise of the convs is a function of the ids alone.
+
+    Args:
+        run_dir: a jobs/train.py run folder, or its files from pack_run.
+        batch_size: candidates per decoder batch (0: the whole chunk at once).
+        device: 'cpu' or 'cuda[:i]'.
+        precision: decoder precision, 'fp32', 'bf16' or 'fp16' (see ConvexGenerator).
+        torch_threads: intra-op threads (1 per actor: many single-threaded actors parallelise
+            the Python and PNG work too).
+        runtime: the job's runtime identity; a worker whose device kind or torch differs
+            refuses to start (its bytes would differ).
+    """
+
+    def __init__(self, run_dir: str | Path | dict[str, bytes], *, batch_size: int = 0,
+                 device: str = "cpu", precision: str = "fp32", torch_threads: int | None = 1,
+                 runtime: dict | None = None):
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.gen = _load(run_dir, lambda folder: ConvexGenerator.from_run(
+            folder, device=device, precision=precision))
+        # channels_last: oneDNN's NHWC convs ran 1.4x faster here (benchmarks/RESULTS-mass-
+        # generate.md). It changes float noise, not results, and is the same on every worker.
+        self.gen.classifier.to(memory_format=torch.channels_last)
+        self.gen.decoder.to(memory_format=torch.channels_last)
+        self.batch_size = int(batch_size)
+        here = runtime_identity(self.gen.device.type)
+        if runtime and runtime != here:
+            raise RuntimeError(
+                f"this worker (host {socket.gethostname()}) runs {here}, but the job was planned "
+                f"for {runtime}; outputs of different devices or torch versions differ in their "
+                "bytes, so one output folder takes one kind: give every node the same torch, or "
+                "pick --device to match the workers")
+
+    def score_chunk(self, m: Mixes) -> GenerationBatch:
+        size = self.batch_size or len(m)
+        parts = [self.gen.score(m.rows(i, i + size)) for i in range(0, len(m), size)]
+        return GenerationBatch(**{f.name: np.concatenate([getattr(p, f.name) for p in parts])
+                                  for f in fields(GenerationBatch)})
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return _stack([self.score_chunk(m) for m in _rows(batch, Mixes)], GenerationBatch,
+                      _keys(batch))
+
+
+def chunk_table(g: GenerationBatch, label: int, chunk: int,
+                num_classes: int) -> tuple[pa.Table, ChunkInfo]:
+    """A scored chunk -> (its accepted rows in id order, with PNG bytes; its statistics)."""
+    acc = g.accepted_only()
+    pngs = [encode_png(im) for im in acc.images]
+    paths = [png_relpath(label, int(i) // num_classes, int(i)) for i in acc.ids]
+    info = ChunkInfo(label, chunk, tried=len(g), latent_passed=int(g.latent_pass.sum()),
+                     accepted=len(acc))
+    return rows_table(acc, pngs, paths), info
+
+
+class CommitChunks:
+    """CPU stage: rows of GenerationBatch -> PNGs and one Parquet file per chunk; returns each
+    chunk's statistics.
 
     Before it writes a chunk, it checks that OUT/job.json still names this job: an actor left
     over from an earlier job (its driver killed, the folder since overwritten by another job)
@@ -99,24 +174,16 @@ class WriteChunks(GenerateChunks):
     Args:
         out_dir: the job's output folder (a local path, s3://..., gs://... or a Storage).
         metadata: the job's identity (job_metadata), stored in every file.
+        num_classes: the run's number of classes (fixes ids and PNG paths).
         png: also write each accepted image to OUT/png/<label>/<shard>/<id>.png.
-        **kwargs: as GenerateChunks.
     """
 
-    def __init__(self, run_dir: str | Path | dict[str, bytes], out_dir: str | Path | Storage, *,
-                 metadata: dict, png: bool = False, **kwargs):
-        super().__init__(run_dir, **kwargs)
+    def __init__(self, out_dir: str | Path | Storage, *, metadata: dict, num_classes: int,
+                 png: bool = False):
         self.out = out_dir
         self.metadata = metadata
+        self.num_classes = int(num_classes)
         self.png = png
-        runtime = metadata.get("runtime", {})
-        here = runtime_identity(self.gen.device.type)
-        if runtime and runtime != here:
-            raise RuntimeError(
-                f"this worker (host {socket.gethostname()}) runs {here}, but the job was planned "
-                f"for {runtime}; outputs of different devices or torch versions differ in their "
-                "bytes, so one output folder takes one kind: give every node the same torch, or "
-                "pick --device to match the workers")
 
     @property
     def out(self) -> Storage:
@@ -150,10 +217,10 @@ class WriteChunks(GenerateChunks):
             "which the driver wrote: --out must be storage every node reaches (s3://..., "
             "gs://..., or a shared filesystem mounted at the same path on every node)")
 
-    def write_chunk(self, label: int, chunk: int) -> ChunkInfo:
-        """Generate one chunk and commit it: PNGs first (made durable), then its Parquet file
+    def commit(self, label: int, chunk: int, g: GenerationBatch) -> ChunkInfo:
+        """Commit one scored chunk: PNGs first (made durable), then its Parquet file
         (atomically, after checking the folder is still this job's)."""
-        table, info = self.generate(label, chunk)
+        table, info = chunk_table(g, label, chunk, self.num_classes)
         self._check_job()
         if self.png:
             image = table.column("image").combine_chunks()
@@ -164,10 +231,84 @@ class WriteChunks(GenerateChunks):
         return info
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        infos = [self.write_chunk(int(c), int(chunk))
-                 for c, chunk in zip(batch["label"], batch["chunk"], strict=True)]
-        return {key: np.array([getattr(i, key) for i in infos], dtype=np.int64)
-                for key in ("label", "chunk", "tried", "latent_passed", "accepted")}
+        infos = [self.commit(int(c), int(k), g)
+                 for c, k, g in zip(batch["label"], batch["chunk"],
+                                    _rows(batch, GenerationBatch), strict=True)]
+        return _stats(infos)
+
+
+def _stats(infos: list[ChunkInfo]) -> dict[str, np.ndarray]:
+    return {key: np.array([getattr(i, key) for i in infos], dtype=np.int64)
+            for key in ("label", "chunk", "tried", "latent_passed", "accepted")}
+
+
+class GenerateChunks:
+    """The fused transform, in one process: chunk descriptors -> accepted rows (mix, filter,
+    decode, filter, PNG). A batch holds one row per chunk: {"label": (B,), "chunk": (B,)}.
+
+    Args:
+        run_dir: a jobs/train.py run folder, or its files from pack_run; the classifier,
+            decoder and bank load once here.
+        n_parents, weights, seed, chunk_size, batch_size: as in MassSpec.
+        device, precision, torch_threads, runtime: as in ScoreChunks.
+    """
+
+    def __init__(self, run_dir: str | Path | dict[str, bytes], *, n_parents: Sequence[int] = (2,),
+                 weights: str = "uniform", seed: int = 0, chunk_size: int = 1024,
+                 batch_size: int = 0, device: str = "cpu", precision: str = "fp32",
+                 torch_threads: int | None = 1, runtime: dict | None = None):
+        self.scorer = ScoreChunks(run_dir, batch_size=batch_size, device=device,
+                                  precision=precision, torch_threads=torch_threads,
+                                  runtime=runtime)
+        self.gen = self.scorer.gen
+        self.mixer = MixChunks(self.gen.mixer, n_parents=n_parents, weights=weights, seed=seed,
+                               chunk_size=chunk_size)  # the generator's bank: loaded once
+        self.num_classes = self.gen.num_classes
+
+    def score(self, label: int, chunk: int) -> GenerationBatch:
+        return self.scorer.score_chunk(self.mixer.mix_chunk(label, chunk))
+
+    def generate(self, label: int, chunk: int) -> tuple[pa.Table, ChunkInfo]:
+        """One chunk -> (accepted rows in id order, its statistics)."""
+        return chunk_table(self.score(label, chunk), label, chunk, self.num_classes)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tables = [self.generate(int(c), int(chunk))[0]
+                  for c, chunk in zip(batch["label"], batch["chunk"], strict=True)]
+        table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+        return {name: table.column(name).to_numpy(zero_copy_only=False)
+                for name in table.column_names}
+
+
+class WriteChunks(GenerateChunks):
+    """The fused stage of a job: GenerateChunks, then CommitChunks, in one actor.
+
+    Args:
+        out_dir, metadata, png: as in CommitChunks.
+        **kwargs: as GenerateChunks (the worker's runtime is checked against the metadata's).
+    """
+
+    def __init__(self, run_dir: str | Path | dict[str, bytes], out_dir: str | Path | Storage, *,
+                 metadata: dict, png: bool = False, **kwargs):
+        super().__init__(run_dir, runtime=metadata.get("runtime"), **kwargs)
+        self.committer = CommitChunks(out_dir, metadata=metadata, num_classes=self.num_classes,
+                                      png=png)
+
+    @property
+    def out(self) -> Storage:
+        return self.committer.out
+
+    @out.setter
+    def out(self, value: str | Path | Storage) -> None:
+        self.committer.out = value
+
+    def write_chunk(self, label: int, chunk: int) -> ChunkInfo:
+        """Generate one chunk and commit it (CommitChunks.commit)."""
+        return self.committer.commit(label, chunk, self.score(label, chunk))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return _stats([self.write_chunk(int(c), int(chunk))
+                       for c, chunk in zip(batch["label"], batch["chunk"], strict=True)])
 
 
 def _info_dict(info: ChunkInfo) -> dict:
