@@ -162,6 +162,16 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="where actors run the networks; auto: cuda with --gpus-per-worker, else "
                    "cpu. cpu with --gpus-per-worker reserves GPUs without using them (fake GPU "
                    "nodes of cluster/local-fake.yaml) (default: auto)")
+    p.add_argument("--pipeline", choices=["auto", "fused", "split"], default="auto",
+                   help="split: CPU actors mix and write, network actors only decode and "
+                   "classify; fused: one actor does all; auto: split with --gpus-per-worker, "
+                   "else the layout measured faster on CPU (fused; BENCHMARKS.md) (default: auto)")
+    p.add_argument("--cpu-workers", type=_workers, default=None,
+                   help="with the split pipeline: commit (PNG, Parquet) actors N or MIN,MAX "
+                   "(default: the CPUs the network actors and the mixer leave)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="decoder precision (the classifier's two filter passes stay fp32); part "
+                   "of the job's identity (default: fp32)")
     p.add_argument("--torch-threads", type=int, default=1,
                    help="torch intra-op threads per actor (default: 1)")
     p.add_argument("--address", default=None,
@@ -243,7 +253,7 @@ def build_spec(args: argparse.Namespace, run: Storage, files: dict[str, bytes], 
     return MassSpec(run=run.uri if not run.is_local else run.root, count=count,
                     classes=tuple(classes), n_parents=tuple(args.n_parents),
                     weights=args.weights, seed=args.seed, chunk_size=chunk,
-                    batch_size=batch_size, png=args.png)
+                    batch_size=batch_size, png=args.png, precision=args.precision)
 
 
 def main(args: argparse.Namespace) -> Summary:
@@ -251,6 +261,9 @@ def main(args: argparse.Namespace) -> Summary:
     setup_logging(args.verbose)
     if args.resume and args.overwrite:
         raise ValueError("--resume and --overwrite exclude each other; pick one")
+    if args.cpu_workers and args.pipeline == "fused":
+        raise ValueError("--cpu-workers sizes the split pipeline's commit actors; drop it, or "
+                         "pass --pipeline split")
     if args.device == "cuda" and not args.gpus_per_worker:
         raise ValueError("--device cuda needs --gpus-per-worker (Ray hides GPUs from actors "
                          "that did not ask for one)")
@@ -272,7 +285,13 @@ def main(args: argparse.Namespace) -> Summary:
 
     import ray
 
-    from regene_ray.mass.ray_stage import check_workers, default_workers, ray_runner
+    from regene_ray.mass.ray_stage import (
+        CPU_PIPELINE,
+        check_workers,
+        default_workers,
+        ray_runner,
+        split_pools,
+    )
 
     if not ray.is_initialized():
         # "local" starts a private Ray: with no address, ray.init would join whatever cluster
@@ -280,16 +299,25 @@ def main(args: argparse.Namespace) -> Summary:
         ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or "local")
     if out.is_local:
         check_shared_folder(out.local_path(), "--out")
-    workers = (1, 1) if args.smoke_test else args.workers or default_workers(args.gpus_per_worker)
+    pipeline = args.pipeline if args.pipeline != "auto" else \
+        ("split" if args.gpus_per_worker else CPU_PIPELINE)
+    workers = (1, 1) if args.smoke_test else \
+        args.workers or default_workers(args.gpus_per_worker, pipeline)
+    pools = split_pools(ray.cluster_resources().get("CPU", 1), workers, args.cpu_workers) \
+        if pipeline == "split" else None
     check_workers(identity, gpus_per_worker=args.gpus_per_worker, device=device)
-    log.info("generating %d images of classes %s into %s with %d..%d actors", spec.count,
-             list(spec.classes), out, *workers)
+    log.info("generating %d images of classes %s into %s: %s pipeline, %d..%d network actors%s",
+             spec.count, list(spec.classes), out, pipeline, *workers,
+             f", {pools.cpu_workers[0]}..{pools.cpu_workers[1]} commit actors" if pools else "")
     runner = ray_runner(spec, files, out, identity, workers=workers,
                         gpus_per_worker=args.gpus_per_worker, device=device,
-                        torch_threads=args.torch_threads)
+                        torch_threads=args.torch_threads, pipeline=pipeline, pools=pools)
     s = run_job(spec, out, runner, resume=args.resume, overwrite=args.overwrite,
-                identity=identity, details={"device": device, "workers": list(workers),
-                                            "gpus_per_worker": args.gpus_per_worker})
+                identity=identity, details={"device": device, "pipeline": pipeline,
+                                            "workers": list(workers),
+                                            "gpus_per_worker": args.gpus_per_worker,
+                                            **({"cpu_workers": list(pools.cpu_workers)}
+                                               if pools else {})})
     log.info("%d images in %.1f s (%.0f img/s), %d candidates tried, acceptance %.3f (latent "
              "%.3f, image %.3f), %d waves -> %s", s.requested, s.wall_s, s.images_per_s,
              s.candidates_tried, s.acceptance["both_steps"], s.acceptance["latent_step"],

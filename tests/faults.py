@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 
 from regene_ray.mass import ray_stage
-from regene_ray.mass.ray_stage import WriteChunksOnNode
+from regene_ray.mass.chunks import chunk_table
+from regene_ray.mass.ray_stage import CommitOnRay, WriteChunksOnNode
 
 
 class DiesOnceOnChunk(WriteChunksOnNode):
@@ -31,13 +32,36 @@ class DiesOnceOnChunk(WriteChunksOnNode):
         return super().write_chunk(label, chunk)
 
 
-def use_dying_stage(monkeypatch, chunk: tuple[int, int], marker: Path) -> None:
-    """Make the Ray stage of jobs/mass_generate.py run DiesOnceOnChunk."""
+class CommitDiesOnceOnChunk(CommitOnRay):
+    """The split pipeline's commit stage, whose process exits after writing chunk `CHUNK`'s
+    PNG files and before its Parquet file, the first time any worker meets it."""
+
+    CHUNK: tuple[int, int] = (0, 0)
+    MARKER: str = ""
+
+    def commit(self, label: int, chunk: int, g):
+        marker = Path(self.MARKER)
+        if (label, chunk) == tuple(self.CHUNK) and not marker.exists():
+            table, _ = chunk_table(g, label, chunk, self.num_classes)
+            image = table.column("image").combine_chunks()
+            self.out.write_many(list(zip(image.field("path").to_pylist(),
+                                         image.field("bytes").to_pylist(), strict=True)))
+            marker.write_text(f"worker {os.getpid()} died committing chunk {label},{chunk}\n")
+            os._exit(1)
+        return super().commit(label, chunk, g)
+
+
+def use_dying_stage(monkeypatch, chunk: tuple[int, int], marker: Path,
+                    where: str = "fused") -> None:
+    """Make the Ray stage of jobs/mass_generate.py run DiesOnceOnChunk (where='fused') or the
+    split pipeline's commit stage run CommitDiesOnceOnChunk (where='commit')."""
     import sys
 
     import ray.cloudpickle as cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    stage = type("DiesOnce", (DiesOnceOnChunk,), {"CHUNK": chunk, "MARKER": str(marker)})
+    base, kw = {"fused": (DiesOnceOnChunk, "stage"),
+                "commit": (CommitDiesOnceOnChunk, "commit_stage")}[where]
+    stage = type("DiesOnce", (base,), {"CHUNK": chunk, "MARKER": str(marker)})
     monkeypatch.setattr(ray_stage, "ray_runner", functools.partial(ray_stage.ray_runner,
-                                                                   stage=stage))
+                                                                   **{kw: stage}))

@@ -313,8 +313,8 @@ class WriteChunks(GenerateChunks):
 
 def _info_dict(info: ChunkInfo) -> dict:
     d = asdict(info)
-    d.pop("path")
-    d.pop("node")
+    for where in ("path", "node", "stage_gpus"):  # of this run, not of the chunk
+        d.pop(where)
     return d
 
 

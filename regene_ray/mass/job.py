@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import torch
 
 from regene_ray.convex import parse_weights
+from regene_ray.generator import PRECISIONS
 from regene_ray.latent_bank import THRESHOLDS_FILE
 from regene_ray.mass.plan import ChunkInfo, class_rates, cutoffs, plan_wave, prior_rate, quotas
 from regene_ray.mass.run_files import run_hashes
@@ -63,7 +64,8 @@ _PNG_RE = re.compile(r"^(\d{5})/(\d+)\.png$")  # png/<label>/ + <shard>/<id>.png
 
 # Bumped whenever the bytes of an output can change (keyed random streams, PNG encoding, batch
 # make-up, memory format ...): a resume never mixes files of two formats. v2: job key, runtime.
-FORMAT = "regene-ray mass generation v2"
+# v3: mixing on CPU whatever the device (CUDA bytes changed; CPU bytes did not), precision.
+FORMAT = "regene-ray mass generation v3"
 
 
 # what a mass generation writes directly inside OUT (--overwrite deletes these, and only these)
@@ -88,8 +90,12 @@ class MassSpec:
     chunk_size: int = 1024  # candidates per chunk: the unit of work, resume and Parquet files
     png: bool = False  # also write OUT/png/<label>/<shard>/<id>.png
     batch_size: int = 0  # candidates per decoder batch inside a chunk (0: the whole chunk)
+    precision: str = "fp32"  # the decoder's: fp32 | bf16 | fp16 (the classifier stays fp32)
 
     def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision {self.precision!r}: use one of "
+                             f"{', '.join(PRECISIONS)}")
         if self.batch_size < 0:
             raise ValueError(f"--batch-size {self.batch_size} must be at least 1 (0, in the "
                              "Python API only, means one batch per chunk)")
@@ -426,7 +432,7 @@ def _run_locked(spec: MassSpec, out: Storage, runner: Runner, lease: Lease, iden
     if resumed:
         log.info("resuming: %d chunks already done in %s", len(done), out)
     prior = prior_rate(spec.run, spec.n_parents)
-    waves, generated, per_node = 0, 0, {}
+    waves, generated, per_node, stage_gpus = 0, 0, {}, {}
     while True:
         rates = class_rates(done, spec.classes, prior, min_tried=spec.chunk_size)
         todo = plan_wave(done, quota, spec.chunk_size, rates)
@@ -445,6 +451,8 @@ def _run_locked(spec: MassSpec, out: Storage, runner: Runner, lease: Lease, iden
             generated += info.tried
             if info.node:
                 per_node[info.node] = per_node.get(info.node, 0) + 1
+            for stage, gpus in info.stage_gpus.items():
+                stage_gpus.setdefault(stage, set()).add(gpus)
         missing = [key for key in todo if key not in done]
         if missing:
             raise RuntimeError(f"the runner returned no result for chunks {missing[:5]}")
@@ -470,7 +478,9 @@ def _run_locked(spec: MassSpec, out: Storage, runner: Runner, lease: Lease, iden
         round(generated * (acc / tried) / wall, 1),
         parquet_files=n_files,
         extra={"chunk_size": spec.chunk_size, "batch_size": spec.batch_size, "out": str(out),
-               **(details or {}), **({"chunks_per_node": per_node} if per_node else {})},
+               **(details or {}), **({"chunks_per_node": per_node} if per_node else {}),
+               **({"stage_gpus": {k: sorted(v) for k, v in sorted(stage_gpus.items())}}
+                  if stage_gpus else {})},
     )
     out.write_json(SUMMARY_FILE, asdict(summary))
     return summary

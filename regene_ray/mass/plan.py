@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
@@ -77,7 +77,8 @@ class ChunkInfo:
     latent_passed: int
     accepted: int  # accepted rows of the full chunk (before any trimming)
     path: str | None = None  # relative to the output folder
-    node: str = ""  # the Ray node that generated it in this run (when the runner says)
+    node: str = ""  # the Ray node that ran its networks in this run (when the runner says)
+    stage_gpus: dict[str, float] = field(default_factory=dict)  # GPUs of each stage's actor
 
 
 def prior_rate(run_dir: str | Path, n_parents: Sequence[int]) -> float | None:

@@ -1,77 +1,200 @@
 """Mass generation on Ray Data: the only module of regene_ray.mass that imports Ray.
 
-Chunk descriptors stream through `map_batches` on an actor pool of WriteChunksOnNode (the plain
-batch transform of regene_ray.mass.chunks, plus the Ray node that ran it). jobs/mass_generate.py
-builds the runner here and hands it to regene_ray.mass.job.run_job.
+Chunk descriptors stream through `map_batches`, one chunk per row, in one of two layouts:
+
+* fused: one actor pool of WriteChunksOnNode; each actor mixes, runs the networks, encodes PNGs
+  and writes Parquet (regene_ray.mass.chunks.WriteChunks);
+* split: MixOnRay (CPU) -> ScoreOnRay (the networks; the only operator given GPUs) ->
+  CommitOnRay (CPU: PNG, Parquet), so GPU actors do nothing but decode and classify.
+
+Both write the same bytes (a chunk is one row, scored in the same decoder batches), so a job
+started with one layout can be resumed with the other. Result rows say where every stage ran
+(summary.json's `stage_gpus`). jobs/mass_generate.py builds the runner here and hands it to
+regene_ray.mass.job.run_job.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
-from regene_ray.mass.chunks import WriteChunks
+from regene_ray.mass.chunks import CommitChunks, MixChunks, ScoreChunks, WriteChunks
 from regene_ray.mass.job import MassSpec, Runner
 from regene_ray.mass.plan import ChunkInfo
 from regene_ray.storage import Storage
 
+MIX_CPUS = 0.5  # CPUs reserved by the mixing actor of the split pipeline (light work)
 
-class WriteChunksOnNode(WriteChunks):
-    """WriteChunks whose result rows also carry the Ray node id of the actor that wrote them."""
+
+PLACED = "placed_"  # columns that say where each stage of a chunk ran
+
+
+def _placement() -> tuple[str, float]:
+    """(node id, GPUs assigned) of the calling actor."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    return ctx.get_node_id(), float(ctx.get_assigned_resources().get("GPU", 0.0))
+
+
+class _Placed:
+    """Mixin for a stage on Ray: its result rows carry, besides the stage's own columns, the
+    node and GPUs of the actor of this stage and of every stage before it."""
+
+    STAGE = ""
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import ray
-
         out = super().__call__(batch)
-        out["node"] = np.array([ray.get_runtime_context().get_node_id()] * len(out["label"]))
+        n = len(out["label"])
+        out.update({k: v for k, v in batch.items() if k.startswith(PLACED)})
+        node, gpus = _placement()
+        out[f"{PLACED}{self.STAGE}_node"] = np.array([node] * n)
+        out[f"{PLACED}{self.STAGE}_gpus"] = np.full(n, gpus)
         return out
+
+
+class WriteChunksOnNode(_Placed, WriteChunks):
+    """The fused stage (mix, networks, commit in one actor)."""
+
+    STAGE = "fused"
+
+
+class MixOnRay(_Placed, MixChunks):
+    STAGE = "mix"
+
+
+class ScoreOnRay(_Placed, ScoreChunks):
+    STAGE = "score"
+
+
+class CommitOnRay(_Placed, CommitChunks):
+    STAGE = "commit"
+
+
+PIPELINES = ("fused", "split")
+
+
+# The layout --pipeline auto picks without GPUs: the faster of the two on the 2-core CPU box
+# (BENCHMARKS.md, section 8). With GPUs it is always the split.
+CPU_PIPELINE = "fused"
+
+
+@dataclass(frozen=True)
+class Pools:
+    """Actor pools of a job: the network stage's (fused, or score in the split) and, in the
+    split, the CPU commit stage's; mixing is one or two light actors."""
+
+    workers: tuple[int, int]  # network-stage actors, MIN..MAX
+    cpu_workers: tuple[int, int] = (1, 1)  # commit actors (split only)
+    commit_cpus: float = 1.0  # CPUs reserved per commit actor
+    mix_cpus: float = MIX_CPUS
+
+
+def split_pools(cluster_cpus: float, workers: tuple[int, int],
+                cpu_workers: tuple[int, int] | None = None) -> Pools:
+    """Size the split pipeline on `cluster_cpus`: each network actor reserves one CPU (it feeds
+    its GPU), the mixer MIX_CPUS, and commit actors (PNG, Parquet) take what is left, one CPU
+    each, or one actor on the fraction left on a small box.
+
+    Raises:
+        ValueError: when nothing is left for the commit stage.
+    """
+    left = cluster_cpus - workers[1] - MIX_CPUS
+    if cpu_workers is not None:
+        return Pools(workers, cpu_workers, commit_cpus=1.0 if left >= cpu_workers[1]
+                     else max(left / cpu_workers[1], 0.1))
+    if left <= 0:
+        raise ValueError(
+            f"the split pipeline needs CPUs besides its {workers[1]} network actors (one each) "
+            f"and the mixer, but the cluster has {cluster_cpus:g}; lower --workers, pass "
+            "--cpu-workers on an autoscaling cluster, or use --pipeline fused")
+    if left >= 1:
+        return Pools(workers, (1, int(left)), commit_cpus=1.0)
+    return Pools(workers, (1, 1), commit_cpus=left)
+
+
+def _infos(rows: list[dict]) -> list[ChunkInfo]:
+    """Result rows -> ChunkInfo, with where each stage ran."""
+    infos = []
+    for r in rows:
+        where = {k[len(PLACED):-len("_gpus")]: float(v) for k, v in r.items()
+                 if k.startswith(PLACED) and k.endswith("_gpus")}
+        net = "fused" if "fused" in where else "score"
+        infos.append(ChunkInfo(int(r["label"]), int(r["chunk"]), int(r["tried"]),
+                               int(r["latent_passed"]), int(r["accepted"]),
+                               node=str(r[f"{PLACED}{net}_node"]), stage_gpus=where))
+    return infos
 
 
 def ray_runner(spec: MassSpec, run_files: dict[str, bytes], out: Storage, identity: dict, *,
                workers: tuple[int, int], gpus_per_worker: float | None, device: str,
-               torch_threads: int, stage: type[WriteChunks] | None = None) -> Runner:
-    """Run chunks through map_batches on an actor pool of `stage` (default WriteChunksOnNode),
-    one chunk per block. The run's files travel as bytes (constructor arguments), so actors need
-    not see --run."""
-    stage = stage or WriteChunksOnNode
+               torch_threads: int, pipeline: str = "fused", pools: Pools | None = None,
+               stage: type[WriteChunks] | None = None,
+               commit_stage: type[CommitChunks] | None = None) -> Runner:
+    """Run chunks through Ray Data, one chunk per row and per call.
+
+    pipeline 'fused': map_batches on one actor pool of `stage` (default WriteChunksOnNode) that
+    mixes, runs the networks and commits. pipeline 'split': three operators, MixOnRay (CPU) ->
+    ScoreOnRay (the only one given GPUs) -> `commit_stage` (default CommitOnRay, CPU), sized by
+    `pools` (default split_pools on the cluster's CPUs). The run's files travel as bytes
+    (constructor arguments), so actors need not see --run.
+    """
+    if pipeline not in PIPELINES:
+        raise ValueError(f"--pipeline {pipeline!r}: use one of {', '.join(PIPELINES)}")
     import ray
+
+    # max_restarts / max_task_retries have no named parameter in Ray 2.60: they travel as
+    # ray_remote_args, which warns as deprecated. Bounded (Ray Data's default is infinite),
+    # so a chunk that kills its worker every time fails the job instead of looping.
+    warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+    retry = dict(max_restarts=3,  # a dead actor is restarted ...
+                 max_task_retries=3)  # ... and its chunk retried (the file was never renamed in)
+    gpu = {"num_gpus": gpus_per_worker} if gpus_per_worker else {}  # never num_gpus=0
+    mix_kw = dict(n_parents=spec.n_parents, weights=spec.weights, seed=spec.seed,
+                  chunk_size=spec.chunk_size)
+    score_kw = dict(batch_size=spec.batch_size, device=device, precision=spec.precision,
+                    torch_threads=torch_threads)
+    num_classes = len(identity["thresholds"]["latent"])
+
+    def pool(lo: int, hi: int, n: int, **kw) -> ray.data.ActorPoolStrategy:
+        return ray.data.ActorPoolStrategy(min_size=min(lo, n), max_size=min(hi, n), **kw)
 
     def run(todo: list[tuple[int, int]]) -> list[ChunkInfo]:
         items = [{"label": c, "chunk": chunk} for c, chunk in sorted(todo, key=lambda t: (t[1], t[0]))]
-        ds = ray.data.from_items(items, override_num_blocks=len(items))
-        gpu = {"num_gpus": gpus_per_worker} if gpus_per_worker else {}  # never num_gpus=0
-        # max_restarts / max_task_retries have no named parameter in Ray 2.60: they travel as
-        # ray_remote_args, which warns as deprecated. Bounded (Ray Data's default is infinite),
-        # so a chunk that kills its worker every time fails the job instead of looping.
-        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-        ds = ds.map_batches(
-            stage,
-            fn_constructor_args=(run_files, out),
-            fn_constructor_kwargs=dict(
-                metadata=identity, png=spec.png, n_parents=spec.n_parents,
-                weights=spec.weights, seed=spec.seed, chunk_size=spec.chunk_size,
-                batch_size=spec.batch_size,
-                device=device, torch_threads=torch_threads),
-            compute=ray.data.ActorPoolStrategy(min_size=min(workers[0], len(items)),
-                                               max_size=min(workers[1], len(items))),
-            batch_size=1,  # one chunk per call (the actor splits it into decoder batches)
-            num_cpus=1,
-            max_restarts=3,  # a dead actor is restarted ...
-            max_task_retries=3,  # ... and its chunk retried (the file was never renamed in)
-            **gpu,
-        )
-        return [ChunkInfo(int(r["label"]), int(r["chunk"]), int(r["tried"]),
-                          int(r["latent_passed"]), int(r["accepted"]), node=str(r["node"]))
-                for r in ds.take_all()]
+        n = len(items)
+        ds = ray.data.from_items(items, override_num_blocks=n)
+        if pipeline == "fused":
+            ds = ds.map_batches(
+                stage or WriteChunksOnNode, fn_constructor_args=(run_files, out),
+                fn_constructor_kwargs=dict(metadata=identity, png=spec.png, **mix_kw, **score_kw),
+                compute=pool(*workers, n), batch_size=1, num_cpus=1, **retry, **gpu)
+        else:
+            p = pools or split_pools(ray.cluster_resources().get("CPU", 1), workers)
+            ds = ds.map_batches(MixOnRay, fn_constructor_args=(run_files,),
+                                fn_constructor_kwargs=mix_kw, compute=pool(1, 2, n),
+                                batch_size=1, num_cpus=p.mix_cpus, **retry)
+            ds = ds.map_batches(ScoreOnRay, fn_constructor_args=(run_files,),
+                                fn_constructor_kwargs=dict(runtime=identity.get("runtime"),
+                                                           **score_kw),
+                                compute=pool(*p.workers, n), batch_size=1, num_cpus=1,
+                                **retry, **gpu)
+            ds = ds.map_batches(commit_stage or CommitOnRay, fn_constructor_args=(out,),
+                                fn_constructor_kwargs=dict(metadata=identity, png=spec.png,
+                                                           num_classes=num_classes),
+                                compute=pool(*p.cpu_workers, n), batch_size=1,
+                                num_cpus=p.commit_cpus, **retry)
+        return _infos(ds.take_all())
 
     return run
 
 
-def default_workers(gpus_per_worker: float | None) -> tuple[int, int]:
-    """#CPUs actors of num_cpus=1, all started at once (no ramp-up from 1). The input is built on
-    the driver (from_items), so no read task competes with the actors for CPUs; on 2 cores 2
-    single-threaded actors beat 1."""
+def default_workers(gpus_per_worker: float | None, pipeline: str = "fused") -> tuple[int, int]:
+    """Network-stage actors, all started at once (no ramp-up from 1): GPUs / gpus_per_worker on
+    GPU; on CPU #CPUs fused actors of num_cpus=1 (the input is built on the driver, so no read
+    task competes with them; on 2 cores 2 single-threaded actors beat 1), or half the CPUs in
+    the split, whose commit actors take the rest."""
     import ray
 
     res = ray.cluster_resources()
@@ -83,7 +206,8 @@ def default_workers(gpus_per_worker: float | None) -> tuple[int, int]:
                              "--workers MIN,MAX (GPU nodes are launched as the actors ask for "
                              "them), else leave the flag out for CPU workers")
         return n, n
-    n = max(1, int(res.get("CPU", 1)))
+    cpus = int(res.get("CPU", 1))
+    n = max(1, cpus // 2 if pipeline == "split" else cpus)
     return n, n
 
 
