@@ -1,16 +1,24 @@
-"""Mass-generation throughput: a bare single-process PyTorch loop against the Ray Data pipeline.
+"""Mass-generation throughput: Ray Data against what a user would write instead, in one run.
 
-    python benchmarks/generate_throughput.py --run runs/demo --count 100_000
+    python benchmarks/generate_throughput.py --run runs/mnist --count 100_000 \
+        --sides bare,pool,ray,split --bare-threads 1
     python benchmarks/generate_throughput.py --run runs/demo --count 2000   # a quick check
 
-Both sides do the same work on the same run folder, count, batch size and seed: mixing, the
+Every side does the same work on the same run folder, count, batch size and seed: mixing, the
 latent filter, decoding, the image filter, PNG encoding and Parquet writing of exactly --count
-images (regene_ray.mass.WriteChunks). The bare side runs the chunks one after another in one
-process with torch using every core; the Ray side runs jobs/mass_generate.py (actors with one
-torch thread each). Each side runs in its own child process, and a sampler sums the memory of
-that child and all its descendants (Ray's raylet, GCS and workers included) every second:
-PSS from /proc/<pid>/smaps_rollup (shared pages such as the object store counted once) and RSS.
-It also reports the decode + classify stage's achieved GFLOP/s against a measured fp32 matmul.
+images, planned in waves by the same driver (regene_ray.mass.run_job):
+
+* bare:  the chunks one after another in one process (regene_ray.mass.WriteChunks);
+* pool:  a multiprocessing pool of N processes (spawned, one torch thread each), each holding a
+         WriteChunks and taking chunks from imap_unordered: the baseline without Ray;
+* ray:   jobs/mass_generate.py --pipeline fused (N actors, one torch thread each);
+* split: jobs/mass_generate.py --pipeline split (CPU mixing -> network actors -> CPU commit).
+
+N is the number of CPUs (as the job's default). Each side runs in its own child process, and a
+sampler sums the memory of that child and all its descendants (Ray's raylet, GCS and workers
+included) every second: PSS from /proc/<pid>/smaps_rollup (shared pages such as the object store
+counted once) and RSS. It also reports the decode + classify stage's achieved GFLOP/s against a
+measured fp32 matmul.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -103,12 +112,7 @@ def bare(args: argparse.Namespace) -> dict:
 
     threads = args.bare_threads or os.cpu_count()
     torch.set_num_threads(threads)
-    classes = tuple(range(_num_classes(args.run)))
-    spec = mass.MassSpec(run=str(args.run.resolve()), count=args.count, classes=classes,
-                         n_parents=tuple(args.n_parents), seed=args.seed,
-                         chunk_size=mass.auto_chunk_size(args.count, len(classes),
-                                                         args.batch_size),
-                         batch_size=args.batch_size)  # as the job's --chunk-size auto
+    spec = _spec(args)
     identity = mass.job_metadata(spec, mass.run_hashes(spec.run))
     stage = mass.WriteChunks(spec.run, args.out, metadata=identity, n_parents=spec.n_parents,
                              seed=spec.seed, chunk_size=spec.chunk_size,
@@ -116,6 +120,51 @@ def bare(args: argparse.Namespace) -> dict:
     s = mass.run_job(spec, args.out, mass.serial_runner(stage), identity=identity)
     return {"wall_s": s.wall_s, "candidates": s.candidates_generated_this_run,
             "latent_step": s.acceptance["latent_step"], "torch_threads": threads}
+
+
+_POOL_STAGE = None  # the WriteChunks of a pool process (set by _pool_init)
+
+
+def _pool_init(run: str, out: str, identity: dict, spec_kw: dict) -> None:
+    global _POOL_STAGE
+    from regene_ray import mass
+
+    _POOL_STAGE = mass.WriteChunks(run, out, metadata=identity, torch_threads=1, **spec_kw)
+
+
+def _pool_chunk(key: tuple[int, int]):
+    return _POOL_STAGE.write_chunk(*key)
+
+
+def pool(args: argparse.Namespace) -> dict:
+    """The job's driver (run_job) with a multiprocessing pool as its runner."""
+    import multiprocessing as mp
+
+    from regene_ray import mass
+
+    spec = _spec(args)
+    identity = mass.job_metadata(spec, mass.run_hashes(spec.run))
+    n = args.pool_workers or os.cpu_count()
+    kw = dict(n_parents=spec.n_parents, weights=spec.weights, seed=spec.seed,
+              chunk_size=spec.chunk_size, batch_size=spec.batch_size, png=spec.png)
+    with mp.get_context("spawn").Pool(n, _pool_init,
+                                      (spec.run, str(args.out), identity, kw)) as workers:
+        s = mass.run_job(spec, args.out,
+                         lambda todo: list(workers.imap_unordered(_pool_chunk, todo)),
+                         identity=identity)
+    return {"wall_s": s.wall_s, "candidates": s.candidates_generated_this_run,
+            "latent_step": s.acceptance["latent_step"], "processes": n}
+
+
+def _spec(args: argparse.Namespace):
+    from regene_ray import mass
+
+    classes = tuple(range(_num_classes(args.run)))
+    return mass.MassSpec(run=str(args.run.resolve()), count=args.count, classes=classes,
+                         n_parents=tuple(args.n_parents), seed=args.seed,
+                         chunk_size=mass.auto_chunk_size(args.count, len(classes),
+                                                         args.batch_size),
+                         batch_size=args.batch_size)  # as the job's --chunk-size auto
 
 
 def _num_classes(run: Path) -> int:
@@ -153,6 +202,10 @@ def matmul_gflops(threads: int, n: int = 1024, reps: int = 20) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 
+CHILD_SIDES = {"bare": bare, "pool": pool}  # run by this script in a child process
+JOB_SIDES = {"ray": "fused", "split": "split"}  # jobs/mass_generate.py --pipeline
+
+
 def run_side(name: str, cmd: list[str]) -> dict:
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
@@ -162,7 +215,7 @@ def run_side(name: str, cmd: list[str]) -> dict:
     mem.stop()
     if proc.returncode:
         raise SystemExit(f"{name} side failed (exit {proc.returncode})")
-    result = json.loads(stdout.strip().splitlines()[-1]) if name == "bare" else {}
+    result = json.loads(stdout.strip().splitlines()[-1]) if name in CHILD_SIDES else {}
     result.update(process_wall_s=time.perf_counter() - t, peak_pss_mib=mem.peak_pss_mib,
                   peak_rss_mib=mem.peak_rss_mib, peak_processes=mem.peak_processes)
     return result
@@ -184,43 +237,56 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "job's, 1..#CPUs)")
     p.add_argument("--bare-threads", type=int, default=None,
                    help="torch threads of the bare loop (default: all cores)")
-    p.add_argument("--sides", default="bare,ray",
-                   help="which sides to run, in this order (default: bare,ray)")
+    p.add_argument("--pool-workers", type=int, default=None,
+                   help="processes of the pool side (default: all cores)")
+    p.add_argument("--sides", default="bare,pool,ray,split",
+                   help="which of bare, pool, ray, split to run, in this order (default: all)")
     p.add_argument("--out", type=Path, default=None,
-                   help="scratch folder, emptied first (default: a temporary folder)")
-    p.add_argument("--phase", choices=["bare"], help=argparse.SUPPRESS)  # the child process
+                   help="where to make the scratch folder (a new regene-bench-* folder inside "
+                   "it, deleted at the end; default: the system's temporary folder)")
+    p.add_argument("--phase", choices=list(CHILD_SIDES), help=argparse.SUPPRESS)  # a child
     return p
 
 
 def main(args: argparse.Namespace) -> dict:
-    if args.phase == "bare":
-        print(json.dumps(bare(args)))
+    if args.phase:
+        print(json.dumps(CHILD_SIDES[args.phase](args)))
         return {}
-    scratch = args.out or Path(tempfile.mkdtemp(prefix="regene-bench-"))
+    scratch = Path(tempfile.mkdtemp(prefix="regene-bench-", dir=args.out))  # ours to delete
+    try:
+        return measure(args, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, scratch: Path) -> dict:
     common = ["--run", str(args.run), "--count", str(args.count), "--batch-size",
               str(args.batch_size), "--n-parents", ",".join(map(str, args.n_parents)),
               "--seed", str(args.seed)]
     results = {}
     for side in args.sides.split(","):  # in the order given
         out = scratch / side
-        subprocess.run(["rm", "-rf", str(out)], check=True)
-        if side == "bare":
-            cmd = [sys.executable, __file__, "--phase", "bare", "--out", str(out), *common]
+        if side in CHILD_SIDES:
+            cmd = [sys.executable, __file__, "--phase", side, "--out", str(out), *common]
             if args.bare_threads:
                 cmd += ["--bare-threads", str(args.bare_threads)]
-            results["bare"] = run_side("bare", cmd)
-        elif side == "ray":
+            if args.pool_workers:
+                cmd += ["--pool-workers", str(args.pool_workers)]
+            results[side] = run_side(side, cmd)
+        elif side in JOB_SIDES:
             cmd = [sys.executable, str(REPO / "jobs" / "mass_generate.py"), "--out", str(out),
-                   *common]
+                   "--pipeline", JOB_SIDES[side], *common]
             if args.workers:
                 cmd += ["--workers", args.workers]
-            r = run_side("ray", cmd)
+            r = run_side(side, cmd)
             s = json.loads((out / "summary.json").read_text())
             r.update(wall_s=s["wall_s"], candidates=s["candidates_generated_this_run"],
                      latent_step=s["acceptance"]["latent_step"])
-            results["ray"] = r
+            results[side] = r
         else:
-            raise SystemExit(f"--sides {args.sides}: unknown side {side!r}; use bare and/or ray")
+            raise SystemExit(f"--sides {args.sides}: unknown side {side!r}; use bare, pool, "
+                             "ray or split")
+        shutil.rmtree(out)  # keep the disk free for the next side
     gflop = stage_gflop_per_candidate(args.run, next(iter(results.values()))["latent_step"])
     peak = {t: matmul_gflops(t) for t in sorted({1, os.cpu_count()})}
     print(f"run {args.run}  count {args.count}  batch {args.batch_size}  cores {os.cpu_count()}"
@@ -234,12 +300,14 @@ def main(args: argparse.Namespace) -> dict:
               f"{r['process_wall_s']:.1f} s)  peak memory PSS {r['peak_pss_mib']:.0f} MiB, RSS "
               f"{r['peak_rss_mib']:.0f} MiB over {r['peak_processes']} processes  "
               f"networks {r['stage_gflops']:.2f} GFLOP/s")
-    if len(results) == 2:
-        ratio = results["ray"]["images_per_s"] / results["bare"]["images_per_s"]
-        ratio_all = (results["ray"]["images_per_s_incl_startup"]
-                     / results["bare"]["images_per_s_incl_startup"])
-        print(f"ray / bare: {ratio:.2f}x (job wall), {ratio_all:.2f}x (with start-up)")
-        results["ratio"], results["ratio_incl_startup"] = ratio, ratio_all
+    for a, b in [("ray", "pool"), ("ray", "bare"), ("split", "pool"), ("split", "ray"),
+                 ("pool", "bare")]:
+        if a in results and b in results:
+            ratio = results[a]["images_per_s"] / results[b]["images_per_s"]
+            ratio_all = (results[a]["images_per_s_incl_startup"]
+                         / results[b]["images_per_s_incl_startup"])
+            print(f"{a} / {b}: {ratio:.2f}x (job wall), {ratio_all:.2f}x (with start-up)")
+            results[f"{a}/{b}"] = [ratio, ratio_all]
     results["matmul_gflops"] = peak
     results["gflop_per_candidate"] = gflop
     return results
