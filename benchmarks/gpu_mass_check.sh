@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# GPU check of mass generation through Ray on a lent CUDA machine, with an MNIST-size run.
-# Today's stage is the fused one (each actor mixes, filters, decodes, re-classifies and encodes
-# PNGs); this measures it through `jobs/mass_generate.py --gpus-per-worker` for the first time.
+# GPU check of mass generation on a lent CUDA machine, with an MNIST-size run (configs/mnist.yaml),
+# in one go (about 6 minutes on one H100; every step is bounded by a timeout so the whole stays
+# under 8). Writes its figures to $OUT:
+#   machine.txt    GPU, cores, torch, Ray
+#   networks.txt   the bare single-process GPU loops: the whole transform (GenerateChunks) and
+#                  the networks alone (ScoreChunks on mixed chunks), fp32 / bf16 / fp16, with
+#                  the effect of half precision on pixels and decisions, and GFLOP/s against
+#                  the measured matmul peak of the same GPU
+#   ray_100k.txt   the split pipeline through Ray with 2 and 4 GPU actors: identical outputs
+#   ray_1m.txt     1e6 images, split pipeline, 4 actors x 0.25 GPU; Ray Data's per-operator
+#                  statistics (the stage that limits it) in ray_1m_stats.txt
+#   dmon.txt       nvidia-smi dmon -s u samples (1 s) during the Ray runs
 # Carried beside the repo (both git-ignored):
 #   .whl/                   ../shared/tools/device-bundle.sh: Ray without its jars + missing wheels
 #   .gpu_data/MNIST/raw/    gzipped official MNIST files
-# Writes its figures to $OUT; about 6 minutes on one H100.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 T0=$(date +%s)
@@ -20,11 +28,11 @@ export REGENE_DATA_ROOT=/tmp/data PYTHONUNBUFFERED=1
 } 2>&1 | tee "$OUT/machine.txt"
 
 echo "== 1. train configs/mnist.yaml on cuda"
-python3 jobs/train.py --config configs/mnist.yaml --out /tmp/run --device cuda > "$OUT/train.log" 2>&1
+timeout 150 python3 jobs/train.py --config configs/mnist.yaml --out /tmp/run --device cuda > "$OUT/train.log" 2>&1
 tail -2 "$OUT/train.log"; cp /tmp/run/metrics.json "$OUT/metrics_run.json" 2>/dev/null
 
-echo "== 2. bare single-process GPU loop (the batch transform, no Ray), chunk 16384, batch 4096"
-python3 - <<'PY' 2>&1 | tee "$OUT/bare.txt"
+echo "== 2. bare single-process GPU loops (no Ray): chunk 16384, decoder batch 4096"
+timeout 60 python3 - <<'PY' 2>&1 | tee "$OUT/networks.txt"
 import time, torch
 from regene_ray import mass
 g = mass.GenerateChunks("/tmp/run", chunk_size=16384, batch_size=4096, device="cuda", torch_threads=4)
@@ -33,28 +41,35 @@ t, n, acc = time.perf_counter(), 0, 0
 for k in range(1, 9):
     table, info = g.generate(k % 10, k); n += info.tried; acc += info.accepted
 torch.cuda.synchronize(); dt = time.perf_counter() - t
-print(f"bare GPU loop: {n / dt:.0f} candidates/s, {acc / dt:.0f} accepted img/s over {n} candidates")
+print(f"whole transform (mix, networks, PNG, table) in 1 process: {n / dt:.0f} candidates/s, "
+      f"{acc / dt:.0f} accepted img/s over {n} candidates")
 PY
+timeout 120 python3 benchmarks/networks_throughput.py --run /tmp/run --device cuda --threads 4 \
+  --chunk 16384 --batch 4096 --reps 8 2>&1 | tee -a "$OUT/networks.txt"
 
 nvidia-smi dmon -s u -d 1 > "$OUT/dmon.txt" 2>&1 &
 DMON=$!
-echo "== 3. identical output for 2 and 4 GPU actors (100k, --gpus-per-worker 0.25)"
+echo "== 3. split pipeline, identical output for 2 and 4 GPU actors (100k, --gpus-per-worker 0.25)"
 for w in 2 4; do
-  /usr/bin/time -v python3 jobs/mass_generate.py --run /tmp/run --count 100000 --batch-size 4096 \
-    --gpus-per-worker 0.25 --workers $w --out /tmp/gen_w$w > /dev/null 2> /tmp/gen_w$w.log
-  grep -E "mass_generate:.*img/s|Elapsed|Maximum resident" /tmp/gen_w$w.log | tee -a "$OUT/ray_100k.txt"
+  timeout 100 /usr/bin/time -v python3 jobs/mass_generate.py --run /tmp/run --count 100000 \
+    --batch-size 4096 --gpus-per-worker 0.25 --workers $w --out /tmp/gen_w$w > /dev/null 2> /tmp/gen_w$w.log
+  grep -E "mass_generate:.*(img/s|pipeline)|Elapsed|Maximum resident" /tmp/gen_w$w.log | tee -a "$OUT/ray_100k.txt"
 done
-python3 - <<'PY' 2>&1 | tee -a "$OUT/ray_100k.txt"
+timeout 30 python3 - <<'PY' 2>&1 | tee -a "$OUT/ray_100k.txt"
 import pyarrow.parquet as pq
 a = pq.read_table("/tmp/gen_w2/data").sort_by("id"); b = pq.read_table("/tmp/gen_w4/data").sort_by("id")
 print("rows", a.num_rows, b.num_rows, "identical outputs with 2 and 4 GPU actors:", a.equals(b))
 PY
-echo "== 4. 1e6 images through Ray, 4 actors x 0.25 GPU (stopped after 240 s)"
+rm -rf /tmp/gen_w2 /tmp/gen_w4
+echo "== 4. 1e6 images, split pipeline, 4 actors x 0.25 GPU, batch 4096 (stopped after 150 s)"
 echo "dmon line at 1e6 start: $(wc -l < "$OUT/dmon.txt")" >> "$OUT/ray_1m.txt"
-timeout 240 /usr/bin/time -v python3 jobs/mass_generate.py --run /tmp/run --count 1e6 \
-  --batch-size 4096 --gpus-per-worker 0.25 --workers 4 --out /tmp/gen_1m > /dev/null 2> /tmp/gen_1m.log
+timeout 150 /usr/bin/time -v python3 jobs/mass_generate.py --run /tmp/run --count 1e6 -v \
+  --batch-size 4096 --gpus-per-worker 0.25 --workers 4 --out /tmp/gen_1m > /tmp/gen_1m.out 2> /tmp/gen_1m.log
 echo "exit $?" >> "$OUT/ray_1m.txt"
-grep -E "mass_generate:.*img/s|wave|Elapsed|Maximum resident" /tmp/gen_1m.log | tee -a "$OUT/ray_1m.txt"
+echo "dmon line at 1e6 end: $(wc -l < "$OUT/dmon.txt")" >> "$OUT/ray_1m.txt"
+grep -E "mass_generate:.*(img/s|pipeline)|wave|Elapsed|Maximum resident" /tmp/gen_1m.log | tee -a "$OUT/ray_1m.txt"
+sed -n '/per-operator statistics/,/^[0-9][0-9]:[0-9][0-9]:[0-9][0-9] /p' /tmp/gen_1m.log > "$OUT/ray_1m_stats.txt"
+grep -E "^Operator|Remote wall time|Remote cpu time|UDF time" "$OUT/ray_1m_stats.txt" | head -40
 cp /tmp/gen_1m/summary.json "$OUT/summary_1m.json" 2>/dev/null
 kill $DMON 2>/dev/null
 tail -5 /tmp/gen_1m.log > "$OUT/ray_1m_tail.txt"

@@ -290,7 +290,7 @@ def main(args: argparse.Namespace) -> Summary:
         check_workers,
         default_workers,
         ray_runner,
-        split_pools,
+        split_pools_here,
     )
 
     if not ray.is_initialized():
@@ -303,7 +303,7 @@ def main(args: argparse.Namespace) -> Summary:
         ("split" if args.gpus_per_worker else CPU_PIPELINE)
     workers = (1, 1) if args.smoke_test else \
         args.workers or default_workers(args.gpus_per_worker, pipeline)
-    pools = split_pools(ray.cluster_resources().get("CPU", 1), workers, args.cpu_workers) \
+    pools = split_pools_here(workers, args.gpus_per_worker, args.cpu_workers) \
         if pipeline == "split" else None
     check_workers(identity, gpus_per_worker=args.gpus_per_worker, device=device)
     log.info("generating %d images of classes %s into %s: %s pipeline, %d..%d network actors%s",

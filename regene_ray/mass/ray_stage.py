@@ -15,6 +15,7 @@ regene_ray.mass.job.run_job.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ from regene_ray.mass.chunks import CommitChunks, MixChunks, ScoreChunks, WriteCh
 from regene_ray.mass.job import MassSpec, Runner
 from regene_ray.mass.plan import ChunkInfo
 from regene_ray.storage import Storage
+
+log = logging.getLogger(__name__)
 
 MIX_CPUS = 0.5  # CPUs reserved by the mixing actor of the split pipeline (light work)
 
@@ -92,27 +95,46 @@ class Pools:
     mix_cpus: float = MIX_CPUS
 
 
-def split_pools(cluster_cpus: float, workers: tuple[int, int],
-                cpu_workers: tuple[int, int] | None = None) -> Pools:
-    """Size the split pipeline on `cluster_cpus`: each network actor reserves one CPU (it feeds
-    its GPU), the mixer MIX_CPUS, and commit actors (PNG, Parquet) take what is left, one CPU
-    each, or one actor on the fraction left on a small box.
+def split_pools(cpus: float, workers: tuple[int, int], cpu_workers: tuple[int, int] | None = None,
+                *, network_cpus: float | None = None) -> Pools:
+    """Size the split pipeline on `cpus` CPUs: each network actor reserves one CPU (it feeds its
+    GPU), `network_cpus` of them out of `cpus` (default: all, workers[1]), the mixer MIX_CPUS,
+    and commit actors (PNG, Parquet) take what is left, one CPU each, or one actor on the
+    fraction left on a small box.
 
     Raises:
         ValueError: when nothing is left for the commit stage.
     """
-    left = cluster_cpus - workers[1] - MIX_CPUS
+    taken = workers[1] if network_cpus is None else network_cpus
+    left = cpus - taken - MIX_CPUS
     if cpu_workers is not None:
         return Pools(workers, cpu_workers, commit_cpus=1.0 if left >= cpu_workers[1]
                      else max(left / cpu_workers[1], 0.1))
     if left <= 0:
         raise ValueError(
             f"the split pipeline needs CPUs besides its {workers[1]} network actors (one each) "
-            f"and the mixer, but the cluster has {cluster_cpus:g}; lower --workers, pass "
+            f"and the mixer, but the cluster has {cpus:g}; lower --workers, pass "
             "--cpu-workers on an autoscaling cluster, or use --pipeline fused")
     if left >= 1:
         return Pools(workers, (1, int(left)), commit_cpus=1.0)
     return Pools(workers, (1, 1), commit_cpus=left)
+
+
+def split_pools_here(workers: tuple[int, int], gpus_per_worker: float | None,
+                     cpu_workers: tuple[int, int] | None = None) -> Pools:
+    """split_pools on the Ray cluster as it is now. With GPUs, network actors take their CPUs
+    from nodes that have GPUs (on an autoscaling cluster none may be up yet: the GPU nodes then
+    bring their own CPUs)."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    cpus = sum(n["Resources"].get("CPU", 0) for n in nodes)
+    if gpus_per_worker:
+        gpu_node_cpus = sum(n["Resources"].get("CPU", 0) for n in nodes
+                            if n["Resources"].get("GPU", 0) > 0)
+        return split_pools(cpus, workers, cpu_workers,
+                           network_cpus=min(workers[1], gpu_node_cpus))
+    return split_pools(cpus, workers, cpu_workers)
 
 
 def _infos(rows: list[dict]) -> list[ChunkInfo]:
@@ -171,7 +193,7 @@ def ray_runner(spec: MassSpec, run_files: dict[str, bytes], out: Storage, identi
                 fn_constructor_kwargs=dict(metadata=identity, png=spec.png, **mix_kw, **score_kw),
                 compute=pool(*workers, n), batch_size=1, num_cpus=1, **retry, **gpu)
         else:
-            p = pools or split_pools(ray.cluster_resources().get("CPU", 1), workers)
+            p = pools or split_pools_here(workers, gpus_per_worker)
             ds = ds.map_batches(MixOnRay, fn_constructor_args=(run_files,),
                                 fn_constructor_kwargs=mix_kw, compute=pool(1, 2, n),
                                 batch_size=1, num_cpus=p.mix_cpus, **retry)
@@ -185,7 +207,10 @@ def ray_runner(spec: MassSpec, run_files: dict[str, bytes], out: Storage, identi
                                                            num_classes=num_classes),
                                 compute=pool(*p.cpu_workers, n), batch_size=1,
                                 num_cpus=p.commit_cpus, **retry)
-        return _infos(ds.take_all())
+        rows = ds.take_all()
+        log.debug("Ray Data per-operator statistics (which stage limits the job):\n%s",
+                  ds.stats())
+        return _infos(rows)
 
     return run
 
