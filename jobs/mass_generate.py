@@ -10,8 +10,10 @@
         --gpus-per-worker 1 --workers 1,8
 
 Chunks of candidate ids (one chunk = a few decoder batches = one Parquet file) stream through
-`map_batches` on an actor pool of regene_ray.mass.chunks.WriteChunks; see regene_ray/mass/ for how the
-output stays exact, deterministic and resumable. Output: OUT/data/*.parquet, OUT/summary.json,
+Ray Data: split (CPU mixing -> network actors, the only ones given GPUs -> CPU actors that encode
+PNGs and write Parquet; the default with --gpus-per-worker) or fused (one actor pool does all;
+the default on CPU). Both write the same bytes; see regene_ray/mass/ for how the output stays
+exact, deterministic and resumable. Output: OUT/data/*.parquet, OUT/summary.json,
 with --png OUT/png/<label>/<shard>/<id>.png. A killed job completes with --resume.
 
 --out may be a local folder, s3://bucket/prefix or gs://bucket/prefix (pyarrow filesystems; for an

@@ -29,16 +29,26 @@ Modules, in the order the data flows:
 
     plan.py       ids, chunks, quotas, waves (pure)
     run_files.py  the run's files, shipped to actors as bytes, and their digests
-    chunks.py     GenerateChunks / WriteChunks: the batch transform, one Parquet file per chunk
+    chunks.py     the stages of a chunk: MixChunks (CPU) -> ScoreChunks (the networks) ->
+                  CommitChunks (PNG, one Parquet file); GenerateChunks / WriteChunks fuse them
     sinks.py      the Parquet schema and the PNG paths
     job.py        the output folder: identity, ownership, lease, scan, finalize, the driver loop
-    ray_stage.py  the only module here that imports Ray: the actor pool on Ray Data
+    ray_stage.py  the only module here that imports Ray: the stages on Ray Data, fused in one
+                  actor pool or split (network actors hold the GPUs, CPU actors the rest)
 
 This package's namespace re-exports the Ray-free API (`from regene_ray import mass`).
 """
 
 
-from regene_ray.mass.chunks import GenerateChunks, WriteChunks, serial_runner
+from regene_ray.mass.chunks import (
+    CommitChunks,
+    GenerateChunks,
+    MixChunks,
+    ScoreChunks,
+    WriteChunks,
+    chunk_table,
+    serial_runner,
+)
 from regene_ray.mass.job import (
     CHUNKS_DIR,
     DATA_DIR,
@@ -87,8 +97,9 @@ from regene_ray.mass.run_files import (
 
 __all__ = [
     "CHUNKS_DIR", "DATA_DIR", "FORMAT", "JOB_FILE", "MASS_ARTEFACTS", "MAX_COUNT", "PNG_DIR",
-    "RUN_FILES", "SUMMARY_FILE", "ChunkInfo", "ForeignChunkError", "GenerateChunks", "MassSpec",
-    "Runner", "Summary", "WriteChunks", "auto_chunk_size", "candidate_ids", "check_run_files",
+    "RUN_FILES", "SUMMARY_FILE", "ChunkInfo", "CommitChunks", "ForeignChunkError",
+    "GenerateChunks", "MassSpec", "MixChunks", "Runner", "ScoreChunks", "Summary", "WriteChunks",
+    "chunk_table", "auto_chunk_size", "candidate_ids", "check_run_files",
     "chunk_name", "class_rates", "count_rows", "cutoffs", "delete_orphan_pngs", "finalize",
     "hashes_of", "inspect_output", "job_key", "job_metadata", "pack_run", "parse_count",
     "plan_wave", "prepare_output", "prior_rate", "quotas", "run_hashes", "run_job",
