@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -241,6 +242,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="processes of the pool side (default: all cores)")
     p.add_argument("--sides", default="bare,pool,ray,split",
                    help="which of bare, pool, ray, split to run, in this order (default: all)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="runs of every side, interleaved; medians reported (default: 1)")
     p.add_argument("--out", type=Path, default=None,
                    help="where to make the scratch folder (a new regene-bench-* folder inside "
                    "it, deleted at the end; default: the system's temporary folder)")
@@ -259,47 +262,63 @@ def main(args: argparse.Namespace) -> dict:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def measure(args: argparse.Namespace, scratch: Path) -> dict:
+def run_one(side: str, args: argparse.Namespace, out: Path) -> dict:
     common = ["--run", str(args.run), "--count", str(args.count), "--batch-size",
               str(args.batch_size), "--n-parents", ",".join(map(str, args.n_parents)),
               "--seed", str(args.seed)]
-    results = {}
-    for side in args.sides.split(","):  # in the order given
-        out = scratch / side
-        if side in CHILD_SIDES:
-            cmd = [sys.executable, __file__, "--phase", side, "--out", str(out), *common]
-            if args.bare_threads:
-                cmd += ["--bare-threads", str(args.bare_threads)]
-            if args.pool_workers:
-                cmd += ["--pool-workers", str(args.pool_workers)]
-            results[side] = run_side(side, cmd)
-        elif side in JOB_SIDES:
-            cmd = [sys.executable, str(REPO / "jobs" / "mass_generate.py"), "--out", str(out),
-                   "--pipeline", JOB_SIDES[side], *common]
-            if args.workers:
-                cmd += ["--workers", args.workers]
-            r = run_side(side, cmd)
-            s = json.loads((out / "summary.json").read_text())
-            r.update(wall_s=s["wall_s"], candidates=s["candidates_generated_this_run"],
-                     latent_step=s["acceptance"]["latent_step"])
-            results[side] = r
-        else:
-            raise SystemExit(f"--sides {args.sides}: unknown side {side!r}; use bare, pool, "
-                             "ray or split")
-        shutil.rmtree(out)  # keep the disk free for the next side
-    gflop = stage_gflop_per_candidate(args.run, next(iter(results.values()))["latent_step"])
+    if side in CHILD_SIDES:
+        cmd = [sys.executable, __file__, "--phase", side, "--out", str(out), *common]
+        if args.bare_threads:
+            cmd += ["--bare-threads", str(args.bare_threads)]
+        if args.pool_workers:
+            cmd += ["--pool-workers", str(args.pool_workers)]
+        return run_side(side, cmd)
+    cmd = [sys.executable, str(REPO / "jobs" / "mass_generate.py"), "--out", str(out),
+           "--pipeline", JOB_SIDES[side], *common]
+    if args.workers:
+        cmd += ["--workers", args.workers]
+    r = run_side(side, cmd)
+    s = json.loads((out / "summary.json").read_text())
+    r.update(wall_s=s["wall_s"], candidates=s["candidates_generated_this_run"],
+             latent_step=s["acceptance"]["latent_step"])
+    return r
+
+
+def measure(args: argparse.Namespace, scratch: Path) -> dict:
+    sides = args.sides.split(",")
+    unknown = [s for s in sides if s not in CHILD_SIDES and s not in JOB_SIDES]
+    if unknown:
+        raise SystemExit(f"--sides {args.sides}: unknown {unknown}; use bare, pool, ray, split")
+    runs = {side: [] for side in sides}
+    for rep in range(args.repeat):  # interleaved, so drifts of the box hit every side alike
+        for side in sides:
+            out = scratch / f"{side}{rep}"
+            r = run_one(side, args, out)
+            r["images_per_s"] = args.count / r["wall_s"]
+            r["images_per_s_incl_startup"] = args.count / r["process_wall_s"]
+            runs[side].append(r)
+            print(f"  ({side} #{rep + 1}: job wall {r['wall_s']:.1f} s, process wall "
+                  f"{r['process_wall_s']:.1f} s)", flush=True)
+            shutil.rmtree(out)  # keep the disk free for the next side
+    gflop = stage_gflop_per_candidate(args.run, runs[sides[0]][0]["latent_step"])
     peak = {t: matmul_gflops(t) for t in sorted({1, os.cpu_count()})}
     print(f"run {args.run}  count {args.count}  batch {args.batch_size}  cores {os.cpu_count()}"
-          f"  matmul fp32 GFLOP/s: " + ", ".join(f"{v:.1f} ({t} thr)" for t, v in peak.items()))
-    for name, r in results.items():
-        r["images_per_s"] = args.count / r["wall_s"]
-        r["images_per_s_incl_startup"] = args.count / r["process_wall_s"]
+          f"  repeats {args.repeat} (medians)  matmul fp32 GFLOP/s: "
+          + ", ".join(f"{v:.1f} ({t} thr)" for t, v in peak.items()))
+    results = {}
+    for name, rs in runs.items():
+        r = dict(rs[0])
+        for key in ("wall_s", "process_wall_s", "images_per_s", "images_per_s_incl_startup",
+                    "peak_pss_mib", "peak_rss_mib"):
+            r[key] = float(statistics.median(x[key] for x in rs))
         r["stage_gflops"] = gflop * r["candidates"] / r["wall_s"]
+        r["all_images_per_s"] = [round(x["images_per_s"], 1) for x in rs]
+        results[name] = r
         print(f"{name:5s} {r['images_per_s']:8.1f} img/s (job wall {r['wall_s']:.1f} s; "
               f"{r['images_per_s_incl_startup']:.1f} img/s with process and Ray start-up, "
               f"{r['process_wall_s']:.1f} s)  peak memory PSS {r['peak_pss_mib']:.0f} MiB, RSS "
               f"{r['peak_rss_mib']:.0f} MiB over {r['peak_processes']} processes  "
-              f"networks {r['stage_gflops']:.2f} GFLOP/s")
+              f"networks {r['stage_gflops']:.2f} GFLOP/s  (each run: {r['all_images_per_s']})")
     for a, b in [("ray", "pool"), ("ray", "bare"), ("split", "pool"), ("split", "ray"),
                  ("pool", "bare")]:
         if a in results and b in results:

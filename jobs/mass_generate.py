@@ -298,7 +298,13 @@ def main(args: argparse.Namespace) -> Summary:
     if not ray.is_initialized():
         # "local" starts a private Ray: with no address, ray.init would join whatever cluster
         # `ray start` last left on this machine. Under `ray job submit`, RAY_ADDRESS is set.
-        ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or "local")
+        address = args.address or os.environ.get("RAY_ADDRESS")
+        # a private Ray lives as long as this job: no dashboard (as jobs/search.py), whose
+        # processes took CPU from the actors on a small box (BENCHMARKS.md, section 8)
+        ray.init(**({"address": address} if address else
+                    {"address": "local", "include_dashboard": False}))
+    if not sys.stderr.isatty():  # progress bars redrawn into a log file cost the driver CPU
+        ray.data.DataContext.get_current().enable_progress_bars = False
     if out.is_local:
         check_shared_folder(out.local_path(), "--out")
     pipeline = args.pipeline if args.pipeline != "auto" else \
