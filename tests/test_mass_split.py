@@ -107,7 +107,8 @@ def test_a_killed_split_job_resumes_with_the_fused_stage(fused, tiny_run, tmp_pa
 def test_split_pools_share_the_cpus():
     assert split_pools(16, (4, 4)) == Pools((4, 4), (1, 11), commit_cpus=1.0)
     assert split_pools(2, (1, 1)) == Pools((1, 1), (1, 1), commit_cpus=0.5)
-    assert split_pools(4, (1, 2), (2, 3)).cpu_workers == (2, 3)
+    assert split_pools(4, (1, 2), (2, 3)) == Pools((1, 2), (2, 3), commit_cpus=0.5)
+    assert split_pools(8, (1, 2), (2, 3)) == Pools((1, 2), (2, 3), commit_cpus=1.0)
     # an autoscaling cluster before its GPU nodes are up: they bring the network actors' CPUs
     assert split_pools(2, (2, 2), network_cpus=0) == Pools((2, 2), (1, 1), commit_cpus=1.0)
     with pytest.raises(ValueError, match="lower --workers.*--pipeline fused"):

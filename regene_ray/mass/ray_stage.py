@@ -108,8 +108,12 @@ def split_pools(cpus: float, workers: tuple[int, int], cpu_workers: tuple[int, i
     taken = workers[1] if network_cpus is None else network_cpus
     left = cpus - taken - MIX_CPUS
     if cpu_workers is not None:
-        return Pools(workers, cpu_workers, commit_cpus=1.0 if left >= cpu_workers[1]
-                     else max(left / cpu_workers[1], 0.1))
+        if 0 < left < cpu_workers[1]:  # share what is left (a small box)
+            return Pools(workers, cpu_workers, commit_cpus=left / cpu_workers[1])
+        if left <= 0:
+            log.warning("no CPU is free for the %d..%d commit actors now: they wait for "
+                        "nodes an autoscaler launches for them", *cpu_workers)
+        return Pools(workers, cpu_workers, commit_cpus=1.0)
     if left <= 0:
         raise ValueError(
             f"the split pipeline needs CPUs besides its {workers[1]} network actors (one each) "

@@ -1,0 +1,78 @@
+"""Where a command's CPU time goes: run it, sample every process of its tree twice a second,
+and print the CPU seconds (user + system, from /proc/<pid>/stat) per process kind.
+
+    python benchmarks/cpu_by_process.py -- python jobs/mass_generate.py --run runs/mnist \\
+        --count 300000 --out /tmp/cpu-by-process
+
+It shows what a Ray job spends besides its actors (the driver, raylet, GCS, Ray Data's own
+actors) on a small box. The command's output goes to cpu_by_process.log in the current folder.
+A process's last sample counts, so a process that lives under half a second is missed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
+    return out
+
+
+def sample(pid: int, seen: dict[int, tuple[float, str]]) -> None:
+    for p in tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        name = seen.get(p, (0.0, ""))[1] if not cmd else cmd  # an exiting process has none
+        seen[p] = ((int(fields[11]) + int(fields[12])) / TICK, name)
+
+
+def kind(cmd: str) -> str:
+    words = cmd.split()
+    if not words:
+        return "(gone before its name was read)"
+    if words[0].startswith("ray::"):
+        return words[0]
+    return " ".join([Path(words[0]).name] + [Path(w).name for w in words[1:2]])
+
+
+def main(argv: list[str]) -> None:
+    if not argv:
+        raise SystemExit("usage: cpu_by_process.py -- COMMAND ...")
+    with open("cpu_by_process.log", "w") as log:
+        t0 = time.time()
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        seen: dict[int, tuple[float, str]] = {}
+        while proc.poll() is None:
+            sample(proc.pid, seen)
+            time.sleep(0.5)
+    wall = time.time() - t0
+    per: dict[str, float] = {}
+    for cpu, cmd in seen.values():
+        per[kind(cmd)] = per.get(kind(cmd), 0.0) + cpu
+    total = sum(per.values())
+    print(f"exit {proc.returncode}; wall {wall:.1f} s; CPU {total:.1f} s over {len(seen)} "
+          f"processes on {os.cpu_count()} cores ({total / wall / os.cpu_count():.0%} busy)")
+    for name, cpu in sorted(per.items(), key=lambda kv: -kv[1]):
+        print(f"{cpu:8.1f} s  {cpu / total:6.1%}  {name}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] if sys.argv[1:2] != ["--"] else sys.argv[2:])
