@@ -52,7 +52,7 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _tree(pid: int) -> list[int]:
+def process_tree(pid: int) -> list[int]:
     pids, todo = [], [pid]
     while todo:
         p = todo.pop()
@@ -91,7 +91,7 @@ class PeakMemory(threading.Thread):
 
     def run(self):
         while not self._halt.is_set():
-            pids = _tree(self.pid)
+            pids = process_tree(self.pid)
             mem = [_mem_kib(p) for p in pids]
             self.peak_pss_mib = max(self.peak_pss_mib, sum(m[0] for m in mem) / 1024)
             self.peak_rss_mib = max(self.peak_rss_mib, sum(m[1] for m in mem) / 1024)

@@ -11,10 +11,7 @@ import io
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import faults
@@ -23,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from masstools import JOB, generate, job, read_out
+from masstools import JOB, generate, job, kill_after_chunks, read_out
 from PIL import Image
 
 from regene_ray import mass
@@ -274,15 +271,7 @@ def test_killed_driver_resumes_exactly(reference, ray_cluster, tiny_run, tmp_pat
     cmd = [sys.executable, str(JOB), "--run", str(tiny_run), "--count", "300", "--n-parents",
            "3", "--batch-size", "40", "--workers", "2", "--png", "--seed", "5", "--out",
            str(out)]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and len(list((out / "_chunks").glob("*.parquet"))) < 2:
-            time.sleep(0.02)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
-        proc.wait()
+    kill_after_chunks(cmd, out, 2, timeout_s=120)
     assert not (out / mass.SUMMARY_FILE).exists(), "the job finished before it was killed"
     for f in (out / "_chunks").glob("*.parquet"):  # whatever is visible is whole
         pq.read_table(f)

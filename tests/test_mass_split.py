@@ -6,17 +6,13 @@ the network stage only, a commit actor dying mid-chunk, and a killed split job r
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import time
 
 import faults
 import numpy as np
 import pytest
 import torch
-from masstools import JOB, generate, read_out
+from masstools import JOB, generate, kill_after_chunks, read_out
 
 from regene_ray import mass
 from regene_ray.mass.ray_stage import Pools, split_pools
@@ -85,15 +81,7 @@ def test_a_killed_split_job_resumes_with_the_fused_stage(fused, tiny_run, tmp_pa
     out = tmp_path / "killed"
     cmd = [sys.executable, str(JOB), "--run", str(tiny_run), *FLAGS, "--pipeline", "split",
            "--workers", "1", "--chunk-size", "40", "--out", str(out)]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 180
-        while time.time() < deadline and len(list((out / "_chunks").glob("*.parquet"))) < 2:
-            time.sleep(0.02)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
-        proc.wait()
+    kill_after_chunks(cmd, out, 2)
     assert not (out / mass.SUMMARY_FILE).exists(), "the job finished before it was killed"
     s = generate(tiny_run, out, *FLAGS, "--pipeline", "fused", "--workers", "2",
                  "--chunk-size", "40", "--resume")
