@@ -315,6 +315,11 @@ def to_float(x: torch.Tensor, device: torch.device | str | None = None) -> torch
     return x.to(device, non_blocking=True).float().div_(255.0)
 
 
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] -> uint8 with rounding (the pixels a generation is stored as)."""
+    return (x.clamp(0, 1) * 255).round_().to(torch.uint8)
+
+
 def iterate_batches(
     x: torch.Tensor,
     y: torch.Tensor,

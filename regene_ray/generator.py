@@ -21,6 +21,7 @@ from regene_ray.convex import (
     sample_convex_weights,
     sample_parents,
 )
+from regene_ray.data import to_uint8
 from regene_ray.decoder import Decoder, check_compatible
 from regene_ray.filtering import label_confidence, passes
 from regene_ray.latent_bank import BANK_FILE, THRESHOLDS_FILE, LatentBank, load_thresholds
@@ -54,11 +55,6 @@ class GenerationBatch:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Images in [0, 1] -> uint8 with rounding."""
-    return (x.clamp(0, 1) * 255).round_().to(torch.uint8)
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -14,7 +14,7 @@ import torch
 from regene_ray.checkpoint import CheckpointError
 from regene_ray.classifier import Classifier
 from regene_ray.config import save_json
-from regene_ray.data import to_float
+from regene_ray.data import to_float, to_uint8
 from regene_ray.decoder import Decoder
 from regene_ray.filtering import label_confidence
 from regene_ray.storage import atomic_write
@@ -110,14 +110,27 @@ def build_bank(classifier: Classifier, x: torch.Tensor, y: torch.Tensor, device:
     )
 
 
+# How the image step's tau is set. "originals" is the paper's: tau_c is the classifier's mean
+# confidence in class c on held-out images of class c, for both steps. "reconstructions" (this
+# project's earlier default) judges decoded held-out codes instead, rounded to stored pixels like
+# generations: less recognisable than originals, so a more lenient threshold.
+THRESHOLD_RULES = ("originals", "reconstructions")
+
+
 @torch.no_grad()
 def compute_thresholds(classifier: Classifier, decoder: Decoder, x: torch.Tensor, y: torch.Tensor,
-                       num_classes: int, device: torch.device, batch_size: int = 512) -> dict:
-    """tau_c for both filter steps: mean class-c confidence on held-out images of class c.
+                       num_classes: int, device: torch.device, batch_size: int = 512, *,
+                       image_rule: str = "originals") -> dict:
+    """tau_c for both filter steps, from held-out uint8 images `x` with labels `y`.
 
-    latent: softmax of the head on the code, head(enc(x))[c].
-    image: softmax of the classifier on the decoded reconstruction, clf(dec(enc(x)))[c].
+    latent: the mean of head(enc(x))[c] (softmax) over held-out images of class c, which is the
+        classifier's confidence on the originals, clf(x)[c].
+    image: with image_rule 'originals' (the paper's), the same values; with 'reconstructions',
+        the mean of clf(round(dec(enc(x))))[c]: reconstructions rounded to uint8 pixels and
+        classified exactly as a stored generation is.
     """
+    if image_rule not in THRESHOLD_RULES:
+        raise ValueError(f"image_threshold {image_rule!r} must be one of {THRESHOLD_RULES}")
     classifier.eval()
     decoder.eval()
     lat, img = [], []
@@ -125,8 +138,12 @@ def compute_thresholds(classifier: Classifier, decoder: Decoder, x: torch.Tensor
         yb = yb.to(device)
         z = classifier.encode(to_float(xb, device))
         lat.append(label_confidence(classifier.classify_latent(z), yb).cpu())
-        img.append(label_confidence(classifier(decoder(z)), yb).cpu())
-    lat_c, img_c, labels = torch.cat(lat).numpy(), torch.cat(img).numpy(), y.numpy()
+        if image_rule == "reconstructions":
+            stored = to_uint8(decoder(z)).float() / 255.0
+            img.append(label_confidence(classifier(stored), yb).cpu())
+    labels = y.numpy()
+    lat_c = torch.cat(lat).double().numpy()
+    img_c = torch.cat(img).double().numpy() if img else lat_c
     missing = [c for c in range(num_classes) if not (labels == c).any()]
     if missing:
         raise ValueError(
@@ -137,7 +154,10 @@ def compute_thresholds(classifier: Classifier, decoder: Decoder, x: torch.Tensor
         "latent": [float(lat_c[labels == c].mean()) for c in range(num_classes)],
         "image": [float(img_c[labels == c].mean()) for c in range(num_classes)],
         "holdout_count": [int((labels == c).sum()) for c in range(num_classes)],
-        "rule": "tau_c = mean confidence of class c on held-out images of class c",
+        "image_rule": image_rule,
+        "rule": "tau_c = mean classifier confidence in class c on held-out images of class c "
+                + ("(originals, both steps)" if image_rule == "originals" else
+                   "(latent: originals; image: their reconstructions as uint8 pixels)"),
     }
 
 

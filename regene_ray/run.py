@@ -24,6 +24,7 @@ from regene_ray.decoder import Decoder, DecoderConfig
 from regene_ray.generator import ConvexGenerator, measure_acceptance
 from regene_ray.latent_bank import (
     BANK_FILE,
+    THRESHOLD_RULES,
     THRESHOLDS_FILE,
     build_bank,
     compute_thresholds,
@@ -66,6 +67,14 @@ class RunConfig:
     seed: int = 0  # model init, shuffling and generation sampling
     grid_n_parents: list[int] = field(default_factory=lambda: [2, 3, 5])  # columns of the grid
     acceptance_candidates: int = 2000  # candidates per n used to measure filter acceptance
+    # tau of the image filter step: "originals" (the paper's: the classifier's mean confidence
+    # on held-out originals, as the latent step) or "reconstructions" (on their decodings)
+    image_threshold: str = "originals"
+
+    def __post_init__(self):
+        if self.image_threshold not in THRESHOLD_RULES:
+            raise ConfigError(f"image_threshold '{self.image_threshold}' must be one of "
+                              f"{list(THRESHOLD_RULES)}")
 
     def smoke(self) -> RunConfig:
         """This run shrunk to seconds on 2 CPU cores: every job's --smoke-test (jobs/train.py,
@@ -212,7 +221,8 @@ def train_run(cfg: RunConfig, out: str | Path, *, device: str = "auto",
     t0 = time.perf_counter()
     bank = build_bank(clf, data.train_x, data.train_y, dev)
     bank.save(out / BANK_FILE)
-    thresholds = compute_thresholds(clf, dec, data.holdout_x, data.holdout_y, data.num_classes, dev)
+    thresholds = compute_thresholds(clf, dec, data.holdout_x, data.holdout_y, data.num_classes, dev,
+                                    image_rule=cfg.image_threshold)
     save_thresholds(thresholds, out / THRESHOLDS_FILE)
     timings["bank_thresholds_s"] = time.perf_counter() - t0
 

@@ -66,3 +66,39 @@ def test_bad_loss_config():
         LossConfig(perceptual="vgg")
     with pytest.raises(ConfigError, match="ssim_weight_end -1"):
         LossConfig(ssim_weight_end=-1)
+
+
+def test_ssim_known_answers_on_differing_images():
+    # two flat images a, b: no contrast or structure, so SSIM is the luminance term alone,
+    # (2ab + C1) / (a^2 + b^2 + C1) with C1 = (0.01 * data_range)^2: 0.636 for dark greys
+    # 0.01 and 0.03, where C1 matters (without it: 0.6)
+    a, b, c1 = 0.01, 0.03, 0.01**2
+    x, y = torch.full((1, 1, 16, 16), a), torch.full((1, 1, 16, 16), b)
+    assert float(ssim_score(x, y)) == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1),
+                                                    rel=1e-4)
+    # an image against its negative: same contrast, structure anti-correlated, SSIM < 0
+    torch.manual_seed(0)
+    img = torch.rand(2, 1, 16, 16)
+    assert float(ssim_score(img, 1 - img)) < -0.5
+    per_image = ssim_score(img, torch.cat([img[:1], 1 - img[1:]]), reduce=False)
+    assert per_image[0] == pytest.approx(1.0, abs=1e-5) and per_image[1] < -0.5
+
+
+def test_the_loss_is_the_weighted_sum_of_its_terms():
+    torch.manual_seed(1)
+    clf = Classifier(ClassifierConfig(image_size=16, depth=2, base_channels=8, latent_dim=8))
+    cfg = LossConfig(perceptual="classifier", mae_weight=2.0, ssim_weight_start=0.7,
+                     ssim_weight_end=0.1, perceptual_weight_start=0.3, perceptual_weight_end=0.05)
+    perc, _ = build_perceptual(cfg, clf)
+    loss = ReconstructionLoss(cfg, perc)
+    x, x_hat = torch.rand(4, 1, 16, 16), torch.rand(4, 1, 16, 16)
+    for epoch in (0, 2, 4):
+        total, parts = loss(x_hat, x, epoch, 5)
+        w = loss.weights(epoch, 5)
+        mae = float((x_hat - x).abs().mean())
+        expect = (w["mae"] * mae + w["ssim"] * (1 - float(ssim_score(x_hat, x)))
+                  + w["perceptual"] * float(perc(x_hat, x)))
+        assert float(total) == pytest.approx(expect, rel=1e-5)
+        assert parts["mae"] == pytest.approx(mae, rel=1e-6)
+    assert loss.weights(0, 5)["ssim"] == pytest.approx(0.7)
+    assert loss.weights(4, 5)["perceptual"] == pytest.approx(0.05)
