@@ -117,13 +117,8 @@ def test_feature_net_choice_is_explicit(neutral, tmp_path, monkeypatch):
 
 def test_inception_weights_without_torch_fidelity_are_reported_not_hidden(neutral, tmp_path,
                                                                           monkeypatch):
-    pytest.importorskip("torchmetrics.image.fid")
-    try:
-        import torch_fidelity  # noqa: F401
-
-        pytest.skip("torch-fidelity is installed; this checks the path without it")
-    except ImportError:
-        pass
+    tm_fid = pytest.importorskip("torchmetrics.image.fid")
+    monkeypatch.setattr(tm_fid, "_TORCH_FIDELITY_AVAILABLE", False)  # as without torch-fidelity
     _, model, _, _ = neutral
     weights = tmp_path / "hub" / "checkpoints" / INCEPTION_FILE
     weights.parent.mkdir(parents=True)
@@ -239,3 +234,60 @@ def test_copy_report_and_near_duplicates_known_answers():
     dup = torch.cat([x, x])  # every row has an exact twin
     assert near_duplicate_fraction(dup, 1e-6) == 1.0
     assert near_duplicate_fraction(x, 1e-6) == 0.0
+
+
+def test_table1_gen_side_holds_the_two_parent_mixes_and_other_n_get_extra_rows():
+    from regene_ray.evaluation.stages import GeneratedSet, fid_row_name, fid_sets
+
+    n = np.array([2, 3, 2, 5, 2, 3, 5, 5])
+    images = torch.arange(8, dtype=torch.uint8).view(8, 1, 1, 1).expand(8, 1, 4, 4).contiguous()
+    gset = GeneratedSet(images=images, labels=np.zeros(8, np.int64), n_parents=n,
+                        parent_ids=None, source="in-process", total_rows=8)
+    org = recon = torch.zeros(4, 1, 4, 4, dtype=torch.uint8)
+    sets, pairs = fid_sets(org, recon, gset)
+    assert sets["gen"][:, 0, 0, 0].tolist() == [0, 2, 4]  # the n = 2 rows only
+    assert sets["gen_n3"][:, 0, 0, 0].tolist() == [1, 5]
+    assert sets["gen_n5"][:, 0, 0, 0].tolist() == [3, 6, 7]
+    assert ("org", "gen") in pairs and ("org", "org") in pairs and ("recon", "gen") in pairs
+    assert pairs[-2:] == [("org", "gen_n3"), ("org", "gen_n5")]
+    assert fid_row_name("org_vs_gen_n5") == "Org vs Gen, n = 5 (extra row)"
+    # n unknown (generations from elsewhere): every row is Gen
+    unknown = GeneratedSet(images=images, labels=np.zeros(8, np.int64), n_parents=None,
+                           parent_ids=None, source="in-process", total_rows=8)
+    sets, pairs = fid_sets(org, recon, unknown)
+    assert len(sets["gen"]) == 8 and len(pairs) == 4
+
+
+def test_features_are_extracted_with_tf32_off_and_the_flags_restored():
+    from regene_ray.evaluation.fid import FeatureNet, extract_features
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+            return x.flatten(1)[:, :3]
+
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        f = extract_features(FeatureNet("probe", Probe(), 3),
+                             torch.zeros(5, 1, 2, 2, dtype=torch.uint8), "cpu", batch_size=2)
+        assert seen == [(False, False)] * 3 and f.dtype == torch.float64
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_a_corrupt_inception_weights_file_is_named(neutral, tmp_path, monkeypatch):
+    pytest.importorskip("torch_fidelity")
+    _, model, _, _ = neutral
+    weights = tmp_path / "hub" / "checkpoints" / INCEPTION_FILE
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"not really weights")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    net = choose_feature_net(model)  # found by itself: neutral features, and the note says why
+    assert net.name.startswith("neutral") and "cannot be loaded" in net.note
+    assert str(weights) in net.note
+    with pytest.raises(ValueError, match="--inception-weights .* cannot be loaded.*FID Inception"):
+        choose_feature_net(model, weights)  # asked for explicitly: an error, not a fallback

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,6 +122,13 @@ def choose_feature_net(neutral: nn.Module, inception_weights: str | Path | None 
                 raise ValueError(f"Inception weights given but torchmetrics cannot build the "
                                  f"network ({e}); pip install torch-fidelity") from e
             why = f"{why}, but torch-fidelity is not installed ({e})"
+        except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as e:
+            problem = (f"{path} cannot be loaded as {INCEPTION_FILE}, the FID Inception v3 "
+                       f"weights of torch-fidelity ({str(e).splitlines()[0][:200]})")
+            if inception_weights is not None:
+                raise ValueError(f"--inception-weights {problem}; pass the right file, or leave "
+                                 "the flag out to use the neutral classifier's features") from e
+            why = f"{problem}; delete or replace it"
     feats = NeutralFeatures(neutral)
     name = f"neutral-resnet{neutral.cfg.depth}-penultimate"
     log.warning("FID features: %s (%d-d) because %s; these FIDs are not comparable with "
@@ -127,13 +136,27 @@ def choose_feature_net(neutral: nn.Module, inception_weights: str | Path | None 
     return FeatureNet(name, feats, feats.num_features, note=why)
 
 
+@contextmanager
+def full_fp32():
+    """TF32 off for matmuls and convolutions (on GPUs that have it), restored afterwards: FID
+    features are compared across runs and machines, so they get full float32 precision."""
+    cuda, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = cuda, cudnn
+
+
 @torch.no_grad()
 def extract_features(net: FeatureNet, images: torch.Tensor, device: torch.device | str,
                      batch_size: int = 256) -> torch.Tensor:
-    """uint8 images (N, C, H, W) -> float64 features (N, dim) on the CPU."""
+    """uint8 images (N, C, H, W) -> float64 features (N, dim) on the CPU (the network runs in
+    float32 with TF32 off; means and covariances are then taken in float64)."""
     net.module.to(device).eval()
-    out = [net.module(xb.to(device).float().div_(255.0)).double().cpu()
-           for xb in torch.split(images, batch_size)]
+    with full_fp32():
+        out = [net.module(xb.to(device).float().div_(255.0)).double().cpu()
+               for xb in torch.split(images, batch_size)]
     return torch.cat(out) if out else torch.zeros(0, net.dim, dtype=torch.float64)
 
 

@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from regene_ray.evaluation.stages import FID_ROWS
+from regene_ray.evaluation.stages import fid_row_name
 
 CSS = """
 body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 24px auto;
@@ -115,7 +115,7 @@ def tables(m: dict) -> list[Table]:
     acc_rows += [["generations, all", s["overall"]], ["real test images", ref["real_test"]],
                  ["reconstructed test images", ref["reconstructed_test"]]]
     fid = m["fid"]
-    fid_rows = [[FID_ROWS[k][0], r["mean"], r["std"], r["seeds"], r["sample_size"], r["features"]]
+    fid_rows = [[fid_row_name(k), r["mean"], r["std"], r["seeds"], r["sample_size"], r["features"]]
                 for k, r in fid["rows"].items()]
     nov_rows = [[name, v["copy_fraction"], v["expected_fraction"], v["near_duplicate_fraction"],
                  v["test_near_duplicate_fraction"], v["median_ratio"], v["threshold"]]

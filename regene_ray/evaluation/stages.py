@@ -56,7 +56,7 @@ def stage_rng(seed: int, stage: str) -> np.random.Generator:
 
 
 FID_ROWS = {  # key -> (paper's row name, real side, generated side)
-    "org_vs_gen": ("Org vs Gen", "org", "gen"),
+    "org_vs_gen": ("Org vs Gen (n = 2 when known, as Table 1)", "org", "gen"),
     "org_vs_recon": ("Org vs Recon", "org", "recon"),
     "recon_vs_gen": ("Recon vs Gen", "recon", "gen"),
     "org_vs_org": ("Org vs Org (sampling floor)", "org", "org"),
@@ -484,6 +484,34 @@ def score_stage(neutral: NeutralResult, gset: GeneratedSet, inp: Inputs,
     return Scores(score, reference)
 
 
+TABLE1_N = 2  # the paper's Table 1 generates with two parents
+
+
+def fid_sets(org: torch.Tensor, recon: torch.Tensor, gset: GeneratedSet
+             ) -> tuple[dict[str, torch.Tensor], list[tuple[str, str]]]:
+    """The image sets and pairs of the FID table in Table 1's shape: "gen" holds the n = 2
+    generations only (all of them when n is unknown or none has n = 2), and every other n gets
+    an extra Org vs Gen row ("gen_n3", ...)."""
+    sets = {"org": org, "recon": recon, "gen": gset.images}
+    pairs = [v[1:] for v in FID_ROWS.values()]
+    n = gset.n_parents
+    if n is None or (n == TABLE1_N).sum() < 2:
+        return sets, pairs
+    sets["gen"] = gset.images[torch.from_numpy(np.flatnonzero(n == TABLE1_N))]
+    for k in sorted(set(n.tolist()) - {TABLE1_N}):
+        if (n == k).sum() >= 2:
+            sets[f"gen_n{k}"] = gset.images[torch.from_numpy(np.flatnonzero(n == k))]
+            pairs.append(("org", f"gen_n{k}"))
+    return sets, pairs
+
+
+def fid_row_name(key: str) -> str:
+    """The report's name of an FID row: the paper's for its rows, else the extra row's n."""
+    if key in FID_ROWS:
+        return FID_ROWS[key][0]
+    return f"Org vs Gen, n = {key.rsplit('_n', 1)[1]} (extra row)"
+
+
 @dataclass
 class FidResult:
     features: FeatureNet
@@ -510,9 +538,8 @@ def fid_stage(neutral: NeutralResult, inp: Inputs, gset: GeneratedSet, cfg,
     org = train_x[torch.from_numpy(np.sort(rng.permutation(len(train_x))[:pool]))]
     recon = reconstruct(inp.gen, train_x[torch.from_numpy(
         np.sort(rng.permutation(len(train_x))[:pool]))])
-    rows = fid_table({"org": org, "recon": recon, "gen": gset.images},
-                     [v[1:] for v in FID_ROWS.values()], cfg.seeds, cfg.fid_samples,
-                     feat_net, dev, base_seed=cfg.seed)
+    sets, pairs = fid_sets(org, recon, gset)
+    rows = fid_table(sets, pairs, cfg.seeds, cfg.fid_samples, feat_net, dev, base_seed=cfg.seed)
     warning = None if feat_net.name.startswith("inception") else (
         f"FID uses {feat_net.name} features ({feat_net.note}); these numbers are not "
         "comparable with the paper's Inception FIDs, only with each other.")
