@@ -48,6 +48,7 @@ from regene_ray.mass import (  # noqa: E402
     parse_count,
     run_job,
 )
+from regene_ray.mass.ray_stage import CPU_PIPELINE  # noqa: E402
 from regene_ray.shared_folder import check_shared_folder  # noqa: E402
 from regene_ray.storage import Storage, StorageError  # noqa: E402
 
@@ -79,17 +80,20 @@ def _int_list(flag: str):
     return parse
 
 
-def _workers(text: str) -> tuple[int, int]:
-    try:
-        parts = [int(v) for v in text.split(",")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or parts[0] < 1 or parts[1] < parts[0]:
-        raise argparse.ArgumentTypeError(
-            f"--workers {text!r}: give N or MIN,MAX with 1 <= MIN <= MAX, e.g. 1,4")
-    return parts[0], parts[1]
+def _workers(flag: str):
+    def parse(text: str) -> tuple[int, int]:
+        try:
+            parts = [int(v) for v in text.split(",")]
+        except ValueError:
+            parts = []
+        if len(parts) == 1:
+            parts *= 2
+        if len(parts) != 2 or parts[0] < 1 or parts[1] < parts[0]:
+            raise argparse.ArgumentTypeError(
+                f"{flag} {text!r}: give N or MIN,MAX with 1 <= MIN <= MAX, e.g. 1,4")
+        return parts[0], parts[1]
+
+    return parse
 
 
 def _positive_int(flag: str):
@@ -155,7 +159,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="candidates per chunk, the unit of work, resume and Parquet files; a "
                    "whole number or auto: at least 8 chunks per class, at most 16 batches "
                    "(default: auto)")
-    p.add_argument("--workers", type=_workers, default=None,
+    p.add_argument("--workers", type=_workers("--workers"), default=None,
                    help="actor pool size N or MIN,MAX (default: <CPUs> on CPU, "
                    "<GPUs / gpus-per-worker> on GPU)")
     p.add_argument("--gpus-per-worker", type=_positive_float, default=None,
@@ -168,12 +172,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="split: CPU actors mix and write, network actors only decode and "
                    "classify; fused: one actor does all; auto: split with --gpus-per-worker, "
                    "else the layout measured faster on CPU (fused; BENCHMARKS.md) (default: auto)")
-    p.add_argument("--cpu-workers", type=_workers, default=None,
+    p.add_argument("--cpu-workers", type=_workers("--cpu-workers"), default=None,
                    help="with the split pipeline: commit (PNG, Parquet) actors N or MIN,MAX "
                    "(default: the CPUs the network actors and the mixer leave)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                   help="decoder precision (the classifier's two filter passes stay fp32); part "
-                   "of the job's identity (default: fp32)")
+    p.add_argument("--precision", choices=["fp32", "tf32", "bf16", "fp16"], default="fp32",
+                   help="fp32 (TF32 off on GPUs), tf32 (TF32 on GPUs), or bf16 / fp16 for the "
+                   "decoder only (the classifier's two filter passes stay fp32); part of the "
+                   "job's identity (default: fp32)")
     p.add_argument("--torch-threads", type=int, default=1,
                    help="torch intra-op threads per actor (default: 1)")
     p.add_argument("--address", default=None,
@@ -263,9 +268,11 @@ def main(args: argparse.Namespace) -> Summary:
     setup_logging(args.verbose)
     if args.resume and args.overwrite:
         raise ValueError("--resume and --overwrite exclude each other; pick one")
-    if args.cpu_workers and args.pipeline == "fused":
-        raise ValueError("--cpu-workers sizes the split pipeline's commit actors; drop it, or "
-                         "pass --pipeline split")
+    pipeline = args.pipeline if args.pipeline != "auto" else \
+        ("split" if args.gpus_per_worker else CPU_PIPELINE)
+    if args.cpu_workers and pipeline != "split":
+        raise ValueError(f"--cpu-workers sizes the split pipeline's commit actors, but this job "
+                         f"runs the {pipeline} one; drop it, or pass --pipeline split")
     if args.device == "cuda" and not args.gpus_per_worker:
         raise ValueError("--device cuda needs --gpus-per-worker (Ray hides GPUs from actors "
                          "that did not ask for one)")
@@ -288,7 +295,6 @@ def main(args: argparse.Namespace) -> Summary:
     import ray
 
     from regene_ray.mass.ray_stage import (
-        CPU_PIPELINE,
         check_workers,
         default_workers,
         ray_runner,
@@ -307,8 +313,6 @@ def main(args: argparse.Namespace) -> Summary:
         ray.data.DataContext.get_current().enable_progress_bars = False
     if out.is_local:
         check_shared_folder(out.local_path(), "--out")
-    pipeline = args.pipeline if args.pipeline != "auto" else \
-        ("split" if args.gpus_per_worker else CPU_PIPELINE)
     workers = (1, 1) if args.smoke_test else \
         args.workers or default_workers(args.gpus_per_worker, pipeline)
     pools = split_pools_here(workers, args.gpus_per_worker, args.cpu_workers) \

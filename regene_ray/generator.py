@@ -65,7 +65,10 @@ def encode_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# the decoder's precision -> autocast dtype; "tf32" lets CUDA convs and matmuls use TF32 tensor
+# cores (torch's cuDNN default), "fp32" turns TF32 off so both filter passes and the decoder
+# really run in float32 on every GPU generation
+PRECISIONS = {"fp32": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -149,8 +152,9 @@ class ConvexGenerator:
         decoder: the decoder trained on this classifier's codes.
         thresholds: {"latent": [tau_c], "image": [tau_c]} as in thresholds.json.
         device: where the networks run (mixing runs on CPU, see LatentMixer).
-        precision: 'fp32' (default), or 'bf16' / 'fp16' for the decoder only (autocast); both
-            classifier passes, and so both filter decisions, stay in float32.
+        precision: 'fp32' (default; on CUDA this turns TF32 off, a process-wide setting), 'tf32'
+            (TF32 on CUDA, fp32 elsewhere), or 'bf16' / 'fp16' for the decoder only (autocast);
+            in those two both classifier passes, and so both filter decisions, stay in fp32.
     """
 
     def __init__(self, bank: LatentBank, classifier: Classifier, decoder: Decoder,
@@ -165,6 +169,9 @@ class ConvexGenerator:
             raise ValueError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
         self.device = torch.device(device)
         self.precision = precision
+        if self.device.type == "cuda":  # TF32 only when asked for (cuDNN's default is on)
+            tf32 = precision == "tf32"
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
         self.bank = bank
         self.num_classes = classifier.cfg.num_classes
         self.mixer = LatentMixer(bank, self.num_classes)

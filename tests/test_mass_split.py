@@ -105,6 +105,8 @@ def test_split_pools_share_the_cpus():
 
 @pytest.mark.parametrize("flags, message", [
     (["--pipeline", "fused", "--cpu-workers", "2"], "--cpu-workers sizes the split pipeline"),
+    (["--cpu-workers", "2"], "but this job runs the fused one"),  # auto without GPUs: fused
+    (["--pipeline", "split", "--cpu-workers", "0"], "--cpu-workers '0': give N or MIN,MAX"),
     (["--pipeline", "threads"], "invalid choice: 'threads'"),
     (["--precision", "int8"], "invalid choice: 'int8'"),
 ])

@@ -90,7 +90,7 @@ class MassSpec:
     chunk_size: int = 1024  # candidates per chunk: the unit of work, resume and Parquet files
     png: bool = False  # also write OUT/png/<label>/<shard>/<id>.png
     batch_size: int = 0  # candidates per decoder batch inside a chunk (0: the whole chunk)
-    precision: str = "fp32"  # the decoder's: fp32 | bf16 | fp16 (the classifier stays fp32)
+    precision: str = "fp32"  # fp32 | tf32 | bf16 | fp16 (the decoder's; see ConvexGenerator)
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:

@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 MIX_CPUS = 0.5  # CPUs reserved by the mixing actor of the split pipeline (light work)
 
 
+# How long Ray Data waits for an actor pool's first actors (its default: forever). Actors that
+# no node can hold, and no autoscaler adds, then fail the job instead of hanging it.
+ACTOR_WAIT_S = 600
+
+
 PLACED = "placed_"  # columns that say where each stage of a chunk ran
 
 
@@ -111,14 +116,16 @@ def split_pools(cpus: float, workers: tuple[int, int], cpu_workers: tuple[int, i
         if 0 < left < cpu_workers[1]:  # share what is left (a small box)
             return Pools(workers, cpu_workers, commit_cpus=left / cpu_workers[1])
         if left <= 0:
-            log.warning("no CPU is free for the %d..%d commit actors now: they wait for "
-                        "nodes an autoscaler launches for them", *cpu_workers)
+            log.warning("no CPU is free for the %d..%d commit actors now: they wait up to "
+                        "%d s for nodes an autoscaler launches for them", *cpu_workers,
+                        ACTOR_WAIT_S)
         return Pools(workers, cpu_workers, commit_cpus=1.0)
     if left <= 0:
         raise ValueError(
-            f"the split pipeline needs CPUs besides its {workers[1]} network actors (one each) "
-            f"and the mixer, but the cluster has {cpus:g}; lower --workers, pass "
-            "--cpu-workers on an autoscaling cluster, or use --pipeline fused")
+            f"the split pipeline needs CPUs besides the {taken:g} its network actors take (one "
+            f"per actor) and the mixer's {MIX_CPUS:g}, but the cluster has {cpus:g} now; lower "
+            "--workers, pass --cpu-workers MIN,MAX on an autoscaling cluster (CPU nodes are "
+            "launched for them), or use --pipeline fused")
     if left >= 1:
         return Pools(workers, (1, int(left)), commit_cpus=1.0)
     return Pools(workers, (1, 1), commit_cpus=left)
@@ -211,9 +218,11 @@ def ray_runner(spec: MassSpec, run_files: dict[str, bytes], out: Storage, identi
                                                            num_classes=num_classes),
                                 compute=pool(*p.cpu_workers, n), batch_size=1,
                                 num_cpus=p.commit_cpus, **retry)
+        ray.data.DataContext.get_current().wait_for_min_actors_s = ACTOR_WAIT_S
         rows = ds.take_all()
-        log.debug("Ray Data per-operator statistics (which stage limits the job):\n%s",
-                  ds.stats())
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("Ray Data per-operator statistics (which stage limits the job):\n%s",
+                      ds.stats())
         return _infos(rows)
 
     return run
