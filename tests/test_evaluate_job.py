@@ -85,7 +85,9 @@ def test_report_is_written_and_every_embedded_image_decodes(report):
     assert 0 <= m["generation_accuracy"]["overall"] <= 1
     assert m["neutral"]["test_accuracy"] > 0.8
     rows = m["fid"]["rows"]
-    assert set(rows) == {"org_vs_gen", "org_vs_recon", "recon_vs_gen", "org_vs_org"}
+    # Table 1's rows on the n = 2 generations, and one extra Org vs Gen row per other n
+    assert set(rows) == {"org_vs_gen", "org_vs_recon", "recon_vs_gen", "org_vs_org",
+                         "org_vs_gen_n3", "org_vs_gen_n5"}
     for r in rows.values():
         assert r["features"] == m["fid"]["features"] != "" and len(r["values"]) == 3
         assert np.isfinite(r["mean"]) and r["std"] >= 0
@@ -102,7 +104,8 @@ def test_report_is_written_and_every_embedded_image_decodes(report):
             assert im.size[0] > 100 and im.size[1] > 100
     for key in m["figures"]:
         assert (out / "figures" / f"{key}.png").is_file()
-    for name in ("Org vs Gen", "Org vs Recon", "Recon vs Gen", m["fid"]["features"]):
+    for name in ("Org vs Gen", "Org vs Recon", "Recon vs Gen", "Org vs Gen, n = 5 (extra row)",
+                 m["fid"]["features"]):
         assert name in html
 
 
