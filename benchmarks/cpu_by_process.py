@@ -5,8 +5,8 @@ and print the CPU seconds (user + system, from /proc/<pid>/stat) per process kin
         --count 300000 --out /tmp/cpu-by-process
 
 It shows what a Ray job spends besides its actors (the driver, raylet, GCS, Ray Data's own
-actors) on a small box. The command's output goes to cpu_by_process.log in the current folder.
-A process's last sample counts, so a process that lives under half a second is missed.
+actors) on a small box. The command's output goes to a new temporary file, whose path is
+printed. A process's last sample counts, so a process that lives under half a second is missed.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,7 +48,8 @@ def kind(cmd: str) -> str:
 def main(argv: list[str]) -> None:
     if not argv:
         raise SystemExit("usage: cpu_by_process.py -- COMMAND ...")
-    with open("cpu_by_process.log", "w") as log:
+    fd, log_path = tempfile.mkstemp(prefix="cpu_by_process-", suffix=".log")
+    with os.fdopen(fd, "w") as log:
         t0 = time.time()
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         seen: dict[int, tuple[float, str]] = {}
@@ -59,10 +61,11 @@ def main(argv: list[str]) -> None:
     for cpu, cmd in seen.values():
         per[kind(cmd)] = per.get(kind(cmd), 0.0) + cpu
     total = sum(per.values())
+    print(f"command output: {log_path}")
     print(f"exit {proc.returncode}; wall {wall:.1f} s; CPU {total:.1f} s over {len(seen)} "
           f"processes on {os.cpu_count()} cores ({total / wall / os.cpu_count():.0%} busy)")
     for name, cpu in sorted(per.items(), key=lambda kv: -kv[1]):
-        print(f"{cpu:8.1f} s  {cpu / total:6.1%}  {name}")
+        print(f"{cpu:8.1f} s  {cpu / max(total, 1e-9):6.1%}  {name}")
 
 
 if __name__ == "__main__":
