@@ -16,13 +16,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import REPO
 from PIL import Image
 
 from regene_ray.evaluation.evaluate import REPORT_KIND, prepare_report_dir
 from regene_ray.evaluation.neutral import NeutralClassifier
 from regene_ray.evaluation.stages import read_generated
 from regene_ray.generator import ConvexGenerator, encode_png
-from tests.conftest import REPO
 
 JOB = [sys.executable, str(REPO / "jobs" / "evaluate.py")]
 FAST = ["--smoke-test", "--threads", "1", "--device", "cpu"]

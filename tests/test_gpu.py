@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_run_config
 
 from regene_ray.generator import ConvexGenerator
-from tests.conftest import tiny_run_config
 
 pytestmark = pytest.mark.gpu
 

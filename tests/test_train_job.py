@@ -6,8 +6,7 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
-
-from tests.conftest import REPO
+from conftest import REPO
 
 JOB = [sys.executable, str(REPO / "jobs" / "train.py")]
 
