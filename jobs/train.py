@@ -68,7 +68,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier-epochs", type=int, help="classifier epochs (default: 8)")
     p.add_argument("--decoder-epochs", type=int, help="decoder epochs (default: 15)")
     p.add_argument("--batch-size", type=int, help="batch size of both stages (default: 128)")
-    p.add_argument("--perceptual", help="auto, lpips, classifier or none (default: auto)")
+    p.add_argument("--perceptual", help="auto, lpips, judge, classifier or none (default: auto: "
+                   "lpips when its weights are on disk, else judge)")
+    p.add_argument("--upsample", help="decoder upsampling: nearest, bilinear or transpose "
+                   "(default: nearest)")
     p.add_argument("--smoke-test", action="store_true",
                    help="shrink everything (data, epochs, widths) to run in seconds")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -89,6 +92,8 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         d["seed"] = d["data"]["seed"] = args.seed
     if args.perceptual is not None:
         d["decoder_training"]["loss"]["perceptual"] = args.perceptual
+    if args.upsample is not None:
+        d["decoder"]["upsample"] = args.upsample
     from regene_ray.config import from_dict
 
     cfg = from_dict(RunConfig, d, source=str(args.config or "flags"))

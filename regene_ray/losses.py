@@ -2,15 +2,24 @@
 
 SSIM and perceptual weights start high (global outline and texture first) and decay over the
 epochs; the MAE weight stays constant. The perceptual backend is chosen explicitly, never
-silently: `lpips` (pretrained VGG/AlexNet, used when its weights are on disk), `classifier`
-(feature distance in the trained classifier's blocks), `none`, or `auto` (lpips when its weights
-are present, else classifier). The choice is logged and written to metrics.json.
+silently, and the choice is logged and written to metrics.json:
+
+- `lpips`: pretrained VGG/AlexNet (lpips), when its weights are on disk;
+- `judge`: feature distance in a network the filter does not use: a small ResNet trained in the
+  run on the same train split with its own seed (`RUN/judge/`, cached), so the decoder is not
+  trained to please the classifier that judges its images in the filter's step (ii);
+- `classifier`: feature distance in the trained classifier's own blocks (cheap, but the decoder
+  then learns exactly the features that step (ii) checks);
+- `none`: MAE + SSIM only;
+- `auto`: lpips when its weights are present, else AUTO_FALLBACK (chosen by measurement, see
+  BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +32,8 @@ from regene_ray.config import ConfigError
 
 log = logging.getLogger(__name__)
 
-PERCEPTUAL_BACKENDS = ("auto", "lpips", "classifier", "none")
+PERCEPTUAL_BACKENDS = ("auto", "lpips", "judge", "classifier", "none")
+AUTO_FALLBACK = "judge"  # what `auto` uses without lpips weights
 SCHEDULES = ("cosine", "linear", "exponential", "constant")
 # torchvision's pretrained backbones that lpips loads through torch.hub's cache.
 LPIPS_BACKBONE_FILES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth"}
@@ -37,8 +47,11 @@ class LossConfig:
     perceptual_weight_start: float = 0.5  # texture / features first ...
     perceptual_weight_end: float = 0.05  # ... then decays to this
     schedule: str = "cosine"  # how start decays to end over the epochs
-    perceptual: str = "auto"  # auto | lpips | classifier | none
+    perceptual: str = "auto"  # auto | lpips | judge | classifier | none
     lpips_net: str = "vgg"  # lpips backbone when perceptual is lpips
+    judge_depth: int = 8  # ResNet depth (6n + 2) of the judge feature network
+    judge_width: int = 16  # its first-stage channels
+    judge_epochs: int = 2  # its training epochs on the run's train split
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -53,6 +66,17 @@ class LossConfig:
                   "perceptual_weight_end"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"{k} {getattr(self, k)} must be >= 0")
+        if self.judge_depth < 8 or (self.judge_depth - 2) % 6 or self.judge_width < 1:
+            raise ConfigError(f"judge_depth {self.judge_depth} must be 6n + 2 with n >= 1 (8, 14, "
+                              f"20 ...) and judge_width {self.judge_width} >= 1")
+        if self.judge_epochs < 1:
+            raise ConfigError(f"judge_epochs {self.judge_epochs} must be >= 1")
+
+    def backend(self) -> str:
+        """The backend this config trains with on this machine: auto resolved, nothing built."""
+        if self.perceptual == "auto":
+            return "lpips" if lpips_weights_present(self.lpips_net) else AUTO_FALLBACK
+        return self.perceptual
 
 
 def scheduled_weight(start: float, end: float, epoch: int, epochs: int, kind: str) -> float:
@@ -106,27 +130,49 @@ class LPIPSLoss(nn.Module):
         return self.lpips(x_hat * 2 - 1, x * 2 - 1).mean()
 
 
-class ClassifierFeatureLoss(nn.Module):
-    """Distance between channel-normalised block features of a frozen classifier (LPIPS-style)."""
+class FeatureLoss(nn.Module):
+    """Distance between channel-normalised feature maps of a frozen network (LPIPS-style,
+    unweighted): mean over layers of the squared distance of unit-length channel vectors.
 
-    def __init__(self, classifier: nn.Module):
+    Args:
+        network: the frozen network (moved with this module).
+        layers: `network`'s method from images to its feature maps, shallow to deep.
+    """
+
+    def __init__(self, network: nn.Module, layers: Callable[[torch.Tensor], list[torch.Tensor]]):
         super().__init__()
-        self.classifier = classifier
+        self.network = network
+        self.layers = layers
 
     def forward(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        self.classifier.eval()
+        self.network.eval()
         with torch.no_grad():
-            target = self.classifier.features(x)
+            target = self.layers(x)
         total = x.new_zeros(())
-        for f_hat, f in zip(self.classifier.features(x_hat), target, strict=True):
+        for f_hat, f in zip(self.layers(x_hat), target, strict=True):
             f_hat = f_hat / (f_hat.norm(dim=1, keepdim=True) + 1e-8)
             f = f / (f.norm(dim=1, keepdim=True) + 1e-8)
             total = total + (f_hat - f).pow(2).sum(1).mean()
         return total / len(target)
 
 
-def build_perceptual(cfg: LossConfig, classifier: nn.Module) -> tuple[nn.Module | None, str]:
-    """The perceptual module and the name of the backend actually used."""
+class ClassifierFeatureLoss(FeatureLoss):
+    """FeatureLoss in the blocks of the frozen classifier itself."""
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__(classifier, classifier.features)
+
+
+def build_perceptual(cfg: LossConfig, classifier: nn.Module, judge: nn.Module | None = None
+                     ) -> tuple[nn.Module | None, str]:
+    """The perceptual module and the name of the backend actually used.
+
+    Args:
+        cfg: the loss config (its `perceptual` choice).
+        classifier: the frozen classifier (the `classifier` backend's network).
+        judge: the run's judge network, with a `stage_features` method (see
+            evaluation.neutral.NeutralClassifier); needed when the backend is `judge`.
+    """
     choice = cfg.perceptual
     if choice in ("auto", "lpips"):
         present = lpips_weights_present(cfg.lpips_net)
@@ -140,9 +186,18 @@ def build_perceptual(cfg: LossConfig, classifier: nn.Module) -> tuple[nn.Module 
                 "; copy it there (or set TORCH_HOME), or use perceptual 'classifier' or 'auto'"
             )
         log.warning(
-            "perceptual loss: lpips %s weights not found in %s; using the trained classifier's "
-            "features instead (recorded in metrics.json)", cfg.lpips_net, torch.hub.get_dir()
+            "perceptual loss: lpips %s weights not found in %s; using '%s' instead (recorded in "
+            "metrics.json)", cfg.lpips_net, torch.hub.get_dir(), AUTO_FALLBACK
         )
+        choice = AUTO_FALLBACK
+    if choice == "judge":
+        if judge is None:
+            raise ConfigError(
+                "perceptual 'judge' needs the run's judge network (jobs/train.py trains it into "
+                "RUN/judge/); where there is none, such as a search trial, use perceptual "
+                "'classifier' or 'none'")
+        log.info("perceptual loss: judge network features (%s)", type(judge).__name__)
+        return FeatureLoss(judge, judge.stage_features), f"judge-resnet{judge.cfg.depth}"
     if choice == "none":
         log.info("perceptual loss: none")
         return None, "none"

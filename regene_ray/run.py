@@ -20,7 +20,7 @@ from regene_ray.checkpoint import WEIGHTS_FILE
 from regene_ray.classifier import ArchConfig, Classifier, ClassifierConfig
 from regene_ray.config import ConfigError, from_dict, load_yaml, save_json, to_dict
 from regene_ray.data import DataConfig, DataSplits, load_data
-from regene_ray.decoder import Decoder, DecoderConfig
+from regene_ray.decoder import Decoder, DecoderArch, DecoderConfig
 from regene_ray.generator import ConvexGenerator, measure_acceptance
 from regene_ray.latent_bank import (
     BANK_FILE,
@@ -55,6 +55,8 @@ RUN_CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 RECON_GRID = "reconstructions.png"
 GEN_GRID = "generations.png"
+JUDGE_DIR = "judge"  # the perceptual loss's judge network (perceptual: judge)
+JUDGE_SEED = 7777  # offset from the run seed: the judge never shares the classifier's init
 ACCEPTANCE_SEED = 1000  # offset from the run seed: acceptance candidates are not grid ones
 
 
@@ -63,6 +65,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)  # which images, split and resolution
     classifier: ArchConfig = field(default_factory=ArchConfig)  # the (searched) architecture
     classifier_training: ClassifierTrainConfig = field(default_factory=ClassifierTrainConfig)
+    decoder: DecoderArch = field(default_factory=DecoderArch)  # upsampling and width
     decoder_training: DecoderTrainConfig = field(default_factory=DecoderTrainConfig)
     seed: int = 0  # model init, shuffling and generation sampling
     grid_n_parents: list[int] = field(default_factory=lambda: [2, 3, 5])  # columns of the grid
@@ -114,7 +117,7 @@ def load_run_config(path: str | Path) -> RunConfig:
 # Everything a training run writes directly inside its folder: --overwrite deletes these (and
 # only these, as the folder's ownership marker lists them) when it replaces an earlier run.
 RUN_ARTEFACTS = [RUN_CONFIG_FILE, "classifier", "decoder", BANK_FILE, THRESHOLDS_FILE, METRICS_FILE,
-                 RECON_GRID, GEN_GRID, CLASSIFIER_STATE, DECODER_STATE]
+                 RECON_GRID, GEN_GRID, CLASSIFIER_STATE, DECODER_STATE, JUDGE_DIR]
 
 
 def inspect_out_dir(out: Path, cfg: RunConfig, *, overwrite: bool) -> str:
@@ -171,7 +174,7 @@ def build_models(cfg: RunConfig, data: DataSplits) -> tuple[Classifier, Decoder]
                                       image_size=data.image_size, num_classes=data.num_classes)
     torch.manual_seed(cfg.seed)
     clf = Classifier(ccfg)
-    dec = Decoder(DecoderConfig.mirror(ccfg))
+    dec = Decoder(DecoderConfig.mirror(ccfg, cfg.decoder))
     return clf, dec
 
 
@@ -207,7 +210,10 @@ def train_run(cfg: RunConfig, out: str | Path, *, device: str = "auto",
 
     # 2. decoder on the frozen classifier's codes
     t0 = time.perf_counter()
-    perceptual, backend = build_perceptual(cfg.decoder_training.loss, clf)
+    judge, judge_metrics = load_or_train_judge(cfg, data, out, dev)
+    timings["judge_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    perceptual, backend = build_perceptual(cfg.decoder_training.loss, clf, judge)
     if (out / "decoder" / WEIGHTS_FILE).is_file():
         dec = Decoder.load(out / "decoder", map_location=dev)
         dec_hist = []
@@ -244,6 +250,7 @@ def train_run(cfg: RunConfig, out: str | Path, *, device: str = "auto",
         "recon_test_ssim": recon["ssim"],
         "class_mean_baseline_mae": class_mean_baseline_mae(data),
         "perceptual_backend": backend,
+        "judge": judge_metrics,
         "acceptance": acceptance,
         "bank_size": len(bank),
         "bank_eligible_parents": int(bank.correct.sum()),
@@ -269,6 +276,32 @@ def train_run(cfg: RunConfig, out: str | Path, *, device: str = "auto",
         metrics["timings"]["total_s"],
     )
     return metrics
+
+
+def load_or_train_judge(cfg: RunConfig, data: DataSplits, out: Path, dev: torch.device
+                        ) -> tuple[torch.nn.Module | None, dict | None]:
+    """The judge network of the perceptual loss, when the run trains with one (cached in
+    RUN/judge/): a ResNet (evaluation.neutral's architecture) of its own depth, width and seed,
+    trained on the run's train split. Returns (network, its test accuracy and timing) or
+    (None, None)."""
+    loss = cfg.decoder_training.loss
+    if loss.backend() != "judge":
+        return None, None
+    from regene_ray.evaluation.neutral import (
+        NeutralTrainConfig,
+        ResNetConfig,
+        load_or_train_neutral,
+    )
+
+    model_cfg = ResNetConfig(depth=loss.judge_depth, width=loss.judge_width,
+                             in_channels=data.channels, num_classes=data.num_classes)
+    train_cfg = NeutralTrainConfig(epochs=loss.judge_epochs, seed=cfg.seed + JUDGE_SEED)
+    judge, metrics = load_or_train_neutral(out / JUDGE_DIR, data, model_cfg, train_cfg, dev,
+                                           data_identity=to_dict(cfg.data), flag="judge folder")
+    judge.requires_grad_(False)
+    return judge, {"network": f"resnet{loss.judge_depth}-w{loss.judge_width}",
+                   "seed": train_cfg.seed, "test_accuracy": metrics.get("test_accuracy"),
+                   "train_seconds": metrics.get("train_seconds")}
 
 
 def _history(path: Path, key: str) -> list:

@@ -93,6 +93,17 @@ def test_report_is_written_and_every_embedded_image_decodes(report):
         assert np.isfinite(r["mean"]) and r["std"] >= 0
     for space in ("pixel", "feature"):
         assert 0 <= m["novelty"][space]["copy_fraction"] <= 1
+    # Fig. 7b: one row per ratio; r = 0 is real vs real, so its FID is the lowest and its
+    # neutral accuracy is the judge's accuracy on those real test images
+    blends = m["blends"]["rows"]
+    assert [r["ratio"] for r in blends] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert blends[0]["fid"] == min(r["fid"] for r in blends)
+    assert blends[-1]["fid"] > blends[0]["fid"]
+    assert all(0 <= r["neutral_accuracy"] <= 1 and r["images"] == 150 for r in blends)
+    # Fig. 3's contrast: the autoencoder (same encoder + decoder, MAE + SSIM only) trained
+    ae = m["autoencoder"]
+    assert ae["images"] == 500 and ae["epochs"] == 2 and 0 < ae["test_mae"] < 0.5
+    assert {"latent_spaces", "blends"} <= set(m["figures"])
     html = (out / "report.html").read_text()
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", html), "external resource"
     assert "<script" not in html and "<link" not in html
@@ -105,7 +116,7 @@ def test_report_is_written_and_every_embedded_image_decodes(report):
     for key in m["figures"]:
         assert (out / "figures" / f"{key}.png").is_file()
     for name in ("Org vs Gen", "Org vs Recon", "Recon vs Gen", "Org vs Gen, n = 5 (extra row)",
-                 m["fid"]["features"]):
+                 m["fid"]["features"], "paper Fig. 7b", "autoencoder, same encoder and decoder"):
         assert name in html
 
 

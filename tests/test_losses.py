@@ -5,7 +5,9 @@ import torch
 
 from regene_ray.classifier import Classifier, ClassifierConfig
 from regene_ray.config import ConfigError
+from regene_ray.evaluation.neutral import NeutralClassifier, ResNetConfig
 from regene_ray.losses import (
+    AUTO_FALLBACK,
     LossConfig,
     ReconstructionLoss,
     build_perceptual,
@@ -40,13 +42,49 @@ def test_identical_images_have_zero_loss_terms():
     assert float(perc(x, torch.rand_like(x))) > 0.01
 
 
-def test_auto_without_lpips_weights_uses_classifier_and_says_so(monkeypatch, tmp_path, caplog):
+def judge_net(width=4):
+    torch.manual_seed(1)
+    return NeutralClassifier(ResNetConfig(depth=8, width=width)).eval().requires_grad_(False)
+
+
+def test_auto_without_lpips_weights_falls_back_and_says_so(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache: no VGG weights
     clf = Classifier(ClassifierConfig(image_size=16, depth=2, base_channels=8, latent_dim=8))
+    cfg = LossConfig(perceptual="auto")
+    assert cfg.backend() == AUTO_FALLBACK
     with caplog.at_level(logging.WARNING):
-        module, backend = build_perceptual(LossConfig(perceptual="auto"), clf)
-    assert backend == "classifier" and module is not None
+        module, backend = build_perceptual(cfg, clf, judge_net())
+    assert backend.startswith(AUTO_FALLBACK)
     assert "lpips vgg weights not found" in caplog.text
+
+
+def test_judge_features_come_from_the_judge_not_the_classifier():
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 16, 16)
+    clf = Classifier(ClassifierConfig(image_size=16, depth=2, base_channels=8, latent_dim=8))
+    judge = judge_net()
+    perc, backend = build_perceptual(LossConfig(perceptual="judge"), clf, judge)
+    assert backend == "judge-resnet8"
+    assert float(perc(x, x)) == pytest.approx(0.0, abs=1e-6)
+    x_hat = torch.rand_like(x, requires_grad=True)
+    d = perc(x_hat, x)
+    d.backward()
+    assert float(d) > 0.01 and x_hat.grad.abs().sum() > 0
+    # the classifier's weights do not enter: changing them leaves the distance alone
+    with torch.no_grad():
+        for p in clf.parameters():
+            p.add_(1.0)
+    assert float(perc(x_hat, x)) == pytest.approx(float(d), rel=1e-6)
+    # stem + 3 stages, shallow to deep, at 16, 16, 8, 4 pixels
+    assert [f.shape[-1] for f in judge.stage_features(x)] == [16, 16, 8, 4]
+
+
+def test_judge_backend_without_a_judge_says_what_to_do():
+    clf = Classifier(ClassifierConfig(image_size=16, depth=2, base_channels=8, latent_dim=8))
+    with pytest.raises(ConfigError, match="needs the run's judge network.*'classifier' or 'none'"):
+        build_perceptual(LossConfig(perceptual="judge"), clf)
+    with pytest.raises(ConfigError, match="judge_depth 10 must be 6n \\+ 2"):
+        LossConfig(judge_depth=10)
 
 
 def test_lpips_without_weights_is_an_error(monkeypatch, tmp_path):

@@ -4,7 +4,7 @@ import torch
 from regene_ray.checkpoint import CheckpointError
 from regene_ray.classifier import Classifier, ClassifierConfig
 from regene_ray.config import ConfigError
-from regene_ray.decoder import Decoder, DecoderConfig, check_compatible
+from regene_ray.decoder import Decoder, DecoderArch, DecoderConfig, check_compatible
 
 
 def tiny(**kw):
@@ -24,6 +24,43 @@ def test_shapes_and_odd_sizes():
         assert z.shape == (3, 16) and clf(x).shape == (3, 10)
         assert dec(z).shape == x.shape
         assert len(clf.features(x)) == depth
+
+
+@pytest.mark.parametrize("upsample", ["nearest", "bilinear", "transpose"])
+def test_every_upsampling_reaches_every_side(upsample):
+    """Odd and even sides (28 -> 14 -> 7 -> 3): transpose picks its padding per block."""
+    torch.manual_seed(0)
+    for size, depth in ((16, 2), (28, 3), (32, 4), (9, 3), (64, 5)):
+        cfg = tiny(image_size=size, depth=depth)
+        dec = Decoder(DecoderConfig.mirror(cfg, DecoderArch(upsample=upsample)))
+        assert dec(torch.rand(2, 16)).shape == (2, 1, size, size)
+
+
+def test_transpose_learns_its_upsampling():
+    cfg = tiny(image_size=28, depth=3, convs_per_block=2)
+    dec = Decoder(DecoderConfig.mirror(cfg, DecoderArch(upsample="transpose")))
+    ups = [m for m in dec.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [u.stride for u in ups] == [(2, 2)] * 3
+    assert not any(isinstance(m, torch.nn.Upsample) for m in dec.modules())
+    # the transposed conv takes the place of the block's first conv: 2 layers per block still
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in dec.blocks.modules()) == 3
+
+
+def test_decoder_arch_widens_and_deepens_the_mirror():
+    cfg = tiny(depth=2, base_channels=8)  # classifier widths 8, 16; one conv per block
+    d = DecoderConfig.mirror(cfg, DecoderArch(width=2.0, convs_per_block=2))
+    assert d.block_channels == [16, 32] and d.convs_per_block == 2
+    assert DecoderConfig.mirror(cfg).block_channels == [8, 16]
+    assert DecoderConfig.mirror(cfg).convs_per_block == 1
+
+
+def test_bad_decoder_arch():
+    with pytest.raises(ConfigError, match="decoder.upsample 'pixelshuffle' must be one of"):
+        DecoderArch(upsample="pixelshuffle")
+    with pytest.raises(ConfigError, match="decoder.width 0"):
+        DecoderArch(width=0)
+    with pytest.raises(ConfigError, match="decoder.convs_per_block -1"):
+        DecoderArch(convs_per_block=-1)
 
 
 def test_relu_codes_are_sparse_and_none_codes_dense():

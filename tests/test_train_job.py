@@ -53,6 +53,29 @@ def test_rerun_same_config_resumes_without_retraining(smoke_run):
     assert (out / "classifier" / "weights.pt").stat().st_mtime_ns == before
 
 
+def test_judge_backend_trains_its_own_network_once(tmp_path):
+    """perceptual judge: a ResNet with its own seed, cached in RUN/judge/, named in metrics;
+    a rerun reuses it; --overwrite with another config removes it with the rest of the run."""
+    out = tmp_path / "run"
+    run("--smoke-test", "--out", out, "--device", "cpu", "--perceptual", "judge",
+        "--upsample", "transpose")
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["perceptual_backend"] == "judge-resnet8"
+    assert m["judge"]["network"] == "resnet8-w16" and m["judge"]["seed"] == 7777
+    assert m["judge"]["test_accuracy"] > 0.1
+    assert (out / "judge" / "weights.pt").is_file()
+    dec = json.loads((out / "decoder" / "config.json").read_text())
+    assert dec["upsample"] == "transpose"
+    before = (out / "judge" / "weights.pt").stat().st_mtime_ns
+    (out / "decoder" / "weights.pt").unlink()  # retrain the decoder: the judge is reused
+    run("--smoke-test", "--out", out, "--device", "cpu", "--perceptual", "judge",
+        "--upsample", "transpose")
+    assert (out / "judge" / "weights.pt").stat().st_mtime_ns == before
+    run("--smoke-test", "--out", out, "--device", "cpu", "--perceptual", "none", "--overwrite")
+    assert not (out / "judge").exists()
+    assert json.loads((out / "metrics.json").read_text())["judge"] is None
+
+
 def test_different_config_in_same_folder_is_refused(smoke_run):
     out, _ = smoke_run
     p = run("--smoke-test", "--out", out, "--latent-dim", "16", check=False)

@@ -31,6 +31,8 @@ from regene_ray.evaluation.neutral import NEUTRAL_DIR
 from regene_ray.evaluation.report import intro, render_html, report_figures, tables
 from regene_ray.evaluation.stages import (
     acceptance_per_class,
+    autoencoder_stage,
+    blend_stage,
     check_generated,
     fid_stage,
     generations_stage,
@@ -69,6 +71,9 @@ class EvalConfig:
     overlay_per_n: int = 6  # generation/parents pairs per n
     embedding: str = "pca"  # pca (convex paths stay straight) or tsne
     embedding_points: int = 2000  # latent codes drawn in the embedding
+    blend_ratios: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])  # Fig. 7b
+    autoencoder_epochs: int = 3  # Fig. 3's contrast: end-to-end autoencoder epochs (0: none)
+    autoencoder_images: int = 10000  # its training images (a seeded subset of the train split)
     fid_features: str = "auto"  # auto (Inception if its weights are local), neutral, inception
     inception_weights: str | None = None  # explicit FID Inception weights file
     data_root: str | None = None  # overrides the run config's data_root
@@ -83,7 +88,9 @@ class EvalConfig:
             num_generated=min(self.num_generated, 300),
             max_generated=min(self.max_generated, 1000),
             novelty_samples=min(self.novelty_samples, 150), match_samples=4,
-            acceptance_per_class=20, embedding_points=500)
+            acceptance_per_class=20, embedding_points=500,
+            autoencoder_epochs=min(self.autoencoder_epochs, 2),
+            autoencoder_images=min(self.autoencoder_images, 500))
 
     def __post_init__(self):
         if self.seeds < 1 or self.fid_samples < 10:
@@ -96,6 +103,12 @@ class EvalConfig:
                               "inception")
         if not 0 < self.copy_quantile < 0.5:
             raise ConfigError(f"copy_quantile {self.copy_quantile} must be in (0, 0.5)")
+        if not self.blend_ratios or any(not 0 <= r <= 1 for r in self.blend_ratios):
+            raise ConfigError(f"blend_ratios {self.blend_ratios} must be values in [0, 1]")
+        if self.autoencoder_epochs < 0 or self.autoencoder_images < 2:
+            raise ConfigError(f"autoencoder_epochs {self.autoencoder_epochs} must be >= 0 (0 "
+                              f"leaves the contrast out) and autoencoder_images "
+                              f"{self.autoencoder_images} >= 2")
         if any(n < 2 for n in self.n_parents) or not self.n_parents:
             raise ConfigError(f"n_parents {self.n_parents}: every convex mix needs >= 2 parents")
         for name in ("num_generated", "max_generated", "novelty_samples", "match_samples",
@@ -191,13 +204,18 @@ def evaluate(run_dir: str | Path, out: str | Path, cfg: EvalConfig | None = None
     acceptance = acceptance_per_class(inp.gen, ns or cfg.n_parents, cfg.acceptance_per_class,
                                       cfg.seed)  # 6. acceptance per class and step
     lap("acceptance_s")
-    figures, figure_warnings = report_figures(cfg, inp, gset, scores, nov, acceptance)  # 7.
+    blends = blend_stage(neutral, inp, fid, cfg, dev)  # 7. blends (Fig. 7b)
+    lap("blends_s")
+    ae = autoencoder_stage(inp, cfg, dev) if cfg.autoencoder_epochs else None  # 8. (Fig. 3)
+    lap("autoencoder_s")
+    figures, figure_warnings = report_figures(cfg, inp, gset, scores, nov, acceptance,
+                                              blends, ae)  # 9.
     lap("figures_s")
     warnings = [w for w in (neutral.warning, fid.warning) if w] + figure_warnings
     for w in warnings:
         log.warning(w)
     timings["total_s"] = round(time.perf_counter() - t_start, 3)
-    metrics = {  # 8. metrics.json and report.html
+    metrics = {  # 10. metrics.json and report.html
         "kind": REPORT_KIND,
         "run": str(run_dir.resolve()),
         "dataset": inp.data_cfg.dataset,
@@ -217,6 +235,12 @@ def evaluate(run_dir: str | Path, out: str | Path, cfg: EvalConfig | None = None
                                   "copy_quantile": cfg.copy_quantile},
         "acceptance": {"per_class": acceptance,
                        "run_metrics": inp.run_metrics.get("acceptance", {})},
+        "blends": {"features": blends.features, "rows": blends.rows},
+        "autoencoder": None if ae is None else {
+            "test_mae": ae.test_mae, "test_ssim": ae.test_ssim, "images": ae.images,
+            "epochs": ae.epochs, "seconds": round(ae.seconds, 3),
+            "run_test_mae": inp.run_metrics.get("recon_test_mae"),
+            "run_test_ssim": inp.run_metrics.get("recon_test_ssim")},
         "warnings": warnings,
         "timings": timings,
         "figures": [f.key for f in figures],

@@ -218,3 +218,39 @@ def distance_histograms(spaces: dict) -> bytes:
         ax.legend(fontsize=7)
     fig.tight_layout()
     return _png(fig)
+
+
+def latent_spaces_side_by_side(points: dict[str, np.ndarray], labels: np.ndarray,
+                               class_names: Sequence[str], method: str) -> bytes:
+    """Fig. 3's contrast: the same images' codes in several latent spaces, one panel each.
+
+    Args:
+        points: panel title -> (N, 2) embedded codes of the same N images.
+        labels: (N,) their classes.
+    """
+    fig, axes = plt.subplots(1, len(points), figsize=(5.2 * len(points), 4.6), squeeze=False)
+    cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
+    for ax, (title, pts) in zip(axes[0], points.items(), strict=True):
+        for c, name in enumerate(class_names):
+            m = labels == c
+            ax.scatter(pts[m, 0], pts[m, 1], s=5, alpha=0.5, color=cmap(c % cmap.N),
+                       label=str(name)[:12])
+        ax.set_title(f"{title} codes ({method.upper()})", fontsize=9)
+    axes[0][0].legend(fontsize=7, markerscale=2, loc="best", ncol=2)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def blend_curves(rows: Sequence[dict], features: str) -> bytes:
+    """Fig. 7b: FID and neutral accuracy of original:reconstruction blends over the ratio."""
+    r = [row["ratio"] for row in rows]
+    fig, ax = plt.subplots(figsize=(5.6, 3.4))
+    ax.plot(r, [row["fid"] for row in rows], "o-", color="tab:blue")
+    ax.set_xlabel("reconstruction share r of the blend (1 - r) x + r dec(enc(x))")
+    ax.set_ylabel(f"FID vs real ({features})", color="tab:blue")
+    ax2 = ax.twinx()
+    ax2.plot(r, [row["neutral_accuracy"] for row in rows], "s--", color="tab:red")
+    ax2.set_ylabel("neutral accuracy", color="tab:red")
+    ax.set_title("original : reconstruction blends", fontsize=9)
+    fig.tight_layout()
+    return _png(fig)

@@ -158,6 +158,13 @@ class NeutralClassifier(nn.Module):
         """Penultimate features: images (B, C, H, W) in [0, 1] -> (B, 4 * width)."""
         return self.stages(self.stem(x - 0.5)).mean(dim=(2, 3))
 
+    def stage_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The stem's and each stage's feature maps, shallow to deep (a perceptual loss's)."""
+        feats = [self.stem(x - 0.5)]
+        for stage in self.stages:
+            feats.append(stage(feats[-1]))
+        return feats
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x))
 
@@ -251,7 +258,8 @@ def train_neutral(model: NeutralClassifier, data: DataSplits, cfg: NeutralTrainC
 
 def load_or_train_neutral(folder: str | Path, data: DataSplits, model_cfg: ResNetConfig,
                           train_cfg: NeutralTrainConfig, device: torch.device,
-                          data_identity: dict | None = None) -> tuple[NeutralClassifier, dict]:
+                          data_identity: dict | None = None, flag: str = "--neutral-cache"
+                          ) -> tuple[NeutralClassifier, dict]:
     """The neutral classifier for this data: cached in `folder` when its config matches.
 
     Args:
@@ -260,11 +268,12 @@ def load_or_train_neutral(folder: str | Path, data: DataSplits, model_cfg: ResNe
         model_cfg, train_cfg: what to build and how to train it.
         device: where to train.
         data_identity: the data config, stored so a cache for other data is never reused.
+        flag: how errors name `folder` to the user.
     Returns:
         (model in eval mode, metrics: test_accuracy, history, cached flag, seconds).
     """
     folder = Path(folder)
-    claim_cache(folder)
+    claim_cache(folder, flag)
     want = {"model": to_dict(model_cfg), "training": to_dict(train_cfg),
             "data": data_identity or {}}
     if (folder / WEIGHTS_FILE).is_file() and (folder / METRICS_FILE).is_file():
@@ -302,7 +311,7 @@ def load_or_train_neutral(folder: str | Path, data: DataSplits, model_cfg: ResNe
     return model.eval(), metrics | {"cached": False}
 
 
-def claim_cache(folder: Path) -> None:
+def claim_cache(folder: Path, flag: str = "--neutral-cache") -> None:
     """Use `folder` as a neutral-model cache only if it is new, empty or already one (its
     ownership marker says so): a cache pointed at a run or any other folder would overwrite
     files there (metrics.json, weights.pt ...)."""
@@ -310,10 +319,10 @@ def claim_cache(folder: Path) -> None:
     marker = read_marker(st)
     if marker is None and not st.is_empty():
         raise OwnershipError(
-            f"--neutral-cache {folder} is a non-empty folder that is not a neutral-classifier "
+            f"{flag} {folder} is a non-empty folder that is not a neutral-classifier "
             f"cache (no {MARKER_FILE}); pass a new or empty folder, or an earlier cache")
     if marker is not None and marker.get("kind") != "neutral":
-        raise OwnershipError(f"--neutral-cache {folder} holds a regene-ray "
+        raise OwnershipError(f"{flag} {folder} holds a regene-ray "
                              f"'{marker.get('kind')}' output, not a neutral-classifier cache; "
                              "pass a new or empty folder")
     if marker is None:

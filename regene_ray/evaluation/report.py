@@ -143,6 +143,26 @@ def tables(m: dict) -> list[Table]:
               "is a generation whose nearest other generation is closer than that threshold; "
               "the same fraction among as many real test images is the chance level."),
     ]
+    blends = m.get("blends")
+    if blends:
+        tables.append(Table(
+            "Original : reconstruction blends (paper Fig. 7b)",
+            ["reconstruction share r", "FID vs real", "neutral accuracy", "images"],
+            [[r["ratio"], r["fid"], r["neutral_accuracy"], r["images"]] for r in blends["rows"]],
+            f"(1 - r) x + r dec(enc(x)) of real test images against real training images, in "
+            f"{blends['features']} features; r = 0 is the real-vs-real floor at this size."))
+    ae = m.get("autoencoder")
+    if ae:
+        tables.append(Table(
+            "The classifier's code against an autoencoder's (paper Fig. 3)",
+            ["code", "test MAE", "test SSIM", "trained on"],
+            [["classifier + decoder (this run)", ae["run_test_mae"], ae["run_test_ssim"],
+              "labels, then reconstruction"],
+             ["autoencoder, same encoder and decoder", ae["test_mae"], ae["test_ssim"],
+              f"reconstruction only ({ae['images']} images, {ae['epochs']} epochs)"]],
+            "The autoencoder keeps what reconstruction needs; the classifier keeps what "
+            "separates classes, so its classes form the convex clusters the generator mixes in "
+            "(figure latent_spaces)."))
     if run_rows:
         tables.append(Table("Filter acceptance measured by jobs/train.py",
                             ["n", "latent step", "image step given latent", "both steps"],
@@ -153,7 +173,8 @@ def tables(m: dict) -> list[Table]:
 # the pictures, with their captions
 
 
-def report_figures(cfg, inp, gset, scores, nov, acceptance: dict) -> tuple[list[Figure], list[str]]:
+def report_figures(cfg, inp, gset, scores, nov, acceptance: dict, blends=None, ae=None
+                   ) -> tuple[list[Figure], list[str]]:
     """The report's figures (PNG bytes + title + caption) from the stages' results, and the
     warnings about figures left out. Arguments are evaluation.stages results."""
     from regene_ray.evaluation import figures as figs
@@ -225,6 +246,18 @@ def report_figures(cfg, inp, gset, scores, nov, acceptance: dict) -> tuple[list[
         "coloured by class; black lines are convex paths between two same-class codes, and one "
         "triangle is the hull of three (n = 3).",
         latent_embedding(gen, data.class_names, cfg.embedding_points, cfg.embedding, cfg.seed)))
+    if ae is not None:
+        figures.append(Figure(
+            "latent_spaces", "Classifier codes beside autoencoder codes (paper Fig. 3)",
+            f"{cfg.embedding.upper()} of the codes of the same real test images: left, the run's "
+            "classifier; right, an autoencoder with the same encoder architecture and code width "
+            "trained for reconstruction only.", ae.figure))
+    if blends is not None:
+        figures.append(Figure(
+            "blends", "Original : reconstruction blends (paper Fig. 7b)",
+            "FID against real training images (left axis) and neutral accuracy (right axis) of "
+            "(1 - r) x + r dec(enc(x)) for real test images x.",
+            figs.blend_curves(blends.rows, blends.features)))
     figures.append(Figure(
         "acceptance", "Acceptance per class and filter step",
         f"{cfg.acceptance_per_class} candidates per class and n; left: kept by the latent "

@@ -1,7 +1,8 @@
 """The evaluation's stages, one function each, with typed results (no Ray).
 
     load_inputs -> neutral_stage -> generations_stage -> score_stage -> fid_stage
-    -> novelty_stage -> acceptance_per_class        (the pictures: evaluation.report)
+    -> novelty_stage -> acceptance_per_class -> blend_stage (Fig. 7b)
+    -> autoencoder_stage (Fig. 3's contrast)        (the pictures: evaluation.report)
 
 Every stage that samples has its own random stream (`stage_rng(seed, stage)`), so inserting or
 changing one stage never changes another's samples. Also here: reading and checking a generated
@@ -31,6 +32,7 @@ from regene_ray.evaluation.fid import (
     NeutralFeatures,
     choose_feature_net,
     extract_features,
+    fid_from_features,
     fid_table,
 )
 from regene_ray.evaluation.neutral import (
@@ -46,7 +48,7 @@ from regene_ray.run import METRICS_FILE, RUN_CONFIG_FILE, load_run_config
 
 log = logging.getLogger(__name__)
 
-STAGE_STREAMS = {"fid": 1, "novelty": 2}  # each sampling stage's own stream of the seed
+STAGE_STREAMS = {"fid": 1, "novelty": 2, "blend": 3, "autoencoder": 4}  # each sampling stage's own stream of the seed
 NOVELTY_RAW = ("gen_distances", "test_distances", "gen_nearest", "flagged")  # not in metrics
 
 
@@ -591,3 +593,108 @@ def novelty_stage(neutral: NeutralResult, inp: Inputs, gset: GeneratedSet, cfg,
                 str(int(k)): int((gset.n_parents[rows_f] == k).sum())
                 for k in np.unique(gset.n_parents)}
     return NoveltyResult(summary, raw, matches, g_nov, len(test_rows))
+
+
+@dataclass
+class BlendResult:
+    rows: list[dict]  # per ratio: ratio, fid, neutral_accuracy, images
+    features: str  # the FID feature network's name
+
+
+def blend_stage(neutral: NeutralResult, inp: Inputs, fid: FidResult, cfg,
+                dev: torch.device) -> BlendResult:
+    """Paper Fig. 7b: original:reconstruction blends (1 - r) x + r dec(enc(x)) of real test
+    images for r in cfg.blend_ratios, each rounded to uint8 pixels; per ratio their FID against
+    as many real training images (one fixed sample, the FID table's feature network) and the
+    neutral classifier's accuracy on them. r = 0 is the real-vs-real floor at this size."""
+    data = inp.data
+    rng = stage_rng(cfg.seed, "blend")
+    k = min(cfg.fid_samples, len(data.test_x), len(data.train_x))
+    test_rows = torch.from_numpy(np.sort(rng.permutation(len(data.test_x))[:k]))
+    train_rows = torch.from_numpy(np.sort(rng.permutation(len(data.train_x))[:k]))
+    x, y = data.test_x[test_rows], data.test_y[test_rows].numpy()
+    x_rec = reconstruct(inp.gen, x)
+    ref = extract_features(fid.features, data.train_x[train_rows], dev)
+    rows = []
+    for r in cfg.blend_ratios:
+        blend = ((1 - r) * x.float() + r * x_rec.float()).round().clamp(0, 255).to(torch.uint8)
+        rows.append({
+            "ratio": float(r),
+            "fid": fid_from_features(ref, extract_features(fid.features, blend, dev)),
+            "neutral_accuracy": score_generations(neutral.model, blend, y, None,
+                                                  data.num_classes, dev)["overall"],
+            "images": k})
+    return BlendResult(rows, fid.features.name)
+
+
+@dataclass
+class AutoencoderResult:
+    test_mae: float  # the autoencoder's reconstruction MAE on the test split
+    test_ssim: float
+    images: int  # training images it saw
+    epochs: int
+    seconds: float
+    figure: bytes  # both latent spaces, one embedding method
+
+
+def autoencoder_stage(inp: Inputs, cfg, dev: torch.device) -> AutoencoderResult:
+    """Paper Fig. 3's contrast: an autoencoder with the run's encoder architecture and code width
+    and the mirrored decoder, trained end to end on MAE + SSIM (no labels) on a seeded subset of
+    the training split, its codes embedded beside the classifier's (same points, same method)."""
+    import time
+
+    from regene_ray.classifier import Classifier
+    from regene_ray.decoder import Decoder, DecoderConfig
+    from regene_ray.losses import LossConfig, ReconstructionLoss
+    from regene_ray.train import DecoderTrainConfig, evaluate_decoder
+
+    t0 = time.perf_counter()
+    data, gen = inp.data, inp.gen
+    torch.manual_seed(cfg.seed)
+    encoder = Classifier(gen.classifier.cfg).to(dev)  # only its encode() is used
+    run_cfg = load_run_config(inp.run_dir / RUN_CONFIG_FILE)
+    decoder = Decoder(DecoderConfig.mirror(gen.classifier.cfg, run_cfg.decoder)).to(dev)
+    rng = stage_rng(cfg.seed, "autoencoder")
+    n = min(cfg.autoencoder_images, len(data.train_x))
+    rows = torch.from_numpy(rng.permutation(len(data.train_x))[:n])
+    x_train = data.train_x[rows]
+    loss_fn = ReconstructionLoss(LossConfig(perceptual="none"), None)
+    params = [*encoder.blocks.parameters(), *encoder.to_latent.parameters(),
+              *decoder.parameters()]
+    opt = torch.optim.AdamW(params, lr=3e-3)
+    train_cfg = DecoderTrainConfig(epochs=cfg.autoencoder_epochs)
+    gen_t = torch.Generator().manual_seed(cfg.seed)
+    for epoch in range(cfg.autoencoder_epochs):
+        encoder.train()
+        decoder.train()
+        for idx in torch.split(torch.randperm(n, generator=gen_t), 128):
+            xb = x_train[idx].to(dev).float() / 255.0
+            loss, _ = loss_fn(decoder(encoder.encode(xb)), xb, epoch, train_cfg.epochs)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    encoder.eval()
+    test = evaluate_decoder(decoder, encoder, data.test_x, dev)
+    pts = min(cfg.embedding_points, len(data.test_x))
+    pick = torch.from_numpy(np.sort(rng.permutation(len(data.test_x))[:pts]))
+    xs, labels = data.test_x[pick], data.test_y[pick].numpy()
+    with torch.no_grad():
+        codes = {name: torch.cat([net.encode(xb.to(dev).float() / 255.0).cpu()
+                                  for xb in torch.split(xs, 512)]).numpy()
+                 for name, net in (("classifier", gen.classifier), ("autoencoder", encoder))}
+    emb = {name: embed_2d(z, cfg.embedding, cfg.seed) for name, z in codes.items()}
+    figure = figs.latent_spaces_side_by_side(emb, labels, data.class_names, cfg.embedding)
+    return AutoencoderResult(test["mae"], test["ssim"], n, cfg.autoencoder_epochs,
+                             time.perf_counter() - t0, figure)
+
+
+def embed_2d(z: np.ndarray, method: str, seed: int) -> np.ndarray:
+    """(N, D) codes -> (N, 2) by PCA or t-SNE."""
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        return TSNE(2, init="pca", random_state=seed,
+                    perplexity=float(min(30, max(5, len(z) // 4)))).fit_transform(z)
+    from sklearn.decomposition import PCA
+
+    return PCA(2, random_state=seed).fit_transform(z)

@@ -61,7 +61,7 @@ from regene_ray.config import ConfigError, save_json, to_dict
 from regene_ray.data import load_data
 from regene_ray.losses import build_perceptual
 from regene_ray.ownership import MARKER_FILE, OwnershipError, read_marker, write_marker
-from regene_ray.run import build_models
+from regene_ray.run import build_models, load_or_train_judge
 from regene_ray.search.outputs import (
     METRICS,
     MODES,
@@ -185,7 +185,9 @@ def train_trial(config: dict, space: SearchSpace, threads: int = 1, device: str 
                                     checkpoint=work / CLASSIFIER_STATE, seed=cfg.seed,
                                     on_epoch=lambda e, s: report(_classifier_metrics(e, s)))
         clf_last = _classifier_metrics(len(clf_hist) - 1, clf_hist[-1])
-        perceptual, _ = build_perceptual(cfg.decoder_training.loss, clf)
+        with tempfile.TemporaryDirectory() as judge_dir:  # perceptual 'judge': a trial's own
+            judge, _ = load_or_train_judge(cfg, data, Path(judge_dir), dev)
+        perceptual, _ = build_perceptual(cfg.decoder_training.loss, clf, judge)
         dec_hist = train_decoder(dec, clf, data, cfg.decoder_training, dev, perceptual,
                                  checkpoint=work / DECODER_STATE, seed=cfg.seed,
                                  on_epoch=lambda e, s: report(_decoder_metrics(clf_last, n_clf,
