@@ -78,6 +78,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "(default: $TORCH_HOME/hub/checkpoints, if present)")
     p.add_argument("--n-parents", type=_int_list, default=d.n_parents,
                    help="n of the in-process sample (default: 2,3,5)")
+    p.add_argument("--dirichlet-alpha", type=float, default=d.dirichlet_alpha,
+                   help="extra FID row of n = 2 mixes with Dirichlet(alpha) weights; 0 leaves "
+                   f"it out (default: {d.dirichlet_alpha:g})")
     p.add_argument("--num-generated", type=int, default=d.num_generated,
                    help=f"in-process sample size (default: {d.num_generated})")
     p.add_argument("--max-generated", type=int, default=d.max_generated,
@@ -102,6 +105,7 @@ def build_config(args: argparse.Namespace) -> EvalConfig:
         seeds=args.seeds, fid_samples=args.fid_samples,
         fid_features=args.fid_features, inception_weights=args.inception_weights,
         n_parents=args.n_parents, num_generated=args.num_generated,
+        dirichlet_alpha=args.dirichlet_alpha,
         max_generated=args.max_generated, novelty_samples=args.novelty_samples,
         embedding=args.embedding, data_root=args.data_root, seed=args.seed)
     return cfg.smoke() if args.smoke_test else cfg

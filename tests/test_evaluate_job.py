@@ -87,7 +87,7 @@ def test_report_is_written_and_every_embedded_image_decodes(report):
     rows = m["fid"]["rows"]
     # Table 1's rows on the n = 2 generations, and one extra Org vs Gen row per other n
     assert set(rows) == {"org_vs_gen", "org_vs_recon", "recon_vs_gen", "org_vs_org",
-                         "org_vs_gen_n3", "org_vs_gen_n5"}
+                         "org_vs_gen_n3", "org_vs_gen_n5", "org_vs_gen_dirichlet"}
     for r in rows.values():
         assert r["features"] == m["fid"]["features"] != "" and len(r["values"]) == 3
         assert np.isfinite(r["mean"]) and r["std"] >= 0
@@ -116,7 +116,7 @@ def test_report_is_written_and_every_embedded_image_decodes(report):
     for key in m["figures"]:
         assert (out / "figures" / f"{key}.png").is_file()
     for name in ("Org vs Gen", "Org vs Recon", "Recon vs Gen", "Org vs Gen, n = 5 (extra row)",
-                 m["fid"]["features"], "paper Fig. 7b", "autoencoder, same encoder and decoder"):
+                 "Org vs Gen, n = 2, Dirichlet weights (extra row)", m["fid"]["features"], "paper Fig. 7b", "autoencoder, same encoder and decoder"):
         assert name in html
 
 

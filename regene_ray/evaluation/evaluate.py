@@ -59,9 +59,10 @@ class EvalConfig:
     neutral_epochs: int = 10  # epochs of neutral training on the real training split
     neutral_batch_size: int = 128  # images per neutral training step
     seeds: int = 3  # sampling seeds for FID mean +- std
-    fid_samples: int = 2000  # images per side and seed in each FID (capped by the set sizes)
+    fid_samples: int = 10000  # images per side and seed in each FID (capped by the set sizes)
     n_parents: list[int] = field(default_factory=lambda: [2, 3, 5])  # in-process sample's n
-    num_generated: int = 3000  # in-process sample size (split over n_parents) without --generated
+    num_generated: int = 30000  # in-process sample size (split over n_parents) without --generated
+    dirichlet_alpha: float = 1.0  # extra FID row: n = 2 with Dirichlet(alpha) weights (0: none)
     max_generated: int = 20000  # rows read from --generated (a seeded subset beyond this)
     novelty_samples: int = 500  # generations (and as many test images) in the copy analysis
     match_samples: int = 8  # generations shown with their closest training images (SSIM search)
@@ -93,6 +94,9 @@ class EvalConfig:
             autoencoder_images=min(self.autoencoder_images, 500))
 
     def __post_init__(self):
+        if self.dirichlet_alpha < 0:
+            raise ConfigError(f"dirichlet_alpha {self.dirichlet_alpha} must be > 0, or 0 to "
+                              "leave the Dirichlet row out")
         if self.seeds < 1 or self.fid_samples < 10:
             raise ConfigError(f"seeds {self.seeds} must be >= 1 and fid_samples "
                               f"{self.fid_samples} >= 10")

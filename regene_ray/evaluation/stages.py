@@ -216,8 +216,8 @@ def check_generated(generated: str | Path, run_dir: Path, *, allow_partial: bool
             "made them, or --allow-other-run to evaluate them against this run anyway")
 
 
-def generate_sample(gen: ConvexGenerator, count: int, n_parents: list[int], seed: int
-                    ) -> GeneratedSet:
+def generate_sample(gen: ConvexGenerator, count: int, n_parents: list[int], seed: int,
+                    weights: str = "uniform") -> GeneratedSet:
     """About `count` accepted generations, split evenly over `n_parents`, classes balanced."""
     per_n = max(1, count // len(n_parents))
     imgs, labels, ns, parents = [], [], [], []
@@ -233,7 +233,7 @@ def generate_sample(gen: ConvexGenerator, count: int, n_parents: list[int], seed
             B = int(math.ceil((per_n - have) / max(rate, 0.02) * 1.2)) + len(classes)
             ids = np.arange(start, start + B, dtype=np.int64) + k * 1_000_000_000
             b = gen(classes[np.arange(start, start + B) % len(classes)], n_parents=k,
-                    seed=seed, ids=ids)
+                    weights=weights, seed=seed, ids=ids)
             rate = max(float(b.accepted.mean()), 0.02)
             b = b.accepted_only()
             take = min(len(b), per_n - have)
@@ -487,6 +487,7 @@ def score_stage(neutral: NeutralResult, gset: GeneratedSet, inp: Inputs,
 
 
 TABLE1_N = 2  # the paper's Table 1 generates with two parents
+DIRICHLET_SET = "gen_dirichlet"  # the extra row's set: n = 2, Dirichlet weights, in-process
 
 
 def fid_sets(org: torch.Tensor, recon: torch.Tensor, gset: GeneratedSet
@@ -511,6 +512,8 @@ def fid_row_name(key: str) -> str:
     """The report's name of an FID row: the paper's for its rows, else the extra row's n."""
     if key in FID_ROWS:
         return FID_ROWS[key][0]
+    if key == f"org_vs_{DIRICHLET_SET}":
+        return f"Org vs Gen, n = {TABLE1_N}, Dirichlet weights (extra row)"
     return f"Org vs Gen, n = {key.rsplit('_n', 1)[1]} (extra row)"
 
 
@@ -541,6 +544,11 @@ def fid_stage(neutral: NeutralResult, inp: Inputs, gset: GeneratedSet, cfg,
     recon = reconstruct(inp.gen, train_x[torch.from_numpy(
         np.sort(rng.permutation(len(train_x))[:pool]))])
     sets, pairs = fid_sets(org, recon, gset)
+    if cfg.dirichlet_alpha > 0:  # extra row: n = 2 with random convex weights (in-process)
+        d = generate_sample(inp.gen, cfg.fid_samples, [TABLE1_N], cfg.seed + 1,
+                            weights=f"dirichlet:{cfg.dirichlet_alpha:g}")
+        sets[DIRICHLET_SET] = d.images
+        pairs.append(("org", DIRICHLET_SET))
     rows = fid_table(sets, pairs, cfg.seeds, cfg.fid_samples, feat_net, dev, base_seed=cfg.seed)
     warning = None if feat_net.name.startswith("inception") else (
         f"FID uses {feat_net.name} features ({feat_net.note}); these numbers are not "
