@@ -175,6 +175,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-workers", type=_workers("--cpu-workers"), default=None,
                    help="with the split pipeline: commit (PNG, Parquet) actors N or MIN,MAX "
                    "(default: the CPUs the network actors and the mixer leave)")
+    p.add_argument("--novelty-quantile", type=float, default=0.0,
+                   help="novelty step: reject a generation whose code is nearer a training "
+                   "code of its class than this quantile of real held-out images are "
+                   "(RUN/novelty.json), e.g. 0.01; kept rows carry nearest_train_id and "
+                   "nearest_train_distance, and summary.json counts the rejections per class "
+                   "(default: 0, no novelty step)")
     p.add_argument("--precision", choices=["fp32", "tf32", "bf16", "fp16"], default="fp32",
                    help="fp32 (TF32 off on GPUs), tf32 (TF32 on GPUs), or bf16 / fp16 for the "
                    "decoder only (the classifier's two filter passes stay fp32); part of the "
@@ -260,7 +266,8 @@ def build_spec(args: argparse.Namespace, run: Storage, files: dict[str, bytes], 
     return MassSpec(run=run.uri if not run.is_local else run.root, count=count,
                     classes=tuple(classes), n_parents=tuple(args.n_parents),
                     weights=args.weights, seed=args.seed, chunk_size=chunk,
-                    batch_size=batch_size, png=args.png, precision=args.precision)
+                    batch_size=batch_size, png=args.png, precision=args.precision,
+                    novelty_quantile=args.novelty_quantile)
 
 
 def main(args: argparse.Namespace) -> Summary:

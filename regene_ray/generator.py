@@ -25,6 +25,7 @@ from regene_ray.data import to_uint8
 from regene_ray.decoder import Decoder, check_compatible
 from regene_ray.filtering import label_confidence, passes
 from regene_ray.latent_bank import BANK_FILE, THRESHOLDS_FILE, LatentBank, load_thresholds
+from regene_ray.nearest import NearestTrain
 
 
 @dataclass
@@ -33,7 +34,10 @@ class GenerationBatch:
 
     parent_ids and weights are padded with -1 / 0 beyond each row's n_parents.
     images holds uint8 (B, C, H, W); rows that failed the latent step were never decoded (zeros).
-    image_confidence is NaN for those rows.
+    image_confidence is NaN for those rows. nearest_train_id / nearest_train_distance are the
+    novelty step's (the nearest training code of the image's code, same class): -1 / NaN where
+    it did not run (no novelty step, or the row failed an earlier step); novel is False only for
+    rows the novelty step rejected.
     """
 
     ids: np.ndarray  # (B,) int64 candidate ids
@@ -44,8 +48,11 @@ class GenerationBatch:
     latent_confidence: np.ndarray  # (B,) float32
     latent_pass: np.ndarray  # (B,) bool
     image_confidence: np.ndarray  # (B,) float32
-    accepted: np.ndarray  # (B,) bool, passed both steps
+    accepted: np.ndarray  # (B,) bool, passed every step
     images: np.ndarray  # (B, C, H, W) uint8
+    nearest_train_id: np.ndarray  # (B,) int64 latent-bank id, -1 where not measured
+    nearest_train_distance: np.ndarray  # (B,) float32, NaN where not measured
+    novel: np.ndarray  # (B,) bool, False where the novelty step rejected a near-copy
 
     def select(self, mask: np.ndarray) -> GenerationBatch:
         return GenerationBatch(**{f.name: getattr(self, f.name)[mask] for f in fields(self)})
@@ -179,6 +186,20 @@ class ConvexGenerator:
         self.decoder = decoder.to(self.device).eval()
         self.tau_latent = torch.tensor(thresholds["latent"], dtype=torch.float32)
         self.tau_image = torch.tensor(thresholds["image"], dtype=torch.float32)
+        self.nearest: NearestTrain | None = None  # the novelty step (off until set_novelty)
+        self.tau_novelty: torch.Tensor | None = None
+
+    def set_novelty(self, thresholds: Sequence[float] | None) -> None:
+        """Turn on the novelty step (a third filter step): reject an image whose code lies
+        closer than thresholds[c] to a training code of its class c (nearest.novelty_thresholds);
+        None turns it off."""
+        if thresholds is None:
+            self.nearest, self.tau_novelty = None, None
+            return
+        if len(thresholds) != self.num_classes:
+            raise ValueError(f"{len(thresholds)} novelty thresholds for {self.num_classes} classes")
+        self.nearest = NearestTrain(self.bank, self.num_classes, self.device)
+        self.tau_novelty = torch.tensor(list(thresholds), dtype=torch.float32)
 
     def eligible_classes(self, n_parents: int) -> list[int]:
         """Classes with at least `n_parents` eligible codes in the bank."""
@@ -226,19 +247,36 @@ class ConvexGenerator:
         images = torch.zeros(B, self.decoder.cfg.out_channels, self.decoder.cfg.image_size,
                              self.decoder.cfg.image_size, dtype=torch.uint8, device=self.device)
         img_conf = torch.full((B,), float("nan"), device=self.device)
+        near_id = torch.full((B,), -1, dtype=torch.int64, device=self.device)
+        near_d = torch.full((B,), float("nan"), device=self.device)
+        codes = None
         if decode.any():
             x = to_uint8(self._decode(z[decode]))
             images[decode] = x
             # classify the image exactly as it is stored (uint8), so the stored bytes reproduce
             # the stored confidence
-            img_conf[decode] = label_confidence(self.classifier(x.float() / 255.0), y[decode])
+            codes = self.classifier.encode(x.float() / 255.0)
+            img_conf[decode] = label_confidence(self.classifier.classify_latent(codes),
+                                                y[decode])
         accepted = lat_pass & passes(img_conf.nan_to_num(-1.0), y, self.tau_image)
+        novel = torch.ones_like(accepted)
+        if self.nearest is not None and codes is not None:
+            check = accepted[decode]  # decoded rows that passed both confidence steps
+            if check.any():
+                rows = decode.nonzero().squeeze(1)[check]
+                ids, dist = self.nearest(codes[check], y[rows])
+                near_id[rows], near_d[rows] = ids, dist
+                novel[rows] = ~(dist < self.tau_novelty.to(self.device)[y[rows]])
+            accepted &= novel
         return GenerationBatch(
             ids=m.ids, labels=m.labels, n_parents=m.n_parents, parent_ids=m.parent_ids,
             weights=m.weights, latent_confidence=lat_conf.cpu().numpy().astype(np.float32),
             latent_pass=lat_pass.cpu().numpy(),
             image_confidence=img_conf.cpu().numpy().astype(np.float32),
             accepted=accepted.cpu().numpy(), images=images.cpu().numpy(),
+            nearest_train_id=near_id.cpu().numpy(),
+            nearest_train_distance=near_d.cpu().numpy().astype(np.float32),
+            novel=novel.cpu().numpy(),
         )
 
     def __call__(self, labels: Sequence[int] | np.ndarray, n_parents: int | Sequence[int] = 2,

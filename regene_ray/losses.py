@@ -50,7 +50,7 @@ class LossConfig:
     perceptual: str = "auto"  # auto | lpips | judge | classifier | none
     lpips_net: str = "vgg"  # lpips backbone when perceptual is lpips
     judge_depth: int = 8  # ResNet depth (6n + 2) of the judge feature network
-    judge_width: int = 16  # its first-stage channels
+    judge_width: int = 8  # its first-stage channels (8: 1.3x the decoder step speed of 16)
     judge_epochs: int = 2  # its training epochs on the run's train split
 
     def __post_init__(self):

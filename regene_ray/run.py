@@ -31,6 +31,7 @@ from regene_ray.latent_bank import (
     save_thresholds,
 )
 from regene_ray.losses import LossConfig, build_perceptual
+from regene_ray.nearest import NOVELTY_FILE, holdout_distances, save_novelty
 from regene_ray.ownership import (
     claim_for_overwrite,
     inspect_owned,
@@ -117,7 +118,7 @@ def load_run_config(path: str | Path) -> RunConfig:
 # Everything a training run writes directly inside its folder: --overwrite deletes these (and
 # only these, as the folder's ownership marker lists them) when it replaces an earlier run.
 RUN_ARTEFACTS = [RUN_CONFIG_FILE, "classifier", "decoder", BANK_FILE, THRESHOLDS_FILE, METRICS_FILE,
-                 RECON_GRID, GEN_GRID, CLASSIFIER_STATE, DECODER_STATE, JUDGE_DIR]
+                 RECON_GRID, GEN_GRID, CLASSIFIER_STATE, DECODER_STATE, JUDGE_DIR, NOVELTY_FILE]
 
 
 def inspect_out_dir(out: Path, cfg: RunConfig, *, overwrite: bool) -> str:
@@ -230,6 +231,8 @@ def train_run(cfg: RunConfig, out: str | Path, *, device: str = "auto",
     thresholds = compute_thresholds(clf, dec, data.holdout_x, data.holdout_y, data.num_classes, dev,
                                     image_rule=cfg.image_threshold)
     save_thresholds(thresholds, out / THRESHOLDS_FILE)
+    save_novelty(holdout_distances(clf, bank, data.holdout_x, data.holdout_y, data.num_classes,
+                                   dev), out / NOVELTY_FILE)  # the novelty step's calibration
     timings["bank_thresholds_s"] = time.perf_counter() - t0
 
     # 4. metrics and pictures
@@ -243,6 +246,7 @@ def train_run(cfg: RunConfig, out: str | Path, *, device: str = "auto",
     save_generation_grid(gen, data.class_names, cfg.grid_n_parents, out / GEN_GRID, seed=cfg.seed)
     metrics = {
         "dataset": cfg.data.dataset,
+        "class_names": data.class_names,
         "device": str(dev),
         "test_accuracy": test["accuracy"],
         "test_latent_sparsity": test["latent_sparsity"],
@@ -297,8 +301,14 @@ def load_or_train_judge(cfg: RunConfig, data: DataSplits, out: Path, dev: torch.
                              in_channels=data.channels, num_classes=data.num_classes)
     train_cfg = NeutralTrainConfig(epochs=loss.judge_epochs, seed=cfg.seed + JUDGE_SEED)
     judge, metrics = load_or_train_neutral(out / JUDGE_DIR, data, model_cfg, train_cfg, dev,
-                                           data_identity=to_dict(cfg.data), flag="judge folder")
+                                           data_identity=to_dict(cfg.data), flag="judge folder",
+                                           what="judge")
     judge.requires_grad_(False)
+    if near_chance(metrics.get("test_accuracy", 0.0), data.num_classes):
+        log.warning("judge network: test accuracy %.3f is near chance; its features are close to "
+                    "a random network's, which still measure structure but not what tells "
+                    "classes apart. Raise decoder_training.loss.judge_epochs, or train on more "
+                    "data", metrics.get("test_accuracy", 0.0))
     return judge, {"network": f"resnet{loss.judge_depth}-w{loss.judge_width}",
                    "seed": train_cfg.seed, "test_accuracy": metrics.get("test_accuracy"),
                    "train_seconds": metrics.get("train_seconds")}

@@ -32,16 +32,6 @@ from regene_ray.latent_bank import LatentBank
 K = 10  # classes of the digits run
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(address="local", num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=False,
-             log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield ray
-    ray.shutdown()
-
 
 def check_output(run: Path, out: Path, count: int, classes: list[int], n_parents: list[int]):
     t = read_out(out)

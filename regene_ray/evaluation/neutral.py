@@ -217,7 +217,8 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.d
 
 
 def train_neutral(model: NeutralClassifier, data: DataSplits, cfg: NeutralTrainConfig,
-                  device: torch.device, checkpoint: Path | None = None) -> list[dict]:
+                  device: torch.device, checkpoint: Path | None = None,
+                  what: str = "neutral") -> list[dict]:
     """Cross-entropy training from scratch on `data.train_x`; resumes from `checkpoint`.
 
     Returns:
@@ -235,7 +236,7 @@ def train_neutral(model: NeutralClassifier, data: DataSplits, cfg: NeutralTrainC
         batches = iterate_batches(data.train_x, data.train_y, cfg.batch_size, shuffle=True,
                                   generator=gen, device=device)
         bar = tqdm(batches, total=math.ceil(len(data.train_x) / cfg.batch_size),
-                   desc=f"neutral epoch {epoch}", leave=False, disable=None)
+                   desc=f"{what} epoch {epoch}", leave=False, disable=None)
         for xb, yb in bar:
             logits = model(random_shift(xb, cfg.shift, gen))
             loss = F.cross_entropy(logits, yb)
@@ -252,14 +253,14 @@ def train_neutral(model: NeutralClassifier, data: DataSplits, cfg: NeutralTrainC
                 "val_accuracy": accuracy(model, data.holdout_x, data.holdout_y, device),
                 "images_per_s": n / (time.perf_counter() - t0)}
 
-    return fit_epochs(model, opt, cfg.epochs, epoch_fn, what="neutral", checkpoint=checkpoint,
+    return fit_epochs(model, opt, cfg.epochs, epoch_fn, what=what, checkpoint=checkpoint,
                       shown=("train_loss", "train_accuracy", "val_accuracy"))
 
 
 def load_or_train_neutral(folder: str | Path, data: DataSplits, model_cfg: ResNetConfig,
                           train_cfg: NeutralTrainConfig, device: torch.device,
-                          data_identity: dict | None = None, flag: str = "--neutral-cache"
-                          ) -> tuple[NeutralClassifier, dict]:
+                          data_identity: dict | None = None, flag: str = "--neutral-cache",
+                          what: str = "neutral") -> tuple[NeutralClassifier, dict]:
     """The neutral classifier for this data: cached in `folder` when its config matches.
 
     Args:
@@ -268,7 +269,7 @@ def load_or_train_neutral(folder: str | Path, data: DataSplits, model_cfg: ResNe
         model_cfg, train_cfg: what to build and how to train it.
         device: where to train.
         data_identity: the data config, stored so a cache for other data is never reused.
-        flag: how errors name `folder` to the user.
+        flag: how errors name `folder` to the user; what: how the log names the network.
     Returns:
         (model in eval mode, metrics: test_accuracy, history, cached flag, seconds).
     """
@@ -281,10 +282,10 @@ def load_or_train_neutral(folder: str | Path, data: DataSplits, model_cfg: ResNe
         if have == want:
             model = NeutralClassifier.load(folder, map_location=device)
             metrics = _read_json(folder / METRICS_FILE) | {"cached": True}
-            log.info("neutral: reusing ResNet-%d from %s (test accuracy %.4f)", model_cfg.depth,
+            log.info("%s: reusing ResNet-%d from %s (test accuracy %.4f)", what, model_cfg.depth,
                      folder, metrics.get("test_accuracy", float("nan")))
             return model, metrics
-        log.warning("neutral: %s holds a model for another config; retraining it", folder)
+        log.warning("%s: %s holds a model for another config; retraining it", what, folder)
         for name in (WEIGHTS_FILE, MODEL_CONFIG_FILE, METRICS_FILE, STATE_FILE):
             (folder / name).unlink(missing_ok=True)
     state = folder / STATE_FILE
@@ -297,7 +298,7 @@ def load_or_train_neutral(folder: str | Path, data: DataSplits, model_cfg: ResNe
     torch.manual_seed(train_cfg.seed)
     model = NeutralClassifier(model_cfg)
     t0 = time.perf_counter()
-    history = train_neutral(model, data, train_cfg, device, checkpoint=state)
+    history = train_neutral(model, data, train_cfg, device, checkpoint=state, what=what)
     test_acc = accuracy(model, data.test_x, data.test_y, device)
     metrics = {"test_accuracy": test_acc, "history": history,
                "train_seconds": time.perf_counter() - t0,
@@ -306,7 +307,7 @@ def load_or_train_neutral(folder: str | Path, data: DataSplits, model_cfg: ResNe
     model.save(folder, extra={"training": to_dict(train_cfg), "data": data_identity or {}})
     save_json(metrics, folder / METRICS_FILE)
     state.unlink(missing_ok=True)
-    log.info("neutral: ResNet-%d trained in %.0fs, test accuracy %.4f", model_cfg.depth,
+    log.info("%s: ResNet-%d trained in %.0fs, test accuracy %.4f", what, model_cfg.depth,
              metrics["train_seconds"], test_acc)
     return model.eval(), metrics | {"cached": False}
 

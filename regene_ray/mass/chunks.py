@@ -118,11 +118,13 @@ class ScoreChunks:
             the Python and PNG work too).
         runtime: the job's runtime identity; a worker whose device kind or torch differs
             refuses to start (its bytes would differ).
+        novelty: per-class novelty thresholds (the job identity's novelty.thresholds) to run
+            the novelty step; None for none.
     """
 
     def __init__(self, run_dir: str | Path | dict[str, bytes], *, batch_size: int = 0,
                  device: str = "cpu", precision: str = "fp32", torch_threads: int | None = 1,
-                 runtime: dict | None = None):
+                 runtime: dict | None = None, novelty: Sequence[float] | None = None):
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.gen = _load(run_dir, lambda folder: ConvexGenerator.from_run(
@@ -131,6 +133,7 @@ class ScoreChunks:
         # generate.md). It changes float noise, not results, and is the same on every worker.
         self.gen.classifier.to(memory_format=torch.channels_last)
         self.gen.decoder.to(memory_format=torch.channels_last)
+        self.gen.set_novelty(novelty)
         self.batch_size = int(batch_size)
         here = runtime_identity(self.gen.device.type)
         if runtime and runtime != here:
@@ -158,7 +161,7 @@ def chunk_table(g: GenerationBatch, label: int, chunk: int,
     pngs = [encode_png(im) for im in acc.images]
     paths = [png_relpath(label, int(i) // num_classes, int(i)) for i in acc.ids]
     info = ChunkInfo(label, chunk, tried=len(g), latent_passed=int(g.latent_pass.sum()),
-                     accepted=len(acc))
+                     accepted=len(acc), novelty_rejected=int((~g.novel).sum()))
     return rows_table(acc, pngs, paths), info
 
 
@@ -239,7 +242,10 @@ class CommitChunks:
 
 def _stats(infos: list[ChunkInfo]) -> dict[str, np.ndarray]:
     return {key: np.array([getattr(i, key) for i in infos], dtype=np.int64)
-            for key in ("label", "chunk", "tried", "latent_passed", "accepted")}
+            for key in STAT_KEYS}
+
+
+STAT_KEYS = ("label", "chunk", "tried", "latent_passed", "accepted", "novelty_rejected")
 
 
 class GenerateChunks:
@@ -250,16 +256,17 @@ class GenerateChunks:
         run_dir: a jobs/train.py run folder, or its files from pack_run; the classifier,
             decoder and bank load once here.
         n_parents, weights, seed, chunk_size, batch_size: as in MassSpec.
-        device, precision, torch_threads, runtime: as in ScoreChunks.
+        device, precision, torch_threads, runtime, novelty: as in ScoreChunks.
     """
 
     def __init__(self, run_dir: str | Path | dict[str, bytes], *, n_parents: Sequence[int] = (2,),
                  weights: str = "uniform", seed: int = 0, chunk_size: int = 1024,
                  batch_size: int = 0, device: str = "cpu", precision: str = "fp32",
-                 torch_threads: int | None = 1, runtime: dict | None = None):
+                 torch_threads: int | None = 1, runtime: dict | None = None,
+                 novelty: Sequence[float] | None = None):
         self.scorer = ScoreChunks(run_dir, batch_size=batch_size, device=device,
                                   precision=precision, torch_threads=torch_threads,
-                                  runtime=runtime)
+                                  runtime=runtime, novelty=novelty)
         self.gen = self.scorer.gen
         self.mixer = MixChunks(self.gen.mixer, n_parents=n_parents, weights=weights, seed=seed,
                                chunk_size=chunk_size)  # the generator's bank: loaded once
@@ -285,12 +292,14 @@ class WriteChunks(GenerateChunks):
 
     Args:
         out_dir, metadata, png: as in CommitChunks.
-        **kwargs: as GenerateChunks (the worker's runtime is checked against the metadata's).
+        **kwargs: as GenerateChunks (the worker's runtime is checked against the metadata's,
+            and the novelty step runs with the metadata's thresholds).
     """
 
     def __init__(self, run_dir: str | Path | dict[str, bytes], out_dir: str | Path | Storage, *,
                  metadata: dict, png: bool = False, **kwargs):
-        super().__init__(run_dir, runtime=metadata.get("runtime"), **kwargs)
+        super().__init__(run_dir, runtime=metadata.get("runtime"),
+                         novelty=novelty_of(metadata), **kwargs)
         self.committer = CommitChunks(out_dir, metadata=metadata, num_classes=self.num_classes,
                                       png=png)
 
@@ -311,6 +320,11 @@ class WriteChunks(GenerateChunks):
                        for c, chunk in zip(batch["label"], batch["chunk"], strict=True)])
 
 
+def novelty_of(identity: dict) -> list[float] | None:
+    """The novelty step's per-class thresholds of a job identity (None: no novelty step)."""
+    return (identity.get("novelty") or {}).get("thresholds")
+
+
 def _info_dict(info: ChunkInfo) -> dict:
     d = asdict(info)
     for where in ("path", "node", "stage_gpus"):  # of this run, not of the chunk
@@ -326,7 +340,8 @@ def serial_runner(stage: WriteChunks) -> Runner:
         for c, chunk in todo:
             r = stage({"label": np.array([c]), "chunk": np.array([chunk])})
             infos.append(ChunkInfo(int(r["label"][0]), int(r["chunk"][0]), int(r["tried"][0]),
-                                   int(r["latent_passed"][0]), int(r["accepted"][0])))
+                                   int(r["latent_passed"][0]), int(r["accepted"][0]),
+                                   novelty_rejected=int(r["novelty_rejected"][0])))
         return infos
 
     return run

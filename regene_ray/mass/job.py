@@ -30,6 +30,7 @@ from regene_ray.latent_bank import THRESHOLDS_FILE
 from regene_ray.mass.plan import ChunkInfo, class_rates, cutoffs, plan_wave, prior_rate, quotas
 from regene_ray.mass.run_files import run_hashes
 from regene_ray.mass.sinks import PNG_SHARD, png_relpath, read_metadata, write_parquet_atomic
+from regene_ray.nearest import NOVELTY_FILE, novelty_thresholds
 from regene_ray.ownership import (
     Lease,
     claim_for_overwrite,
@@ -65,7 +66,8 @@ _PNG_RE = re.compile(r"^(\d{5})/(\d+)\.png$")  # png/<label>/ + <shard>/<id>.png
 # Bumped whenever the bytes of an output can change (keyed random streams, PNG encoding, batch
 # make-up, memory format ...): a resume never mixes files of two formats. v2: job key, runtime.
 # v3: mixing on CPU whatever the device (CUDA bytes changed; CPU bytes did not), precision.
-FORMAT = "regene-ray mass generation v3"
+# v4: nearest_train_id / nearest_train_distance columns (the novelty step), ClassLabel labels.
+FORMAT = "regene-ray mass generation v4"
 
 
 # what a mass generation writes directly inside OUT (--overwrite deletes these, and only these)
@@ -91,11 +93,16 @@ class MassSpec:
     png: bool = False  # also write OUT/png/<label>/<shard>/<id>.png
     batch_size: int = 0  # candidates per decoder batch inside a chunk (0: the whole chunk)
     precision: str = "fp32"  # fp32 | tf32 | bf16 | fp16 (the decoder's; see ConvexGenerator)
+    novelty_quantile: float = 0.0  # novelty step: reject codes nearer a training code than this
+    # quantile of real held-out images are (RUN/novelty.json); 0 runs no novelty step
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision {self.precision!r}: use one of "
                              f"{', '.join(PRECISIONS)}")
+        if not 0 <= self.novelty_quantile < 1:
+            raise ValueError(f"--novelty-quantile {self.novelty_quantile} must be in (0, 1), "
+                             "e.g. 0.01 (or 0 for no novelty step)")
         if self.batch_size < 0:
             raise ValueError(f"--batch-size {self.batch_size} must be at least 1 (0, in the "
                              "Python API only, means one batch per chunk)")
@@ -133,6 +140,8 @@ class Summary:
     images_per_s: float
     parquet_files: int
     extra: dict = field(default_factory=dict)
+    # near-copies the novelty step rejected, per class, in the chunks kept (empty: no such step)
+    novelty_rejected_per_class: dict[str, int] = field(default_factory=dict)
 
 
 def runtime_identity(device_kind: str) -> dict:
@@ -155,11 +164,41 @@ def job_metadata(spec: MassSpec, hashes: dict[str, str], *, device: str = "cpu",
         thresholds = Storage(spec.run).read_json(THRESHOLDS_FILE)
     identity = {"spec": asdict(spec) | {"run": redact(spec.run)}, "checkpoint_sha256": hashes,
                 "thresholds": {k: thresholds[k] for k in ("latent", "image")},
+                "class_names": run_class_names(spec.run, len(thresholds["latent"])),
+                "novelty": novelty_identity(spec),
                 "runtime": runtime_identity(str(device).split(":")[0]),
                 "format": FORMAT}
     identity = json.loads(json.dumps(identity))  # as job.json holds it (tuples become lists)
     identity["job_key"] = job_key(identity)
     return identity
+
+
+def novelty_identity(spec: MassSpec) -> dict | None:
+    """The novelty step's space, quantile and per-class thresholds (from RUN/novelty.json), or
+    None when the spec runs no novelty step."""
+    if not spec.novelty_quantile:
+        return None
+    st = Storage(spec.run)
+    if not st.is_file(NOVELTY_FILE):
+        raise FileNotFoundError(
+            f"--novelty-quantile needs {st.display(NOVELTY_FILE)} (held-out nearest-train "
+            "distances), which jobs/train.py writes; run jobs/train.py again on this run (it "
+            "resumes without retraining and adds the file), or drop --novelty-quantile")
+    stats = st.read_json(NOVELTY_FILE)
+    return {"space": stats.get("space"), "quantile": spec.novelty_quantile,
+            "thresholds": novelty_thresholds(stats, spec.novelty_quantile)}
+
+
+def run_class_names(run: str, num_classes: int) -> list[str]:
+    """The run's class names (metrics.json, written by jobs/train.py), or "0", "1", ... for a
+    run that predates them; they become the `label` column's Hugging Face ClassLabel names."""
+    try:
+        names = Storage(run).read_json("metrics.json").get("class_names")
+    except (OSError, ValueError, AttributeError):
+        names = None
+    if not isinstance(names, list) or len(names) != num_classes:
+        return [str(c) for c in range(num_classes)]
+    return [str(n) for n in names]
 
 
 def job_key(identity: dict) -> str:
@@ -304,7 +343,8 @@ def scan(out: Storage, key: str) -> dict[tuple[int, int], ChunkInfo]:
                                         f"{c['chunk']}) under another chunk's name; move it out "
                                         "of --out, then run again with --resume")
             found[(int(m[1]), int(m[2]))] = ChunkInfo(
-                c["label"], c["chunk"], c["tried"], c["latent_passed"], c["accepted"], rel)
+                c["label"], c["chunk"], c["tried"], c["latent_passed"], c["accepted"], rel,
+                novelty_rejected=c.get("novelty_rejected", 0))
     return found
 
 
@@ -463,6 +503,7 @@ def _run_locked(spec: MassSpec, out: Storage, runner: Runner, lease: Lease, iden
     tried = sum(i.tried for i in kept.values())
     lat = sum(i.latent_passed for i in kept.values())
     acc = sum(i.accepted for i in kept.values())
+    nov = sum(i.novelty_rejected for i in kept.values())
     wall = time.perf_counter() - t0
     summary = Summary(
         requested=spec.count, classes=list(spec.classes),
@@ -471,12 +512,18 @@ def _run_locked(spec: MassSpec, out: Storage, runner: Runner, lease: Lease, iden
                                                if cc == c and chunk < last_chunk)
                             for c, (last_chunk, keep) in cut.items()},
         candidates_tried=tried, candidates_generated_this_run=generated,
-        acceptance={"latent_step": lat / tried, "image_step_given_latent": acc / max(lat, 1),
+        acceptance={"latent_step": lat / tried,
+                    "image_step_given_latent": (acc + nov) / max(lat, 1),
+                    **({"novelty_step_given_image": acc / max(acc + nov, 1)}
+                       if spec.novelty_quantile else {}),
                     "both_steps": acc / tried},
         waves=waves, resumed=resumed, wall_s=round(wall, 3),
         images_per_s=round(spec.count / wall, 1) if not resumed else
         round(generated * (acc / tried) / wall, 1),
         parquet_files=n_files,
+        novelty_rejected_per_class={
+            str(c): sum(i.novelty_rejected for (cc, _), i in kept.items() if cc == c)
+            for c in spec.classes} if spec.novelty_quantile else {},
         extra={"chunk_size": spec.chunk_size, "batch_size": spec.batch_size, "out": str(out),
                **(details or {}), **({"chunks_per_node": per_node} if per_node else {}),
                **({"stage_gpus": {k: sorted(v) for k, v in sorted(stage_gpus.items())}}

@@ -79,6 +79,7 @@ class ChunkInfo:
     path: str | None = None  # relative to the output folder
     node: str = ""  # the Ray node that ran its networks in this run (when the runner says)
     stage_gpus: dict[str, float] = field(default_factory=dict)  # GPUs of each stage's actor
+    novelty_rejected: int = 0  # passed both confidence steps, rejected as near-copies
 
 
 def prior_rate(run_dir: str | Path, n_parents: Sequence[int]) -> float | None:

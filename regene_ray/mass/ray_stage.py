@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from regene_ray.mass.chunks import CommitChunks, MixChunks, ScoreChunks, WriteChunks
+from regene_ray.mass.chunks import CommitChunks, MixChunks, ScoreChunks, WriteChunks, novelty_of
 from regene_ray.mass.job import MassSpec, Runner
 from regene_ray.mass.plan import ChunkInfo
 from regene_ray.storage import Storage
@@ -157,7 +157,8 @@ def _infos(rows: list[dict]) -> list[ChunkInfo]:
         net = "fused" if "fused" in where else "score"
         infos.append(ChunkInfo(int(r["label"]), int(r["chunk"]), int(r["tried"]),
                                int(r["latent_passed"]), int(r["accepted"]),
-                               node=str(r[f"{PLACED}{net}_node"]), stage_gpus=where))
+                               node=str(r[f"{PLACED}{net}_node"]), stage_gpus=where,
+                               novelty_rejected=int(r.get("novelty_rejected", 0))))
     return infos
 
 
@@ -189,6 +190,7 @@ def ray_runner(spec: MassSpec, run_files: dict[str, bytes], out: Storage, identi
                   chunk_size=spec.chunk_size)
     score_kw = dict(batch_size=spec.batch_size, device=device, precision=spec.precision,
                     torch_threads=torch_threads)
+    split_score_kw = dict(score_kw, novelty=novelty_of(identity))  # fused: from the metadata
     num_classes = len(identity["thresholds"]["latent"])
 
     def pool(lo: int, hi: int, n: int, **kw) -> ray.data.ActorPoolStrategy:
@@ -210,7 +212,7 @@ def ray_runner(spec: MassSpec, run_files: dict[str, bytes], out: Storage, identi
                                 batch_size=1, num_cpus=p.mix_cpus, **retry)
             ds = ds.map_batches(ScoreOnRay, fn_constructor_args=(run_files,),
                                 fn_constructor_kwargs=dict(runtime=identity.get("runtime"),
-                                                           **score_kw),
+                                                           **split_score_kw),
                                 compute=pool(*p.workers, n), batch_size=1, num_cpus=1,
                                 **retry, **gpu)
             ds = ds.map_batches(commit_stage or CommitOnRay, fn_constructor_args=(out,),

@@ -5,10 +5,12 @@ on object stores one upload; see regene_ray.storage), so a reader or a resumed j
 half a file. The Parquet schema is the one in DESIGN.md:
 
     id int64, label int16, n_parents int8, parent_ids list<int64>, weights list<float32>,
-    latent_confidence float32, image_confidence float32, image struct{bytes: binary, path: string}
+    latent_confidence float32, image_confidence float32, image struct{bytes: binary, path: string},
+    nearest_train_id int64, nearest_train_distance float32 (the novelty step's; null without it)
 
 The `image` struct is the layout Hugging Face `datasets` uses for its Image feature; the schema
-carries the `huggingface` metadata key that tells `datasets.load_dataset("parquet", ...)` so.
+carries the `huggingface` metadata key that tells `datasets.load_dataset("parquet", ...)` so, and
+declares `label` a ClassLabel with the run's class names (the job identity's `class_names`).
 pandas, pyarrow and duckdb read it as plain columns. Job-level provenance (run folder, seed,
 thresholds, checkpoint hashes, chunk statistics) lives in the file's key-value metadata under
 `regene_ray`.
@@ -39,6 +41,8 @@ SCHEMA = pa.schema([
     ("latent_confidence", pa.float32()),
     ("image_confidence", pa.float32()),
     ("image", IMAGE_TYPE),
+    ("nearest_train_id", pa.int64()),
+    ("nearest_train_distance", pa.float32()),
 ])
 _HF_FEATURES = {
     "id": {"dtype": "int64", "_type": "Value"},
@@ -49,8 +53,17 @@ _HF_FEATURES = {
     "latent_confidence": {"dtype": "float32", "_type": "Value"},
     "image_confidence": {"dtype": "float32", "_type": "Value"},
     "image": {"_type": "Image"},
+    "nearest_train_id": {"dtype": "int64", "_type": "Value"},
+    "nearest_train_distance": {"dtype": "float32", "_type": "Value"},
 }
-HF_METADATA = {b"huggingface": json.dumps({"info": {"features": _HF_FEATURES}}).encode()}
+
+
+def hf_metadata(class_names: list[str] | None) -> dict[bytes, bytes]:
+    """The `huggingface` schema metadata: Image for `image`, ClassLabel(names) for `label`."""
+    features = dict(_HF_FEATURES)
+    if class_names:
+        features["label"] = {"names": list(class_names), "_type": "ClassLabel"}
+    return {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
 
 
 def _ragged(values: np.ndarray, lengths: np.ndarray, value_type: pa.DataType) -> pa.Array:
@@ -75,6 +88,9 @@ def rows_table(batch: GenerationBatch, pngs: list[bytes], paths: list[str]) -> p
         pa.array(batch.latent_confidence, pa.float32()),
         pa.array(batch.image_confidence, pa.float32()),
         image,
+        pa.array(batch.nearest_train_id, pa.int64(), mask=batch.nearest_train_id < 0),
+        pa.array(batch.nearest_train_distance, pa.float32(),
+                 mask=np.isnan(batch.nearest_train_distance)),
     ], schema=SCHEMA)
 
 
@@ -90,7 +106,8 @@ def write_parquet_atomic(table: pa.Table, path: str | Path, metadata: dict,
                          storage: Storage | None = None) -> None:
     """Write `table` with `metadata` (JSON) to `path` (relative to `storage`, when given)."""
     storage, rel = _where(path, storage)
-    meta = {**HF_METADATA, METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()}
+    meta = {**hf_metadata(metadata.get("class_names")),
+            METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()}
     table = table.replace_schema_metadata(meta)
     storage.write_with(rel, lambda p, fs: pq.write_table(table, p, filesystem=fs,
                                                          compression="zstd"))
