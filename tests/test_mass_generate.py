@@ -394,10 +394,23 @@ def test_crash_inside_finalize_is_repaired(tiny_run, tmp_path, monkeypatch):
     assert pngs(crashed) == pngs(clean) and len(pngs(clean)) == 90
 
 
-def test_hugging_face_reads_an_image_column(reference):
-    """Runs where `datasets` is installed (not a project dependency)."""
-    datasets = pytest.importorskip("datasets")
+def test_hugging_face_reads_images_and_class_labels(reference, tmp_path, monkeypatch):
+    """Hugging Face `datasets` (a dev dependency) as a user reads an output folder: images
+    decode to PIL, labels are a ClassLabel with the run's class names."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    import datasets
+
     files = sorted(str(p) for p in (reference / "data").glob("*.parquet"))
-    ds = datasets.load_dataset("parquet", data_files=files, split="train")
+    ds = datasets.load_dataset("parquet", data_files=files, split="train",
+                               cache_dir=str(tmp_path / "hf-cache"))
     assert isinstance(ds.features["image"], datasets.Image) and len(ds) == 300
-    assert ds[0]["image"].size == (16, 16)
+    assert isinstance(ds.features["label"], datasets.ClassLabel)
+    assert ds.features["label"].names == [str(c) for c in range(K)]
+    row = ds[0]
+    assert row["image"].size == (16, 16)
+    stored = read_out(reference).sort_by("id")
+    assert sorted(ds["label"]) == sorted(stored["label"].to_pylist())
+    first = stored.filter(pa.compute.equal(stored["id"], row["id"]))
+    assert row["label"] == first["label"][0].as_py()
+    assert np.array_equal(np.asarray(row["image"]),
+                          np.asarray(Image.open(io.BytesIO(first["image"][0]["bytes"].as_py()))))

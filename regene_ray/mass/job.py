@@ -66,7 +66,8 @@ _PNG_RE = re.compile(r"^(\d{5})/(\d+)\.png$")  # png/<label>/ + <shard>/<id>.png
 # Bumped whenever the bytes of an output can change (keyed random streams, PNG encoding, batch
 # make-up, memory format ...): a resume never mixes files of two formats. v2: job key, runtime.
 # v3: mixing on CPU whatever the device (CUDA bytes changed; CPU bytes did not), precision.
-# v4: nearest_train_id / nearest_train_distance columns (the novelty step), ClassLabel labels.
+# v4: nearest_train_id / nearest_train_distance columns (the novelty step); label int64 with
+# ClassLabel metadata (DESIGN.md's int16 is read by Hugging Face as a plain Value, not a class).
 FORMAT = "regene-ray mass generation v4"
 
 

@@ -4,7 +4,7 @@ Every file is written atomically (locally a temporary name in the same folder, t
 on object stores one upload; see regene_ray.storage), so a reader or a resumed job never sees
 half a file. The Parquet schema is the one in DESIGN.md:
 
-    id int64, label int16, n_parents int8, parent_ids list<int64>, weights list<float32>,
+    id int64, label int64, n_parents int8, parent_ids list<int64>, weights list<float32>,
     latent_confidence float32, image_confidence float32, image struct{bytes: binary, path: string},
     nearest_train_id int64, nearest_train_distance float32 (the novelty step's; null without it)
 
@@ -34,7 +34,7 @@ PNG_SHARD = 1000  # PNG files per sub-folder of png/<label>/
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 SCHEMA = pa.schema([
     ("id", pa.int64()),
-    ("label", pa.int16()),
+    ("label", pa.int64()),  # int64: Hugging Face reads a ClassLabel only from int64 (not int16)
     ("n_parents", pa.int8()),
     ("parent_ids", pa.list_(pa.int64())),
     ("weights", pa.list_(pa.float32())),
@@ -46,7 +46,7 @@ SCHEMA = pa.schema([
 ])
 _HF_FEATURES = {
     "id": {"dtype": "int64", "_type": "Value"},
-    "label": {"dtype": "int16", "_type": "Value"},
+    "label": {"dtype": "int64", "_type": "Value"},
     "n_parents": {"dtype": "int8", "_type": "Value"},
     "parent_ids": {"feature": {"dtype": "int64", "_type": "Value"}, "_type": "Sequence"},
     "weights": {"feature": {"dtype": "float32", "_type": "Value"}, "_type": "Sequence"},
@@ -81,7 +81,7 @@ def rows_table(batch: GenerationBatch, pngs: list[bytes], paths: list[str]) -> p
         [pa.array(pngs, pa.binary()), pa.array(paths, pa.string())], fields=list(IMAGE_TYPE))
     return pa.Table.from_arrays([
         pa.array(batch.ids, pa.int64()),
-        pa.array(batch.labels.astype(np.int16), pa.int16()),
+        pa.array(batch.labels.astype(np.int64), pa.int64()),
         pa.array(n.astype(np.int8), pa.int8()),
         _ragged(batch.parent_ids, n, pa.int64()),
         _ragged(batch.weights, n, pa.float32()),
