@@ -16,6 +16,7 @@ from regene_ray.evaluation.fid import (
     fid,
     fid_from_features,
     fid_table,
+    mifid_from_features,
 )
 from regene_ray.evaluation.neutral import (
     NeutralClassifier,
@@ -90,13 +91,29 @@ def test_fid_matches_the_gaussian_closed_form():
                              ) == pytest.approx(4.0, abs=0.25)
 
 
+def test_mifid_is_fid_for_new_samples_and_grows_for_copies():
+    """MiFID = FID / d, d = mean cosine distance of each fake to its nearest real when below
+    eps (else 1): fresh samples of a wide Gaussian sit far from every real point in angle, so
+    MiFID = FID; near-copies of the reals (tiny noise) have d ~ 0 and a MiFID far above FID."""
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(2000, 64, generator=g, dtype=torch.float64)
+    new = torch.randn(2000, 64, generator=g, dtype=torch.float64)
+    assert mifid_from_features(real, new) == pytest.approx(fid_from_features(real, new),
+                                                           rel=1e-6)
+    copies = real + 1e-3 * torch.randn(2000, 64, generator=g, dtype=torch.float64)
+    f, m = fid_from_features(real, copies), mifid_from_features(real, copies)
+    assert f < 1e-3 and m > 100 * f
+
+
 def test_fid_table_rows_seeds_and_floor(digits, neutral):
     _, model, _, _ = neutral
     net = FeatureNet("neutral", NeutralFeatures(model), model.num_features)
     sets = {"org": digits.train_x[:400], "gen": _noisy(digits.train_x[400:800], 40)}
     rows = fid_table(sets, [("org", "gen"), ("org", "org")], seeds=3, sample_size=150,
-                     net=net, device="cpu")
+                     net=net, device="cpu", mifid_pairs=frozenset({("org", "gen")}))
     assert set(rows) == {"org_vs_gen", "org_vs_org"}
+    assert rows["org_vs_gen"]["mifid_mean"] >= rows["org_vs_gen"]["mean"] > 0
+    assert "mifid_mean" not in rows["org_vs_org"]
     for r in rows.values():
         assert len(r["values"]) == 3 and r["sample_size"] == 150 and r["features"] == "neutral"
         assert r["std"] > 0  # different samples per seed

@@ -172,6 +172,22 @@ def fid_from_features(real: torch.Tensor, fake: torch.Tensor) -> float:
     return float(metric.compute())
 
 
+def mifid_from_features(real: torch.Tensor, fake: torch.Tensor, eps: float = 0.1) -> float:
+    """torchmetrics' memorisation-informed FID (Bai et al. 2021, the Kaggle GAN contest's): FID
+    divided by a memorisation distance, the mean over fakes of the cosine distance to their
+    nearest real feature vector when that is below `eps` (else 1). `real` should be the
+    training images a generator could have copied."""
+    from torchmetrics.image.mifid import MemorizationInformedFrechetInceptionDistance
+
+    if len(real) < 2 or len(fake) < 2:
+        raise ValueError(f"MiFID needs at least 2 samples per set, got {len(real)} and {len(fake)}")
+    metric = MemorizationInformedFrechetInceptionDistance(
+        feature=_Passthrough(real.shape[1]), normalize=True, cosine_distance_eps=eps)
+    metric.update(real.double(), real=True)
+    metric.update(fake.double(), real=False)
+    return float(metric.compute())
+
+
 def fid(real: torch.Tensor, fake: torch.Tensor, net: FeatureNet,
         device: torch.device | str = "cpu") -> float:
     """FID between two uint8 image sets (N, C, H, W) in `net`'s feature space."""
@@ -181,7 +197,7 @@ def fid(real: torch.Tensor, fake: torch.Tensor, net: FeatureNet,
 
 def fid_table(sets: dict[str, torch.Tensor], pairs: list[tuple[str, str]], seeds: int,
               sample_size: int, net: FeatureNet, device: torch.device | str,
-              base_seed: int = 0) -> dict:
+              base_seed: int = 0, mifid_pairs: frozenset[tuple[str, str]] = frozenset()) -> dict:
     """FID rows as mean +- std over `seeds` independent samples of `sample_size` per set.
 
     Features of every image are extracted once; each seed draws a fresh subset (without
@@ -193,8 +209,11 @@ def fid_table(sets: dict[str, torch.Tensor], pairs: list[tuple[str, str]], seeds
         pairs: (real, fake) names, e.g. ("org", "gen").
         seeds: how many sampling seeds.
         sample_size: images per side and seed (capped by the smallest set).
+        mifid_pairs: pairs that also get MiFID on the same samples (its real side should be
+            the training images).
     Returns:
-        {"a_vs_b": {"mean", "std", "values", "sample_size", "features"}}.
+        {"a_vs_b": {"mean", "std", "values", "sample_size", "features"}}, plus
+        "mifid_mean", "mifid_std" for mifid_pairs.
     """
     feats = {k: extract_features(net, v, device) for k, v in sets.items()}
     out = {}
@@ -203,7 +222,7 @@ def fid_table(sets: dict[str, torch.Tensor], pairs: list[tuple[str, str]], seeds
         m = min(sample_size, na // 2 if a == b else na, nb)
         if m < 2:
             raise ValueError(f"FID {a} vs {b}: sets of {na} and {nb} images are too small")
-        values = []
+        values, mifids = [], []
         for s in range(seeds):
             rng = np.random.default_rng([base_seed, s, zlib.crc32(f"{a}/{b}".encode())])
             if a == b:
@@ -213,7 +232,12 @@ def fid_table(sets: dict[str, torch.Tensor], pairs: list[tuple[str, str]], seeds
                 fa = feats[a][rng.permutation(na)[:m]]
                 fb = feats[b][rng.permutation(nb)[:m]]
             values.append(fid_from_features(fa, fb))
+            if (a, b) in mifid_pairs:
+                mifids.append(mifid_from_features(fa, fb))
         out[f"{a}_vs_{b}"] = {"mean": float(np.mean(values)), "std": float(np.std(values)),
                               "values": values, "sample_size": int(m), "seeds": seeds,
                               "features": net.name}
+        if mifids:
+            out[f"{a}_vs_{b}"] |= {"mifid_mean": float(np.mean(mifids)),
+                                   "mifid_std": float(np.std(mifids))}
     return out
