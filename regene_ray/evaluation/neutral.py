@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -224,6 +225,33 @@ def train_neutral(model: NeutralClassifier, data: DataSplits, cfg: NeutralTrainC
     Returns:
         Per-epoch history (train loss/accuracy, holdout accuracy, images/s).
     """
+    def batches(epoch: int, gen: torch.Generator) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        return iterate_batches(data.train_x, data.train_y, cfg.batch_size, shuffle=True,
+                               generator=gen, device=device)
+
+    return fit_classifier(model, batches, cfg, device, checkpoint=checkpoint, what=what,
+                          val=(data.holdout_x, data.holdout_y),
+                          steps=math.ceil(len(data.train_x) / cfg.batch_size))
+
+
+def fit_classifier(model: NeutralClassifier,
+                   batches: Callable[[int, torch.Generator],
+                                     Iterable[tuple[torch.Tensor, torch.Tensor]]],
+                   cfg: NeutralTrainConfig, device: torch.device, *,
+                   checkpoint: Path | None = None, what: str = "neutral",
+                   val: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   steps: int | None = None) -> list[dict]:
+    """The neutral architecture's training loop on any source of batches: AdamW with a cosine
+    learning rate per epoch, random shifts, cross-entropy; resumes from `checkpoint`.
+
+    Args:
+        batches: (epoch, that epoch's seeded generator) -> (images, labels) batches; images
+            float in [0, 1] or uint8, on any device.
+        val: held-out (uint8 images, labels) scored after each epoch, or None.
+        steps: batches per epoch, for the progress bar only.
+    Returns:
+        Per-epoch history (train loss/accuracy, images, val accuracy, images/s).
+    """
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -233,28 +261,33 @@ def train_neutral(model: NeutralClassifier, data: DataSplits, cfg: NeutralTrainC
             group["lr"] = cosine_lr(cfg.lr, epoch, cfg.epochs)
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         total, correct, n, t0 = 0.0, 0, 0, time.perf_counter()
-        batches = iterate_batches(data.train_x, data.train_y, cfg.batch_size, shuffle=True,
-                                  generator=gen, device=device)
-        bar = tqdm(batches, total=math.ceil(len(data.train_x) / cfg.batch_size),
-                   desc=f"{what} epoch {epoch}", leave=False, disable=None)
+        bar = tqdm(batches(epoch, gen), total=steps, desc=f"{what} epoch {epoch}", leave=False,
+                   disable=None)
         for xb, yb in bar:
+            xb = to_float(xb, device) if xb.dtype == torch.uint8 else xb.to(device)
+            yb = yb.to(device).long()
             logits = model(random_shift(xb, cfg.shift, gen))
             loss = F.cross_entropy(logits, yb)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"neutral loss became {float(loss)} in epoch {epoch}; "
-                                         "lower --neutral-lr")
+                raise FloatingPointError(f"{what} loss became {float(loss)} in epoch {epoch}; "
+                                         "lower the learning rate")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(yb)
             correct += int((logits.argmax(1) == yb).sum())
             n += len(yb)
-        return {"train_loss": total / n, "train_accuracy": correct / n,
-                "val_accuracy": accuracy(model, data.holdout_x, data.holdout_y, device),
-                "images_per_s": n / (time.perf_counter() - t0)}
+        if n == 0:
+            raise ValueError(f"{what}: epoch {epoch} had no training images")
+        stats = {"train_loss": total / n, "train_accuracy": correct / n, "images": n,
+                 "images_per_s": n / (time.perf_counter() - t0)}
+        if val is not None:
+            stats["val_accuracy"] = accuracy(model, val[0], val[1], device)
+        return stats
 
     return fit_epochs(model, opt, cfg.epochs, epoch_fn, what=what, checkpoint=checkpoint,
-                      shown=("train_loss", "train_accuracy", "val_accuracy"))
+                      shown=("train_loss", "train_accuracy", "val_accuracy") if val is not None
+                      else ("train_loss", "train_accuracy"))
 
 
 def load_or_train_neutral(folder: str | Path, data: DataSplits, model_cfg: ResNetConfig,
