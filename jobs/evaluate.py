@@ -55,6 +55,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "without summary.json (an unfinished mass generation) (default: refuse)")
     p.add_argument("--allow-other-run", action="store_true", help="evaluate --generated images "
                    "made from other checkpoints than --run, or of unknown origin (default: refuse)")
+    p.add_argument("--train-on-generated", nargs="+", type=Path, default=[],
+                   help="jobs/train_on_generated.py result folders to tabulate in the report "
+                   "(CAS, low data)")
     p.add_argument("--neutral-cache", type=Path, help="folder caching the neutral classifier; "
                    "share one between reports to train it once (default: OUT/neutral)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (default: auto)")
@@ -138,7 +141,8 @@ def main(args: argparse.Namespace) -> dict:
     metrics = evaluate(run, args.out, cfg, generated=args.generated, device=args.device,
                        overwrite=args.overwrite or args.run is None,
                        neutral_cache=args.neutral_cache, allow_partial=args.allow_partial,
-                       allow_other_run=args.allow_other_run)
+                       allow_other_run=args.allow_other_run,
+                       train_results=args.train_on_generated)
     rows = metrics["fid"]["rows"]
     summary = {
         "neutral_test_accuracy": metrics["neutral"]["test_accuracy"],

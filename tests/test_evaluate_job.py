@@ -43,8 +43,15 @@ def neutral_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def report(tiny_run, tmp_path_factory, neutral_cache):
-    out = tmp_path_factory.mktemp("eval") / "report"
-    p = run("--run", tiny_run, "--out", out, "--neutral-cache", neutral_cache, *FAST)
+    base = tmp_path_factory.mktemp("eval")
+    real_only = base / "tog-real"  # a jobs/train_on_generated.py result for the CAS table
+    subprocess.run([sys.executable, str(REPO / "jobs" / "train_on_generated.py"), "--run",
+                    str(tiny_run), "--real-only", "--out", str(real_only), "--depth", "8",
+                    "--width", "4", "--epochs", "1", "--threads", "1", "--device", "cpu"],
+                   check=True, capture_output=True, cwd=REPO, timeout=300)
+    out = base / "report"
+    p = run("--run", tiny_run, "--out", out, "--neutral-cache", neutral_cache,
+            "--train-on-generated", real_only, *FAST)
     return out, p
 
 
@@ -104,6 +111,8 @@ def test_report_is_written_and_every_embedded_image_decodes(report):
     ae = m["autoencoder"]
     assert ae["images"] == 500 and ae["epochs"] == 2 and 0 < ae["test_mae"] < 0.5
     assert {"latent_spaces", "blends"} <= set(m["figures"])
+    (tog,) = m["train_on_generated"]
+    assert tog["name"] == "tog-real" and tog["real_only"] and 0 <= tog["test_accuracy"] <= 1
     html = (out / "report.html").read_text()
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", html), "external resource"
     assert "<script" not in html and "<link" not in html

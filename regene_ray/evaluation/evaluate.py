@@ -131,6 +131,25 @@ class EvalConfig:
 # report folder
 
 
+def read_train_results(folders: list[str | Path]) -> list[dict]:
+    """The metrics of jobs/train_on_generated.py result folders, checked, for the report."""
+    rows = []
+    for f in folders:
+        path = Path(f) / "metrics.json"
+        try:
+            m = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise FileNotFoundError(f"--train-on-generated {f}: no readable metrics.json ({e}); "
+                                    "pass a folder written by jobs/train_on_generated.py") from None
+        if m.get("kind") != "train-on-generated":
+            raise ValueError(f"--train-on-generated {f} is not a jobs/train_on_generated.py "
+                             "result")
+        rows.append({"folder": str(Path(f).resolve()), "name": Path(f).name,
+                     "test_accuracy": m["test_accuracy"], "network": m["network"],
+                     **m["trained_on"], "epochs": len(m["history"])})
+    return rows
+
+
 def prepare_report_dir(out: Path, *, overwrite: bool) -> None:
     """Create `out`, or reuse it if it is empty or an earlier report; never delete anything."""
     if out.exists() and not out.is_dir():
@@ -155,7 +174,8 @@ def prepare_report_dir(out: Path, *, overwrite: bool) -> None:
 def evaluate(run_dir: str | Path, out: str | Path, cfg: EvalConfig | None = None, *,
              generated: str | Path | None = None, device: str = "auto",
              overwrite: bool = False, neutral_cache: str | Path | None = None,
-             allow_partial: bool = False, allow_other_run: bool = False) -> dict:
+             allow_partial: bool = False, allow_other_run: bool = False,
+             train_results: list[str | Path] | None = None) -> dict:
     """Measure a run's generations and write metrics.json, report.html and figures/ to `out`.
 
     Args:
@@ -169,6 +189,7 @@ def evaluate(run_dir: str | Path, out: str | Path, cfg: EvalConfig | None = None
             between reports to train it once).
         allow_partial, allow_other_run: accept a --generated folder without summary.json, or
             made from other checkpoints (see stages.check_generated).
+        train_results: jobs/train_on_generated.py result folders to tabulate (CAS, low data).
     Returns:
         The metrics written to out/metrics.json.
     """
@@ -181,6 +202,7 @@ def evaluate(run_dir: str | Path, out: str | Path, cfg: EvalConfig | None = None
     if generated is not None:
         check_generated(generated, run_dir, allow_partial=allow_partial,
                         allow_other_run=allow_other_run)
+    trained = read_train_results(train_results or [])
     prepare_report_dir(out, overwrite=overwrite)
     dev = resolve_device(device)
     t_start = t0 = time.perf_counter()
@@ -240,6 +262,7 @@ def evaluate(run_dir: str | Path, out: str | Path, cfg: EvalConfig | None = None
         "acceptance": {"per_class": acceptance,
                        "run_metrics": inp.run_metrics.get("acceptance", {})},
         "blends": {"features": blends.features, "rows": blends.rows},
+        "train_on_generated": trained,
         "autoencoder": None if ae is None else {
             "test_mae": ae.test_mae, "test_ssim": ae.test_ssim, "images": ae.images,
             "epochs": ae.epochs, "seconds": round(ae.seconds, 3),

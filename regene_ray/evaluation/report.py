@@ -148,6 +148,18 @@ def tables(m: dict) -> list[Table]:
               "is a generation whose nearest other generation is closer than that threshold; "
               "the same fraction among as many real test images is the chance level."),
     ]
+    trained = m.get("train_on_generated")
+    if trained:
+        tables.append(Table(
+            "Trained on generated images (Classification Accuracy Score, Ravuri & Vinyals 2019)",
+            ["result", "generated images", "real images", "real share of each batch",
+             "network", "epochs", "real test accuracy"],
+            [[t["name"], t["generated_rows"], t["real_images"], t["real_fraction"], t["network"],
+              t["epochs"], t["test_accuracy"]] for t in trained],
+            "Each row is a jobs/train_on_generated.py result: a classifier trained from scratch "
+            "on the images named, tested on the real test set. Generated-only rows against the "
+            "real-only row give CAS; a small real subset with and without generations gives the "
+            "low-data gain."))
     blends = m.get("blends")
     if blends:
         tables.append(Table(
