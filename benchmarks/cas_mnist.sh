@@ -8,6 +8,8 @@
 #      the subset plus the generations (half of every batch real), at the same number of steps.
 #
 #   REGENE_DATA_ROOT=../shared/data bash benchmarks/cas_mnist.sh [RUN] [OUT]
+#   PARTS=low SETTINGS="2 uniform" bash benchmarks/cas_mnist.sh     # a part, fewer settings
+# Finished steps are skipped on a rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -15,6 +17,8 @@ RUN=${1:-runs/issue13/judge}
 OUT=${2:-runs/issue14}
 NET=(--depth 8 --width 8 --batch-size 128 --device cpu)
 EPOCHS=${EPOCHS:-2}
+PARTS=${PARTS:-cas low}
+SETTINGS=${SETTINGS:-2 uniform,3 uniform,5 uniform,2 dirichlet:1}
 mkdir -p "$OUT"
 gen() {  # RUN OUT FLAGS...
   local run=$1 out=$2; shift 2
@@ -25,15 +29,18 @@ tog() {  # OUT FLAGS...
   [ -f "$out/metrics.json" ] || $PY jobs/train_on_generated.py --out "$out" "${NET[@]}" "$@"
 }
 # 1. CAS
-tog "$OUT/cas-real" --run "$RUN" --real-only --epochs "$EPOCHS"
-for s in "2 uniform" "3 uniform" "5 uniform" "2 dirichlet:1"; do
-  set -- $s
-  name="n$1-${2%%:*}"
-  gen "$RUN" "$OUT/gen-$name" --n-parents "$1" --weights "$2"
-  tog "$OUT/cas-$name" --run "$RUN" --generated "$OUT/gen-$name" --epochs "$EPOCHS"
-done
+if [[ " $PARTS " == *" cas "* ]]; then
+  tog "$OUT/cas-real" --run "$RUN" --real-only --epochs "$EPOCHS"
+  IFS=, read -ra settings <<< "$SETTINGS"
+  for s in "${settings[@]}"; do
+    set -- $s
+    name="n$1-${2%%:*}"
+    gen "$RUN" "$OUT/gen-$name" --n-parents "$1" --weights "$2"
+    tog "$OUT/cas-$name" --run "$RUN" --generated "$OUT/gen-$name" --epochs "$EPOCHS"
+  done
+fi
 # 2. low data: max_train counts train + holdout (holdout_fraction 0.1)
-for pct in 1 10; do
+for pct in $([[ " $PARTS " == *" low "* ]] && echo 1 10); do
   n=$((600 * pct))          # 1% / 10% of the 60,000 official training images
   real=$((n * 9 / 10))      # of which 90% train the networks
   run="$OUT/run-${pct}pct"
