@@ -98,6 +98,9 @@ def test_report_is_written_and_every_embedded_image_decodes(report):
     for r in rows.values():
         assert r["features"] == m["fid"]["features"] != "" and len(r["values"]) == 3
         assert np.isfinite(r["mean"]) and r["std"] >= 0
+    # MiFID where the real side is the training images: every Org vs Gen row and the floor
+    assert {k for k, r in rows.items() if "mifid_mean" in r} == set(rows) - {"org_vs_recon",
+                                                                           "recon_vs_gen"}
     for space in ("pixel", "feature"):
         assert 0 <= m["novelty"][space]["copy_fraction"] <= 1
     # Fig. 7b: one row per ratio; r = 0 is real vs real, so its FID is the lowest and its

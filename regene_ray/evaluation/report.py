@@ -136,7 +136,8 @@ def tables(m: dict) -> list[Table]:
               "MiFID (torchmetrics, cosine eps 0.1) is FID divided by a memorisation distance: "
               "the mean cosine distance from each generation's features to its nearest "
               "training image's, when that mean is below eps (else 1, and MiFID = FID); copies "
-              "drive it towards 0 and MiFID up."),
+              "drive it towards 0 and MiFID up. Its Org vs Org value (two disjoint halves of the "
+              "training images) is the reference for images that are not copies."),
         Table("Novelty and memorisation (paper Fig. 6)",
               ["space", "flagged as copies", "expected by chance", "near-duplicates among gens",
                "same among test images", "median NN distance gen / test", "copy threshold (all classes)"],

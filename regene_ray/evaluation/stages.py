@@ -550,8 +550,10 @@ def fid_stage(neutral: NeutralResult, inp: Inputs, gset: GeneratedSet, cfg,
         sets[DIRICHLET_SET] = d.images
         pairs.append(("org", DIRICHLET_SET))
     rows = fid_table(sets, pairs, cfg.seeds, cfg.fid_samples, feat_net, dev, base_seed=cfg.seed,
-                     mifid_pairs=frozenset(p for p in pairs  # Org (training images) vs any Gen
-                                           if p[0] == "org" and p[1].startswith("gen")))
+                     # Org (training images) vs any Gen, and the Org vs Org floor: real images
+                     # that are not copies (a disjoint half) give MiFID's reference value
+                     mifid_pairs=frozenset(p for p in pairs if p[0] == "org" and (
+                         p[1].startswith("gen") or p[1] == "org")))
     warning = None if feat_net.name.startswith("inception") else (
         f"FID uses {feat_net.name} features ({feat_net.note}); these numbers are not "
         "comparable with the paper's Inception FIDs, only with each other.")
