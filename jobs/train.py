@@ -69,7 +69,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder-epochs", type=int, help="decoder epochs (default: 15)")
     p.add_argument("--batch-size", type=int, help="batch size of both stages (default: 128)")
     p.add_argument("--perceptual", help="auto, lpips, judge, classifier or none (default: auto: "
-                   "lpips when its weights are on disk, else judge)")
+                   "lpips when its weights are on disk, else none)")
     p.add_argument("--upsample", help="decoder upsampling: nearest, bilinear or transpose "
                    "(default: nearest)")
     p.add_argument("--smoke-test", action="store_true",

@@ -33,7 +33,10 @@ from regene_ray.config import ConfigError
 log = logging.getLogger(__name__)
 
 PERCEPTUAL_BACKENDS = ("auto", "lpips", "judge", "classifier", "none")
-AUTO_FALLBACK = "judge"  # what `auto` uses without lpips weights
+# what `auto` uses without lpips weights: on MNIST (BENCHMARKS.md section 9) the judge and the
+# classifier's features gave the same decoder, filter and FID as no perceptual term at all,
+# at 3.5x / 2.4x the cost of a decoder step
+AUTO_FALLBACK = "none"
 SCHEDULES = ("cosine", "linear", "exponential", "constant")
 # torchvision's pretrained backbones that lpips loads through torch.hub's cache.
 LPIPS_BACKBONE_FILES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth"}

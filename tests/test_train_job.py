@@ -36,7 +36,7 @@ def test_smoke_run_writes_the_whole_run_folder(smoke_run):
     for k in ("test_accuracy", "recon_test_mae", "recon_test_ssim", "test_latent_sparsity",
               "perceptual_backend", "acceptance"):
         assert k in m
-    assert m["perceptual_backend"] in ("judge-resnet8", "lpips-vgg")  # auto: no lpips offline
+    assert m["perceptual_backend"] in ("none", "lpips-vgg")  # auto: no lpips weights offline
     bank = pq.read_table(out / "latent_bank.parquet")
     assert bank.column_names[:3] == ["id", "label", "latent"]
     assert bank.num_rows == m["train_images"]
