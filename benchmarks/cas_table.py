@@ -19,6 +19,20 @@ def fmt(v: float | None) -> str:
     return "(not run)" if v is None else f"{v:.4f}"
 
 
+def describe(gen: Path) -> str:
+    """What a generated folder holds, from its job.json and summary.json."""
+    spec = json.loads((gen / "job.json").read_text())["spec"]
+    summary = json.loads((gen / "summary.json").read_text())
+    n = ",".join(map(str, spec["n_parents"]))
+    counts = "the real per-class counts" if spec.get("class_weights") else "balanced"
+    text = f"{summary['requested']:,} generations ({counts}), n = {n}, {spec['weights']}"
+    if spec.get("novelty_quantile"):
+        removed = sum(summary["novelty_rejected_per_class"].values())
+        text += (f", novelty step q = {spec['novelty_quantile']} "
+                 f"({removed:,} near-copies rejected)")
+    return text
+
+
 def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/issue14")
     real = acc(out / "cas-real")
@@ -26,11 +40,10 @@ def main() -> None:
     print("| trained on | test accuracy | CAS / real |")
     print("| --- | --- | --- |")
     print(f"| real training images (54,000) | {fmt(real)} | 1 |")
-    for name, what in (("n2-uniform", "n = 2, uniform"), ("n3-uniform", "n = 3, uniform"),
-                       ("n5-uniform", "n = 5, uniform"), ("n2-dirichlet", "n = 2, Dirichlet(1)")):
-        a = acc(out / f"cas-{name}")
+    for cas in sorted(out.glob("cas-n*")):
+        a = acc(cas)
         ratio = f"{a / real:.4f}" if a is not None and real else ""
-        print(f"| 54,000 generations, {what} | {fmt(a)} | {ratio} |")
+        print(f"| {describe(out / cas.name.replace('cas-', 'gen-', 1))} | {fmt(a)} | {ratio} |")
     print("\n### Low data (MNIST)\n")
     print("| real training images | real only | real + 54,000 generations (half of every batch) "
           "| change |")

@@ -32,6 +32,8 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from regene_ray.cli import run_main, setup_logging  # noqa: E402
@@ -139,7 +141,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "with --smoke-test)")
     p.add_argument("--count", type=_count, default=None,
                    help="exact number of images, e.g. 1000, 1_000_000 or 1e6 (required, except "
-                   "with --smoke-test)")
+                   "with --smoke-test or --class-counts train)")
     p.add_argument("--out", required=True,
                    help="output folder: a local path, s3://bucket/prefix or gs://bucket/prefix "
                    "(required)")
@@ -148,7 +150,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default="uniform",
                    help="uniform, dirichlet:<alpha> or ratios such as 0.3,0.7 (default: uniform)")
     p.add_argument("--classes", type=_int_list("--classes"), default=None,
-                   help="class indices to generate, balanced, e.g. 0,1,2 (default: all)")
+                   help="class indices to generate, e.g. 0,1,2 (default: all)")
+    p.add_argument("--class-counts", choices=["balanced", "train"], default="balanced",
+                   help="how --count is shared among the classes: balanced (equal quotas), or "
+                   "train: in proportion to the run's training split (its latent bank), so the "
+                   "output has the real set's class counts; without --count, exactly them, "
+                   "as a train-on-generated comparison needs (default: balanced)")
     p.add_argument("--seed", type=int, default=0, help="generation seed (default: 0)")
     p.add_argument("--png", action="store_true",
                    help="also write OUT/png/<label>/<shard>/<id>.png (default: off)")
@@ -247,7 +254,6 @@ def build_spec(args: argparse.Namespace, run: Storage, files: dict[str, bytes], 
     Flags are checked in three layers, each once: their syntax by the parser's types, what
     depends on the run (class range, parents in the bank) here, and the spec's own invariants
     (n >= 2, weights that fit n ...) by MassSpec itself, for Python callers too."""
-    count = min(args.count or 200, 200) if smoke else args.count
     batch_size = min(args.batch_size, 64) if smoke else args.batch_size
     num_classes = int(json.loads(files["classifier/config.json"])["num_classes"])
     classes = args.classes if args.classes is not None else tuple(range(num_classes))
@@ -256,6 +262,16 @@ def build_spec(args: argparse.Namespace, run: Storage, files: dict[str, bytes], 
         raise ValueError(f"--classes {list(classes)}: {bad} not in 0..{num_classes - 1} for run "
                          f"{run}")
     bank = LatentBank.load(files[BANK_FILE])
+    class_weights = ()
+    if args.class_counts == "train":  # the training split's class sizes, from the latent bank
+        train_counts = np.bincount(bank.labels, minlength=num_classes)
+        class_weights = tuple(int(train_counts[c]) for c in classes)
+        empty = [c for c, w in zip(classes, class_weights, strict=True) if w == 0]
+        if empty:
+            raise ValueError(f"--class-counts train: class(es) {empty} have no training images "
+                             f"in run {run}; leave them out with --classes")
+    count = args.count if args.count is not None else sum(class_weights) or None
+    count = min(count or 200, 200) if smoke else count
     sizes = {c: len(p) for c, p in enumerate(bank.pools(num_classes))}
     short = [c for c in classes if sizes[c] < max(args.n_parents)]
     if short:
@@ -267,7 +283,7 @@ def build_spec(args: argparse.Namespace, run: Storage, files: dict[str, bytes], 
                     classes=tuple(classes), n_parents=tuple(args.n_parents),
                     weights=args.weights, seed=args.seed, chunk_size=chunk,
                     batch_size=batch_size, png=args.png, precision=args.precision,
-                    novelty_quantile=args.novelty_quantile)
+                    novelty_quantile=args.novelty_quantile, class_weights=class_weights)
 
 
 def main(args: argparse.Namespace) -> Summary:
@@ -289,8 +305,10 @@ def main(args: argparse.Namespace) -> Summary:
     if args.smoke_test and run_arg is None:
         run_arg = smoke_run(out)
         out = out.child("generated")
-    if run_arg is None or (args.count is None and not args.smoke_test):
-        raise ValueError("--run and --count are required (or pass --smoke-test)")
+    if run_arg is None or (args.count is None and not args.smoke_test
+                           and args.class_counts != "train"):
+        raise ValueError("--run and --count are required (or pass --smoke-test; --count may be "
+                         "left out with --class-counts train)")
     run, files = read_run(str(run_arg))
     spec = build_spec(args, run, files, smoke=args.smoke_test)
     device = args.device if args.device != "auto" else ("cuda" if args.gpus_per_worker else "cpu")

@@ -89,6 +89,18 @@ def test_quotas_balanced_remainder_spread():
     assert q == {2: 26, 5: 26, 7: 26, 9: 25} and sum(q.values()) == 103
 
 
+def test_quotas_in_proportion_to_class_weights():
+    train = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]  # MNIST's 60k
+    assert mass.quotas(60000, range(10), train) == dict(enumerate(train))  # exact at the sum
+    q = mass.quotas(1000, range(10), train)
+    assert sum(q.values()) == 1000
+    assert all(abs(q[c] - 1000 * w / 60000) < 1 for c, w in enumerate(train))
+    assert mass.quotas(7, [4, 8], [1, 1]) == {4: 4, 8: 3}  # ties: the earlier class
+    assert mass.quotas(10, [0, 1, 2], [1, 2, 7]) == {0: 1, 1: 2, 2: 7}
+    with pytest.raises(ValueError, match="one per class"):
+        mass.quotas(10, [0, 1], [1])
+
+
 def test_auto_chunk_size():
     assert mass.auto_chunk_size(1_000_000, 10, 256) == 16 * 256  # capped at 16 batches
     assert mass.auto_chunk_size(100_000, 10, 256) == 5 * 256  # >= 8 chunks per class
@@ -171,6 +183,22 @@ def test_exact_count(ray_cluster, tiny_run, tmp_path, count, classes, n_parents,
     cls = [int(c) for c in classes.split(",")] if classes else list(range(K))
     check_output(tiny_run, tmp_path / "out", count, cls, [int(n) for n in n_parents.split(",")])
     assert s.requested == count and s.waves >= 1
+
+
+def test_class_counts_of_the_training_split(ray_cluster, tiny_run, tmp_path):
+    """--class-counts train without --count: the training split's class sizes, exactly."""
+    bank = LatentBank.load(tiny_run / "latent_bank.parquet")
+    want = {c: int(n) for c, n in enumerate(np.bincount(bank.labels, minlength=K)) if c in (2, 7)}
+    assert want[2] != want[7]  # the test means something only with unequal classes
+    s = generate(tiny_run, tmp_path / "out", "--class-counts", "train", "--classes", "2,7",
+                 "--batch-size", "64")
+    labels = read_out(tmp_path / "out")["label"].to_numpy()
+    assert {c: int((labels == c).sum()) for c in (2, 7)} == want == \
+        {int(c): q for c, q in s.quotas.items()}
+    # a different share of the same count is a different job: refused without --overwrite
+    with pytest.raises(FileExistsError, match="class_weights"):
+        generate(tiny_run, tmp_path / "out", "--count", str(sum(want.values())), "--classes",
+                 "2,7", "--batch-size", "64", "--resume")
 
 
 @pytest.fixture(scope="module")

@@ -178,6 +178,19 @@ def test_mass_generation_to_s3_matches_local(s3, tiny_run, tmp_path):
     assert job["spec"]["run"].startswith("s3://regene/runs/tiny?")
     assert job["checkpoint_sha256"] == local_job["checkpoint_sha256"]  # the same checkpoints
     print(f"mass generation to S3 (moto): {t_s3:.1f} s")
+    # train on generated, streamed by Ray Data straight from the bucket: the same rows in the
+    # same order as from the local twin, so the same losses and test accuracy
+    fast = ["jobs/train_on_generated.py", "--run", str(tiny_run), "--depth", "8", "--width", "4",
+            "--epochs", "1", "--batch-size", "32", "--threads", "1", "--device", "cpu"]
+    _job([*fast, "--generated", uri(endpoint, "gen"), "--out", str(tmp_path / "tog-s3")], env)
+    _job([*fast, "--generated", str(tmp_path / "local"), "--out", str(tmp_path / "tog-local")],
+         env)
+    from_s3, from_local = (json.loads((tmp_path / d / "metrics.json").read_text())
+                           for d in ("tog-s3", "tog-local"))
+    assert from_s3["trained_on"]["generated_rows"] == 90 == from_s3["history"][0]["images"]
+    assert [h["train_loss"] for h in from_s3["history"]] == \
+        [h["train_loss"] for h in from_local["history"]]
+    assert from_s3["test_accuracy"] == from_local["test_accuracy"]
 
 
 def test_mass_generation_refuses_existing_s3_output(s3, tiny_run):

@@ -96,6 +96,8 @@ class MassSpec:
     precision: str = "fp32"  # fp32 | tf32 | bf16 | fp16 (the decoder's; see ConvexGenerator)
     novelty_quantile: float = 0.0  # novelty step: reject codes nearer a training code than this
     # quantile of real held-out images are (RUN/novelty.json); 0 runs no novelty step
+    class_weights: tuple[int, ...] = ()  # per-class quota weights, one per class (such as the
+    # training split's class sizes, --class-counts train); () balances the classes
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -116,6 +118,10 @@ class MassSpec:
         if any(n < 2 for n in self.n_parents):
             raise ValueError(f"--n-parents {list(self.n_parents)}: a convex mix needs at least 2 "
                              "parents")
+        if self.class_weights and (len(self.class_weights) != len(self.classes)
+                                   or min(self.class_weights) < 1):
+            raise ValueError(f"class weights {list(self.class_weights)} must be one whole number "
+                             f">= 1 for each of the {len(self.classes)} classes")
         scheme = parse_weights(self.weights)
         if scheme.kind == "ratios" and any(n != len(scheme.ratios) for n in self.n_parents):
             raise ValueError(f"--weights {self.weights} gives {len(scheme.ratios)} ratios but "
@@ -123,7 +129,7 @@ class MassSpec:
                              "ratio per parent, or use uniform or dirichlet:<alpha>")
 
     def quotas(self) -> dict[int, int]:
-        return quotas(self.count, self.classes)
+        return quotas(self.count, self.classes, self.class_weights)
 
 
 @dataclass
@@ -163,7 +169,10 @@ def job_metadata(spec: MassSpec, hashes: dict[str, str], *, device: str = "cpu",
     """
     if thresholds is None:
         thresholds = Storage(spec.run).read_json(THRESHOLDS_FILE)
-    identity = {"spec": asdict(spec) | {"run": redact(spec.run)}, "checkpoint_sha256": hashes,
+    spec_record = asdict(spec) | {"run": redact(spec.run)}
+    if not spec.class_weights:  # balanced: recorded as before class weights existed, so the
+        del spec_record["class_weights"]  # outputs of earlier versions keep their job key
+    identity = {"spec": spec_record, "checkpoint_sha256": hashes,
                 "thresholds": {k: thresholds[k] for k in ("latent", "image")},
                 "class_names": run_class_names(spec.run, len(thresholds["latent"])),
                 "novelty": novelty_identity(spec),

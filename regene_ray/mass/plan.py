@@ -45,10 +45,27 @@ def parse_count(text: str) -> int:
     return int(value)
 
 
-def quotas(count: int, classes: Sequence[int]) -> dict[int, int]:
-    """Balanced per-class quotas: count // n each, the remainder to the first classes."""
+def quotas(count: int, classes: Sequence[int], weights: Sequence[int] = ()) -> dict[int, int]:
+    """Per-class quotas that sum to `count`.
+
+    Without weights: balanced, count // n each, the remainder to the first classes. With
+    weights (one per class, such as the training split's class sizes): proportional, by the
+    largest-remainder method (each class gets floor(count * w / sum w), the leftover images go
+    to the largest fractional parts, ties to the earlier class), so weights equal to the
+    training counts and count equal to their sum give exactly the training counts.
+    """
     n = len(classes)
-    return {int(c): count // n + (1 if i < count % n else 0) for i, c in enumerate(classes)}
+    if not weights:
+        return {int(c): count // n + (1 if i < count % n else 0) for i, c in enumerate(classes)}
+    if len(weights) != n or any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"class weights {list(weights)} must be {n} non-negative whole numbers "
+                         "with a positive sum, one per class")
+    total = sum(int(w) for w in weights)
+    base = [count * int(w) // total for w in weights]
+    rest = [count * int(w) % total for w in weights]  # exact integer remainders
+    for i in sorted(range(n), key=lambda i: (-rest[i], i))[:count - sum(base)]:
+        base[i] += 1
+    return {int(c): q for c, q in zip(classes, base, strict=True)}
 
 
 def auto_chunk_size(count: int, num_classes: int, batch_size: int, *, min_chunks: int = 8,
