@@ -71,10 +71,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failures", type=int, default=1,
                    help="retries of a failing trial from its last checkpoint before it is "
                    "recorded as errored (default: 1)")
-    p.add_argument("--scheduler", choices=["none", "asha"], default="none",
-                   help="asha: stop trials on classifier accuracy during the classifier phase; "
-                   "biased against slow-learning architectures, see regene_ray/search/tuner.py "
-                   "(default: none)")
+    p.add_argument("--scheduler", choices=["none", "asha", "moasha"], default="none",
+                   help="none: every trial runs to the end (FIFO); asha: stop trials on "
+                   "classifier accuracy during the classifier phase, biased against "
+                   "slow-learning architectures; moasha: multi-objective successive halving on "
+                   "accuracy and MAE (an early MAE estimate at the classifier's rungs), see "
+                   "regene_ray/search/moasha.py (default: none)")
     p.add_argument("--sampler", choices=["tpe", "nsga2", "random"],
                    help="override the space's sampler (default: the space's, tpe)")
     p.add_argument("--accuracy-tolerance", type=float, default=0.005,

@@ -5,6 +5,7 @@ Trials are tiny (digits, 600 images, 2 + 2 epochs, 8-channel models), a few seco
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,12 @@ import yaml
 
 from regene_ray.run import load_run_config
 from regene_ray.search.outputs import METRICS, study_url
-from regene_ray.search.pareto import choose_within_tolerance, pareto_mask
+from regene_ray.search.pareto import (
+    choose_within_tolerance,
+    hypervolume_2d,
+    knee_point,
+    pareto_mask,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "jobs"))
@@ -47,9 +53,10 @@ def smoke_sweep(tmp_path_factory) -> Path:
 
 def test_smoke_search_writes_all_outputs(smoke_sweep):
     for name in ("trials.parquet", "pareto.png", "best_config.yaml", "optuna.sqlite",
-                 "summary.json"):
+                 "summary.json", "pareto.parquet", "hypervolume.png"):
         assert (smoke_sweep / name).is_file(), name
-    assert (smoke_sweep / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for png in ("pareto.png", "hypervolume.png"):
+        assert (smoke_sweep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     df = pd.read_parquet(smoke_sweep / "trials.parquet")
     assert len(df) == 4 and df.trial_id.is_unique
     assert {"classifier.depth", "classifier.latent_dim", "val_accuracy", "val_mae",
@@ -74,6 +81,28 @@ def test_pareto_flags_match_brute_force_and_optuna(smoke_sweep):
     assert np.allclose(ours, theirs, rtol=0, atol=1e-12)
     assert study.directions == [optuna.study.StudyDirection.MAXIMIZE,
                                 optuna.study.StudyDirection.MINIMIZE]
+
+
+def test_pareto_tools(smoke_sweep):
+    """pareto.parquet is the front, the hypervolume column is the front's area as trials
+    finished, and best_config.yaml names the knee point beside the paper's rule."""
+    df = pd.read_parquet(smoke_sweep / "trials.parquet")
+    front = pd.read_parquet(smoke_sweep / "pareto.parquet")
+    assert sorted(front.trial_id) == sorted(df.trial_id[df.is_pareto])
+    assert front.val_mae.is_monotonic_increasing
+    by_time = df.sort_values("finished_at", kind="stable")
+    assert by_time.hypervolume.is_monotonic_increasing
+    for k in range(len(by_time)):  # recomputed from scratch for the trials finished by then
+        seen = by_time.iloc[:k + 1]
+        assert by_time.hypervolume.iloc[k] == pytest.approx(
+            hypervolume_2d(seen.val_accuracy, seen.val_mae, (0.0, 1.0)))
+    summary = json.loads((smoke_sweep / "summary.json").read_text())
+    assert summary["hypervolume"] == pytest.approx(by_time.hypervolume.iloc[-1])
+    k = knee_point(df.val_accuracy, df.val_mae)
+    assert df.knee.to_numpy().nonzero()[0].tolist() == [k] and df.is_pareto[k]
+    assert summary["knee"]["trial_id"] == df.trial_id[k]
+    header = (smoke_sweep / "best_config.yaml").read_text().split("\nclassifier")[0]
+    assert "knee point of the front" in header and f"trial {df.trial_id[k]}" in header
 
 
 def test_best_config_follows_rule_and_trains(smoke_sweep, tmp_path):
@@ -147,6 +176,38 @@ def test_asha_stops_only_in_classifier_phase(tmp_path):
     assert (df.epochs_done[stopped] <= 2).all() and (df.epochs_done[~stopped] == 4).all()
     assert df.val_mae[stopped].isna().all() and not df.is_pareto[stopped].any()
     assert summary["matches_optuna_best_trials"]
+
+
+def test_moasha_stops_by_both_objectives_and_resumes_its_rungs(tmp_path):
+    """jobs/search.py --scheduler moasha on the smoke space (2 + 2 epochs: rungs at 1 and 2,
+    both in the classifier phase, so each rung report carries the early MAE estimate)."""
+    argv = ["--space", str(REPO / "search_spaces" / "digits.yaml"), "--storage-path",
+            str(tmp_path), "--name", "mo", "--smoke-test", "--num-samples", "6",
+            "--scheduler", "moasha", "--max-concurrent", "1"]
+    summary = _run(*argv)
+    exp = tmp_path / "mo"
+    df = pd.read_parquet(exp / "trials.parquet").set_index("trial_id")
+    state = json.loads((exp / "moasha_rungs.json").read_text())
+    assert set(state["rungs"]) == {"1", "2"}
+    assert set(state["rungs"]["1"]) == set(df.index)  # every trial was judged at rung 1
+    stopped = {d["trial_id"] for d in state["decisions"] if d["action"] == "STOP"}
+    assert stopped and stopped == set(df.index[df.status == "STOPPED"])
+    assert (df.status[list(stopped)] == "STOPPED").all() and not df.is_pareto[list(stopped)].any()
+    assert (df.status[~df.index.isin(stopped)] == "TERMINATED").all()
+    # each decision was made on the estimate the trial reported at that rung
+    for d in state["decisions"]:
+        trial_dir = next(exp.glob(f"train_trial_{d['trial_id']}_*"))
+        rows = [json.loads(x) for x in (trial_dir / "result.json").read_text().splitlines()]
+        row = next(r for r in rows if r["training_iteration"] == d["milestone"])
+        assert row["phase"] == "classifier" and row["mae_estimate_s"] > 0
+        assert d["val_mae_early"] == row["val_mae_early"] < 1
+        assert d["val_accuracy"] == row["val_accuracy"]
+    assert summary["matches_optuna_best_trials"]
+    # a rerun restores the sweep and the scheduler's rungs; nothing is judged twice
+    again = _run(*argv)
+    assert again["resumed"]
+    assert json.loads((exp / "moasha_rungs.json").read_text())["decisions"] == \
+        state["decisions"]
 
 
 def test_trials_ask_for_a_gpu_only_when_told():

@@ -10,7 +10,15 @@ import pytest
 import yaml
 
 from regene_ray.config import ConfigError
-from regene_ray.search.pareto import choose_within_tolerance, hypervolume_2d, pareto_mask
+from regene_ray.search.pareto import (
+    choose_within_tolerance,
+    crowding_distance,
+    hypervolume_2d,
+    knee_point,
+    nondominated_ranks,
+    pareto_mask,
+    promotion_order,
+)
 from regene_ray.search.space import load_search_space, parse_search_space, smoke_test_space
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,3 +182,43 @@ def test_hypervolume_matches_grid_count():
         cells += bool(((acc >= a) & (mae <= e)).any())
     assert hypervolume_2d(acc, mae, ref) == pytest.approx(cells * 0.01)
     assert hypervolume_2d([0.5], [2.0], ref) == 0.0
+
+
+def test_nondominated_ranks_of_hand_made_fronts():
+    # (accuracy up, MAE down): three fronts and a row without MAE
+    v = np.array([[0.9, 0.10], [0.8, 0.05], [0.85, 0.12], [0.7, 0.2], [0.95, 0.3],
+                  [0.6, np.nan], [0.9, 0.10]])
+    np.testing.assert_array_equal(nondominated_ranks(v, [True, False]), [0, 0, 1, 2, 0, 3, 0])
+
+
+def test_crowding_distance_by_hand():
+    v = np.array([[0.0, 1.0], [0.2, 0.6], [0.5, 0.5], [1.0, 0.0]])
+    d = crowding_distance(v)
+    assert np.isinf(d[[0, 3]]).all()
+    # row 1: neighbours 0 and 2 -> 0.5/1 + 0.5/1; row 2: neighbours 1 and 3 -> 0.8 + 0.6
+    np.testing.assert_allclose(d[[1, 2]], [1.0, 1.4])
+    assert np.isinf(crowding_distance(v[:2])).all()
+
+
+def test_promotion_order_front_first_then_crowding():
+    v = np.array([
+        [0.90, 0.30],  # 0 front, an extreme of it
+        [0.80, 0.20],  # 1 front, crowded between 0 and 3
+        [0.70, 0.19],  # 2 second front (3 dominates it)
+        [0.70, 0.05],  # 3 front, the other extreme
+        [0.85, 0.26],  # 4 front, more crowded than 1
+        [0.99, np.nan],  # 5 never measured: last
+    ])
+    # front {0, 1, 3, 4}: 0 and 3 (extremes, inf, earlier row first), then 1 (crowding
+    # 0.15/0.2 + 0.21/0.25 = 1.59) before 4 (0.1/0.2 + 0.1/0.25 = 0.9); then 2; then 5
+    np.testing.assert_array_equal(promotion_order(v, [True, False]), [0, 3, 1, 4, 2, 5])
+
+
+def test_knee_point_by_hand():
+    # a front with a clear knee at (0.95, 0.05): the far corner from the ends' chord
+    acc = np.array([0.99, 0.95, 0.80, 0.70, 0.96])
+    mae = np.array([0.30, 0.05, 0.03, 0.20, 0.20])
+    assert knee_point(acc, mae) == 1
+    # two points: nearest the ideal in the front's scaling (both at distance 1: the earlier)
+    assert knee_point([0.9, 0.8], [0.2, 0.1]) == 0
+    assert knee_point([0.9], [0.2]) == 0 and knee_point([np.nan], [0.1]) == -1

@@ -1,6 +1,13 @@
 """Search outputs, pure pandas / matplotlib / optuna (no Ray): the trial table with its Pareto
-flags, the cross-check against Optuna's own front, best_config.yaml by the paper's rule,
-pareto.png and summary.json. Tune's ResultGrid comes in as a plain iterable of results.
+flags and hypervolume history, the cross-check against Optuna's own front, best_config.yaml by
+the paper's rule (the front's knee point beside it, in its comments), pareto.parquet,
+pareto.png, hypervolume.png and summary.json. Tune's ResultGrid comes in as a plain iterable of
+results.
+
+Hypervolume: the area of (accuracy, MAE) space dominated by the front of the trials finished so
+far, bounded by HV_REFERENCE = (accuracy 0, MAE 1), the worst value of each objective, so every
+measured trial counts and sweeps of one space compare. A trial's `hypervolume` in
+trials.parquet is that area just after it finished (trials in order of finishing).
 """
 
 from __future__ import annotations
@@ -14,7 +21,12 @@ import pandas as pd
 import yaml
 
 from regene_ray.config import to_dict
-from regene_ray.search.pareto import choose_within_tolerance, pareto_mask
+from regene_ray.search.pareto import (
+    choose_within_tolerance,
+    hypervolume_2d,
+    knee_point,
+    pareto_mask,
+)
 from regene_ray.search.space import SearchSpace
 from regene_ray.storage import Storage, atomic_write
 
@@ -47,7 +59,20 @@ BEST_CONFIG = "best_config.yaml"
 SUMMARY_FILE = "summary.json"
 
 
-OUTPUT_FILES = (SPACE_FILE, STUDY_FILE, TRIALS_FILE, PARETO_PNG, BEST_CONFIG, SUMMARY_FILE)
+PARETO_FILE = "pareto.parquet"
+
+
+HYPERVOLUME_PNG = "hypervolume.png"
+
+
+MOASHA_FILE = "moasha_rungs.json"  # the MO-ASHA scheduler's rungs (regene_ray.search.moasha)
+
+
+HV_REFERENCE = (0.0, WORST_MAE)  # (accuracy, MAE): the worst of each objective
+
+
+OUTPUT_FILES = (SPACE_FILE, STUDY_FILE, TRIALS_FILE, PARETO_PNG, BEST_CONFIG, SUMMARY_FILE,
+                PARETO_FILE, HYPERVOLUME_PNG, MOASHA_FILE)
 
 
 def study_url(exp_dir: Path) -> str:
@@ -74,6 +99,7 @@ def trials_table(grid, space: SearchSpace) -> pd.DataFrame:
             "error": str(r.error).strip().splitlines()[-1][:300] if r.error is not None else "",
             "epochs_done": int(m.get("training_iteration", 0) or 0),
             "time_total_s": float(m.get("time_total_s", np.nan) or np.nan),
+            "finished_at": float(m.get("timestamp", np.nan) or np.nan),  # unix s, last report
             "node_id": str(m.get("node_id", "")),
         })
     df = pd.DataFrame(rows).sort_values("trial_id", kind="stable").reset_index(drop=True)
@@ -84,7 +110,25 @@ def trials_table(grid, space: SearchSpace) -> pd.DataFrame:
         df["is_pareto"] = pareto_mask(df[METRICS].to_numpy(), [True, False])
     else:
         df["is_pareto"] = pd.Series(dtype=bool)
+    df["hypervolume"] = hypervolume_history(df)
     return df
+
+
+def hypervolume_history(table: pd.DataFrame, ref: tuple[float, float] = HV_REFERENCE
+                        ) -> np.ndarray:
+    """Per row: the hypervolume of the rows finished at or before it (by finished_at, ties and
+    unknown times in row order). Rows without both metrics add nothing but get the value too."""
+    out = np.zeros(len(table))
+    if not len(table):
+        return out
+    when = table["finished_at"].to_numpy(float) if "finished_at" in table else \
+        np.full(len(table), np.nan)
+    order = np.lexsort((np.arange(len(table)), np.nan_to_num(when, nan=np.inf)))
+    acc, mae = table.val_accuracy.to_numpy(float), table.val_mae.to_numpy(float)
+    for k in range(len(order)):
+        seen = order[:k + 1]
+        out[order[k]] = hypervolume_2d(acc[seen], mae[seen], ref)
+    return out
 
 
 def optuna_front(exp_dir: Path, study_name: str) -> list[tuple[float, float]]:
@@ -120,28 +164,46 @@ def write_outputs(table: pd.DataFrame, space: SearchSpace, exp_dir: Path, study_
     where = where or Storage(exp_dir)
     idx = choose_within_tolerance(table.val_accuracy.to_numpy(), table.val_mae.to_numpy(),
                                   tolerance) if len(table) else -1
-    table = table.assign(chosen=np.arange(len(table)) == idx)
+    knee = knee_point(table.val_accuracy.to_numpy(), table.val_mae.to_numpy()) \
+        if len(table) else -1
+    table = table.assign(chosen=np.arange(len(table)) == idx,
+                         knee=np.arange(len(table)) == knee)
     atomic_write(exp_dir / TRIALS_FILE, lambda tmp: table.to_parquet(tmp, index=False))
+    front = table[table.is_pareto].sort_values("val_mae", kind="stable")
+    atomic_write(exp_dir / PARETO_FILE, lambda tmp: front.to_parquet(tmp, index=False))
     plot_front(table, exp_dir / PARETO_PNG, tolerance)
+    plot_hypervolume(table, exp_dir / HYPERVOLUME_PNG)
     counts = table.status.value_counts().to_dict()
     summary = {"trials": len(table), "status_counts": counts, "accuracy_tolerance": tolerance,
-               "rule": "lowest val_mae among trials with val_accuracy >= best - tolerance"}
+               "rule": "lowest val_mae among trials with val_accuracy >= best - tolerance",
+               "hypervolume": float(table.hypervolume.max()) if len(table) else 0.0,
+               "hypervolume_reference": {"val_accuracy": HV_REFERENCE[0],
+                                         "val_mae": HV_REFERENCE[1]}}
     summary.update(crosscheck_front(table, exp_dir, study_name))
     if idx < 0:
         raise RuntimeError(f"no trial in {where} finished with both metrics ({counts}); "
                            f"see the trial errors in {where.display(TRIALS_FILE)}")
-    best = table.iloc[idx]
+    best, kn = table.iloc[idx], table.iloc[knee]
     params = {k: _plain(best[k]) for k in space.search}
+    knee_params = {k: _plain(kn[k]) for k in space.search}
     cfg = space.run_config(params, final=True)
+    same = "the same trial" if knee == idx else "another trial"
     header = (f"# Chosen by the architecture search in {where}\n"
               f"# trial {best.trial_id}: val_accuracy {best.val_accuracy:.4f}, val_mae "
               f"{best.val_mae:.4f}, latent_sparsity {best.latent_sparsity:.3f}\n"
               f"# rule: lowest val_mae among trials with val_accuracy >= best - {tolerance}\n"
-              f"# searched: {json.dumps(params)}\n")
+              f"# searched: {json.dumps(params)}\n"
+              f"# knee point of the front ({same}; the point farthest beyond the line joining "
+              f"the front's ends, in scaled objectives):\n"
+              f"#   trial {kn.trial_id}: val_accuracy {kn.val_accuracy:.4f}, val_mae "
+              f"{kn.val_mae:.4f}\n"
+              f"#   searched: {json.dumps(knee_params)}\n")
     atomic_write(exp_dir / BEST_CONFIG, lambda tmp: Path(tmp).write_text(
         header + yaml.safe_dump(to_dict(cfg), sort_keys=False)))
     summary["chosen"] = {"trial_id": best.trial_id, **params,
                          "val_accuracy": float(best.val_accuracy), "val_mae": float(best.val_mae)}
+    summary["knee"] = {"trial_id": kn.trial_id, **knee_params,
+                       "val_accuracy": float(kn.val_accuracy), "val_mae": float(kn.val_mae)}
     log.info("%s", front_table(table))
     log.info("chosen: trial %s (val_accuracy %.4f, val_mae %.4f) -> %s", best.trial_id,
              best.val_accuracy, best.val_mae, where.display(BEST_CONFIG))
@@ -163,6 +225,26 @@ def front_table(table: pd.DataFrame) -> str:
             front[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}")
 
 
+def plot_hypervolume(table: pd.DataFrame, path: Path) -> None:
+    """Hypervolume of the finished trials' front against seconds since the first trial began."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = table.dropna(subset=["finished_at"]).sort_values("finished_at", kind="stable")
+    start = (t.finished_at - t.time_total_s.fillna(0)).min() if len(t) else 0.0
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    ax.step(t.finished_at - start, t.hypervolume, where="post", c="tab:blue")
+    ax.scatter(t.finished_at - start, t.hypervolume, s=12, c="tab:blue")
+    ax.set_xlabel("seconds since the first trial started")
+    ax.set_ylabel(f"hypervolume (ref: accuracy {HV_REFERENCE[0]}, MAE {HV_REFERENCE[1]})")
+    ax.set_title(f"{len(t)} trials, {int(t.is_pareto.sum()) if len(t) else 0} on the front")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+
+
 def plot_front(table: pd.DataFrame, path: Path, tolerance: float) -> None:
     """Accuracy vs MAE: every finished trial, the front as a step line, the chosen point."""
     import matplotlib
@@ -176,6 +258,10 @@ def plot_front(table: pd.DataFrame, path: Path, tolerance: float) -> None:
     ax.scatter(done.val_mae, done.val_accuracy, c="0.6", s=25, label="trial")
     ax.plot(front.val_mae, front.val_accuracy, "o-", c="tab:red", drawstyle="steps-post",
             label="Pareto front")
+    knee = done[done.knee] if "knee" in done else done.iloc[:0]
+    if len(knee):
+        ax.scatter(knee.val_mae, knee.val_accuracy, marker="D", s=90, facecolors="none",
+                   edgecolors="tab:blue", lw=1.5, zorder=6, label="knee point")
     chosen = done[done.chosen]
     if len(chosen):
         ax.scatter(chosen.val_mae, chosen.val_accuracy, marker="*", s=250, c="gold",

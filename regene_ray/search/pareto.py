@@ -77,3 +77,88 @@ def hypervolume_2d(accuracy: np.ndarray, mae: np.ndarray, ref: tuple[float, floa
             area += (a - ref[0]) * (prev_err - e)
             prev_err = e
     return float(area)
+
+
+def nondominated_ranks(values: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
+    """Non-dominated sorting: 0 for the front, 1 for the front of the rest, and so on.
+
+    Rows with a NaN come after every front (rank = the number of fronts).
+
+    Returns:
+        (N,) int ranks.
+    """
+    v = np.asarray(values, dtype=float)
+    ranks = np.full(len(v), -1, dtype=int)
+    left = ~np.isnan(v).any(axis=1) if v.ndim == 2 else np.zeros(0, bool)
+    rank = 0
+    while left.any():
+        idx = np.flatnonzero(left)
+        front = idx[pareto_mask(v[idx], maximize)]
+        ranks[front] = rank
+        left[front] = False
+        rank += 1
+    ranks[ranks < 0] = rank
+    return ranks
+
+
+def crowding_distance(values: np.ndarray) -> np.ndarray:
+    """NSGA-II crowding distance of each row within its set: per objective, the gap between its
+    two neighbours in sorted order over the objective's range, summed; the extremes of every
+    objective get infinity. Sets of one or two rows are all infinite."""
+    v = np.asarray(values, dtype=float)
+    n = len(v)
+    dist = np.zeros(n)
+    if n <= 2:
+        return np.full(n, np.inf)
+    for k in range(v.shape[1]):
+        order = np.argsort(v[:, k], kind="stable")
+        col = v[order, k]
+        span = col[-1] - col[0]
+        dist[order[0]] = dist[order[-1]] = np.inf
+        if span > 0:
+            dist[order[1:-1]] += (col[2:] - col[:-2]) / span
+    return dist
+
+
+def promotion_order(values: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
+    """Rows best first, as MO-ASHA promotes them (Schmucker et al. 2021, NSGA-II's order):
+    by non-dominated rank, then by crowding distance within the rank (larger first, so the
+    front's extremes and its sparse stretches go first), then by row (earlier first).
+
+    Returns:
+        (N,) row indices.
+    """
+    v = np.asarray(values, dtype=float)
+    ranks = nondominated_ranks(v, maximize)
+    crowd = np.zeros(len(v))
+    for r in np.unique(ranks):
+        members = np.flatnonzero(ranks == r)
+        if not np.isnan(v[members]).any():
+            crowd[members] = crowding_distance(v[members])
+    return np.lexsort((np.arange(len(v)), -crowd, ranks))
+
+
+def knee_point(accuracy: np.ndarray, mae: np.ndarray) -> int:
+    """The knee of the front: after scaling both objectives to [0, 1] over the front, the front
+    point farthest beyond the straight line joining the front's two ends (Das 1999), i.e. the
+    point where giving up accuracy buys the most MAE. Fronts of one or two points: the point
+    nearest the ideal (best accuracy, best MAE) in the same scaling. Ties: the earlier row.
+
+    Returns:
+        The row index, or -1 when no row has both metrics.
+    """
+    acc, err = np.asarray(accuracy, float), np.asarray(mae, float)
+    front = np.flatnonzero(pareto_mask(np.stack([acc, err], axis=1), [True, False]))
+    if not len(front):
+        return -1
+    a, e = acc[front], err[front]
+    # scaled "losses" in [0, 1]: 0 is the front's best value of each objective
+    la = (a.max() - a) / (np.ptp(a) or 1.0)
+    le = (e - e.min()) / (np.ptp(e) or 1.0)
+    if len(front) <= 2 or np.ptp(a) == 0 or np.ptp(e) == 0:
+        score = -np.hypot(la, le)
+    else:
+        # the ends are (0, 1) (best accuracy) and (1, 0) (best MAE): distance below la + le = 1
+        score = (1.0 - la - le) / np.sqrt(2.0)
+    best = np.flatnonzero(score == score.max())
+    return int(front[best].min())

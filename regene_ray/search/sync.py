@@ -7,11 +7,12 @@ on another machine downloads them first.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
 
-from regene_ray.search.outputs import OUTPUT_FILES, SPACE_FILE, STUDY_FILE
+from regene_ray.search.outputs import MOASHA_FILE, OUTPUT_FILES, SPACE_FILE, STUDY_FILE
 from regene_ray.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -47,19 +48,27 @@ def _study_trials(path: Path, study_name: str) -> int:
         return -1
 
 
+def _moasha_decisions(path: Path, study_name: str) -> int:
+    try:
+        return len(json.loads(path.read_text())["decisions"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
+
+
 def download_files(exp: Storage, local: Path, study_name: str) -> list[str]:
-    """Fetch the sweep's record and study from remote storage (a resume on a new machine).
-    A study already in the cache is kept when it holds at least as many trials (the uploaded
-    copy can lag the driver that was stopped)."""
+    """Fetch the sweep's record, study and MO-ASHA rungs from remote storage (a resume on a
+    new machine). A study or rung file already in the cache is kept when it holds at least as
+    many trials / decisions (the uploaded copy can lag the driver that was stopped)."""
     got = []
     local.mkdir(parents=True, exist_ok=True)
-    for name in (SPACE_FILE, STUDY_FILE):
+    progress = {STUDY_FILE: _study_trials, MOASHA_FILE: _moasha_decisions}
+    for name in (SPACE_FILE, STUDY_FILE, MOASHA_FILE):
         if not exp.is_file(name):
             continue
         tmp = local / f".{name}.download"
         tmp.write_bytes(exp.read_bytes(name))
-        if name == STUDY_FILE and (local / name).is_file() and \
-                _study_trials(local / name, study_name) >= _study_trials(tmp, study_name):
+        if name in progress and (local / name).is_file() and \
+                progress[name](local / name, study_name) >= progress[name](tmp, study_name):
             log.info("keeping the cached %s (as new as the uploaded one)", local / name)
             tmp.unlink()
             continue

@@ -59,11 +59,14 @@ from ray.tune.search.optuna import OptunaSearch
 
 from regene_ray.config import ConfigError, save_json, to_dict
 from regene_ray.data import load_data
+from regene_ray.decoder import Decoder, DecoderConfig
 from regene_ray.losses import build_perceptual
 from regene_ray.ownership import MARKER_FILE, OwnershipError, read_marker, write_marker
 from regene_ray.run import build_models, load_or_train_judge
+from regene_ray.search.moasha import use_state_folder
 from regene_ray.search.outputs import (
     METRICS,
+    MOASHA_FILE,
     MODES,
     OUTPUT_FILES,
     SPACE_FILE,
@@ -80,6 +83,7 @@ from regene_ray.storage import Storage
 from regene_ray.train import (
     CLASSIFIER_STATE,
     DECODER_STATE,
+    estimate_decoder_mae,
     resolve_device,
     train_classifier,
     train_decoder,
@@ -140,7 +144,8 @@ class StudySearch(OptunaSearch):
 
 
 
-def train_trial(config: dict, space: SearchSpace, threads: int = 1, device: str = "cpu") -> None:
+def train_trial(config: dict, space: SearchSpace, threads: int = 1, device: str = "cpu",
+                estimate_at: tuple[int, ...] = ()) -> None:
     """Tune trainable: jobs/train.py's own train_classifier, then train_decoder on the frozen
     codes, each reporting and checkpointing through its on_epoch hook.
 
@@ -153,6 +158,9 @@ def train_trial(config: dict, space: SearchSpace, threads: int = 1, device: str 
         space: the search space; its base holds the fixed per-trial budget.
         threads: torch CPU threads (the trial's CPU share).
         device: "cpu", or "auto" for the GPU (share) Tune gave the trial.
+        estimate_at: training iterations (1-based classifier epochs) whose report carries an
+            early MAE estimate in val_mae_early (the MO-ASHA rungs; estimate_decoder_mae).
+            Decoder-phase reports carry the measured val_mae there.
     """
     import ray
     from ray import tune
@@ -181,9 +189,17 @@ def train_trial(config: dict, space: SearchSpace, threads: int = 1, device: str 
                     shutil.copy(f, snap)
                 tune.report(reported[-1], checkpoint=tune.Checkpoint.from_directory(snap))
 
+        def classifier_report(epoch: int, stats: dict) -> None:
+            metrics = _classifier_metrics(epoch, stats)
+            if epoch + 1 in estimate_at:  # a rung: how well do these codes decode already?
+                est = estimate_decoder_mae(clf, Decoder(DecoderConfig.mirror(clf.cfg, cfg.decoder)),
+                                           data, cfg.decoder_training, dev, seed=cfg.seed)
+                metrics.update(val_mae_early=est["mae"], mae_estimate_s=est["seconds"])
+            report(metrics)
+
         clf_hist = train_classifier(clf, data, cfg.classifier_training, dev,
                                     checkpoint=work / CLASSIFIER_STATE, seed=cfg.seed,
-                                    on_epoch=lambda e, s: report(_classifier_metrics(e, s)))
+                                    on_epoch=classifier_report)
         clf_last = _classifier_metrics(len(clf_hist) - 1, clf_hist[-1])
         with tempfile.TemporaryDirectory() as judge_dir:  # perceptual 'judge': a trial's own
             judge, _ = load_or_train_judge(cfg, data, Path(judge_dir), dev)
@@ -201,13 +217,15 @@ def _classifier_metrics(epoch: int, stats: dict) -> dict:
     """A classifier-phase report: val_mae is the WORST_MAE placeholder (no decoder yet)."""
     return {"phase": "classifier", "epoch": epoch, "classifier_epochs_done": epoch + 1,
             "val_accuracy": stats["val_accuracy"], "latent_sparsity": stats["latent_sparsity"],
-            "val_mae": WORST_MAE, "val_ssim": 0.0, "train_loss": stats["train_loss"]}
+            "val_mae": WORST_MAE, "val_mae_early": math.nan, "mae_estimate_s": 0.0,
+            "val_ssim": 0.0, "train_loss": stats["train_loss"]}
 
 
 def _decoder_metrics(classifier_last: dict, n_clf: int, epoch: int, stats: dict) -> dict:
     """A decoder-phase report: the classifier's final values and this epoch's MAE / SSIM."""
     return {**classifier_last, "phase": "decoder", "epoch": n_clf + epoch,
-            "val_mae": stats["val_mae"], "val_ssim": stats["val_ssim"],
+            "val_mae": stats["val_mae"], "val_mae_early": stats["val_mae"],
+            "mae_estimate_s": 0.0, "val_ssim": stats["val_ssim"],
             "train_loss": stats["train_loss"]}
 
 
@@ -285,6 +303,37 @@ def make_asha(space: SearchSpace):
                          max_t=epochs + 1, grace_period=1, reduction_factor=2)
 
 
+def make_moasha(space: SearchSpace):
+    """MO-ASHA over (val_accuracy, val_mae_early) at rungs of training_iteration 1, 2, 4, ...
+    across both phases: in the classifier phase val_mae_early is the early estimate the
+    trainable computes at exactly these rungs; in the decoder phase it is the measured MAE."""
+    from regene_ray.search.moasha import MOASHAScheduler
+
+    cfg = space.run_config()
+    return MOASHAScheduler(["val_accuracy", "val_mae_early"], ["max", "min"],
+                           max_t=cfg.classifier_training.epochs + cfg.decoder_training.epochs,
+                           grace_period=1, reduction_factor=2)
+
+
+SCHEDULERS = ("none", "asha", "moasha")
+
+
+def make_scheduler(name: str, space: SearchSpace):
+    """The Tune scheduler for --scheduler (None for none: FIFO, every trial runs to the end)."""
+    if name not in SCHEDULERS:
+        raise ConfigError(f"--scheduler {name!r}: use one of {', '.join(SCHEDULERS)}")
+    return {"none": lambda _: None, "asha": make_asha, "moasha": make_moasha}[name](space)
+
+
+def estimate_rungs(name: str, space: SearchSpace) -> tuple[int, ...]:
+    """Classifier epochs (1-based) whose reports need the early MAE estimate: MO-ASHA's rungs
+    in the classifier phase; none for the other schedulers (they never read it)."""
+    if name != "moasha":
+        return ()
+    n_clf = space.run_config().classifier_training.epochs
+    return tuple(m for m in make_moasha(space).milestones if m <= n_clf)
+
+
 @dataclass
 class SweepOptions:
     storage_path: str | Path  # experiments live in storage_path/name: local, s3:// or gs://
@@ -294,7 +343,7 @@ class SweepOptions:
     gpus_per_trial: float = 0.0  # GPUs per trial, fractional allowed; 0 asks for none
     max_concurrent: int | None = None  # None -> leave one CPU free for the driver
     max_failures: int = 1  # retries per trial (from its last checkpoint) before ERROR
-    scheduler: str = "none"  # none or asha (see make_asha)
+    scheduler: str = "none"  # none, asha (make_asha) or moasha (make_moasha)
     accuracy_tolerance: float = 0.005  # best_config: lowest MAE within this of the best accuracy
     restart_errored: bool = False  # on resume, rerun errored trials from scratch
     sampler: str | None = None  # override the space's sampler (tpe, nsga2, random)
@@ -346,9 +395,10 @@ def claim_experiment(exp: Storage) -> None:
 
 
 def upload_callback(exp: Storage):
-    """A Tune callback that uploads the Optuna study whenever it changed (checked after every
-    step of the Tune loop, and at the end), so remote storage does not lag the searcher. The
-    cache folder is worked out where the callback runs (it is pickled into tuner.pkl)."""
+    """A Tune callback that uploads the Optuna study (and MO-ASHA's rungs) whenever they changed
+    (checked after every step of the Tune loop, and at the end), so remote storage does not lag
+    the searcher. The cache folder is worked out where the callback runs (it is pickled into
+    tuner.pkl)."""
     from ray.tune import Callback
 
     class UploadFiles(Callback):
@@ -357,10 +407,10 @@ def upload_callback(exp: Storage):
 
         def _sync(self) -> None:
             local = driver_folder(exp)
-            study = local / STUDY_FILE
-            mtime = study.stat().st_mtime_ns if study.is_file() else None
+            names = [n for n in (STUDY_FILE, MOASHA_FILE) if (local / n).is_file()]
+            mtime = [(local / n).stat().st_mtime_ns for n in names]
             if mtime != self.mtime:
-                upload_files(local, exp, (STUDY_FILE,))
+                upload_files(local, exp, names)
                 self.mtime = mtime
 
         def on_step_end(self, iteration, trials, **info):
@@ -422,7 +472,7 @@ def _new_tuner(trainable, space: SearchSpace, opts: SweepOptions, record: dict, 
                                                              opts.gpus_per_trial)
     searcher = ConcurrencyLimiter(
         make_searcher(space, exp_dir, opts.name, num_samples, opts.sampler), concurrency)
-    scheduler = make_asha(space) if opts.scheduler == "asha" else None
+    scheduler = make_scheduler(opts.scheduler, space)
     log.info("sweep %s: %d trials, %d at once, %s per trial, sampler %s, scheduler %s",
              exp, num_samples, concurrency,
              trial_resources(opts.cpus_per_trial, opts.gpus_per_trial),
@@ -465,10 +515,12 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> dict:
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, space=space,
                              threads=max(1, math.floor(opts.cpus_per_trial)),
-                             device="auto" if opts.gpus_per_trial > 0 else "cpu"),
+                             device="auto" if opts.gpus_per_trial > 0 else "cpu",
+                             estimate_at=estimate_rungs(opts.scheduler, space)),
         trial_resources(opts.cpus_per_trial, opts.gpus_per_trial),
     )
     record = _space_record(space, num_samples, opts)
+    use_state_folder(exp_dir)  # MO-ASHA keeps its rungs beside the study (resumable)
     t0 = time.perf_counter()
     resumed = tune.Tuner.can_restore(exp.path(), storage_filesystem=fs)
     tuner = (_restored_tuner if resumed else _new_tuner)(trainable, space, opts, record, exp,

@@ -1,0 +1,140 @@
+"""MO-ASHA's promotion rule against hand-made rungs, its rungs surviving a restart, and the
+early MAE estimate it ranks on (no Tune loop here; tests/test_search.py runs it end to end)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from ray.tune.schedulers import TrialScheduler
+
+from regene_ray.data import DataConfig, load_data
+from regene_ray.run import RunConfig, build_models
+from regene_ray.search import moasha
+from regene_ray.search.moasha import MOASHAScheduler, milestones
+from regene_ray.search.space import load_search_space
+from regene_ray.search.tuner import estimate_rungs, make_moasha
+from regene_ray.train import (
+    ClassifierTrainConfig,
+    DecoderTrainConfig,
+    estimate_decoder_mae,
+    train_classifier,
+)
+
+GO, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
+
+
+@pytest.fixture(autouse=True)
+def no_state_folder():
+    moasha.use_state_folder(None)
+    yield
+    moasha.use_state_folder(None)
+
+
+def sched(**kw) -> MOASHAScheduler:
+    return MOASHAScheduler(["val_accuracy", "val_mae_early"], ["max", "min"], max_t=6, **kw)
+
+
+def test_milestones():
+    assert milestones(1, 6, 2) == [1, 2, 4]
+    assert milestones(1, 27, 3) == [1, 3, 9]
+    assert milestones(2, 3, 2) == [2]
+    assert sched().milestones == [1, 2, 4]
+
+
+def test_promotion_by_non_dominated_sort_at_a_rung():
+    s = sched()
+    # (accuracy up, MAE down), in order of arrival at rung 1; eta = 2 keeps ceil(n / 2)
+    assert s.judge("t1", 1, [0.90, 0.30]) == GO  # alone
+    assert s.judge("t2", 1, [0.80, 0.40]) == STOP  # dominated by t1: place 1 of 2, keep 1
+    assert s.judge("t3", 1, [0.95, 0.50]) == GO  # on the front with t1: place 1 of 3, keep 2
+    # the least accurate so far, but the best MAE: an extreme of the front, so it goes on
+    # (accuracy-only ASHA would stop it: 0.70 is below every recorded accuracy)
+    assert s.judge("t4", 1, [0.70, 0.10]) == GO
+    # dominated by t1 (second front, ahead of t2 only): place 3 of 5, keep 3
+    assert s.judge("t5", 1, [0.85, 0.35]) == STOP
+    assert [d["place"] for d in s.decisions] == [0, 1, 1, 1, 3]
+    # rung 2 is judged separately; a repeated report at a judged rung changes nothing
+    assert s.judge("t1", 2, [0.91, 0.25]) == GO
+    assert s.judge("t1", 2, [0.10, 0.99]) == GO and s.rungs[2]["t1"] == [0.91, 0.25]
+    # a report between rungs is judged at the highest rung it passed and has not been judged at
+    assert s.judge("t3", 3, [0.96, 0.20]) == GO and "t3" in s.rungs[2]
+    assert s.judge("t1", 4, [0.92, 0.20]) == GO  # alone at rung 4
+    assert s.judge("t4", 5, [0.60, 0.90]) == STOP and "t4" in s.rungs[4]  # dominated by t1
+
+
+def test_reports_without_both_objectives_make_no_decision():
+    s = sched()
+    trial = SimpleNamespace(trial_id="a")
+    for result in ({"training_iteration": 1, "val_accuracy": 0.9, "val_mae_early": float("nan")},
+                   {"training_iteration": 1, "val_accuracy": 0.9},
+                   {"val_accuracy": 0.9, "val_mae_early": 0.2}):
+        assert s.on_trial_result(None, trial, result) == GO
+    assert s.rungs[1] == {} and s.decisions == []
+    assert s.on_trial_result(None, trial, {"training_iteration": 1, "val_accuracy": 0.9,
+                                           "val_mae_early": 0.2}) == GO
+    assert s.rungs[1] == {"a": [0.9, 0.2]}
+
+
+def test_rungs_survive_a_restarted_driver(tmp_path):
+    moasha.use_state_folder(tmp_path)
+    first = sched()
+    first.judge("t1", 1, [0.90, 0.30])
+    first.judge("t2", 1, [0.95, 0.20])
+    assert json.loads((tmp_path / moasha.STATE_FILE).read_text())["rungs"]["1"].keys() == \
+        {"t1", "t2"}
+    again = sched()  # what Tuner.restore hands back: a fresh scheduler from tuner.pkl
+    # t3 is dominated by t2, which the restarted scheduler remembers: stopped
+    assert again.judge("t3", 1, [0.85, 0.35]) == STOP
+    assert set(again.rungs[1]) == {"t1", "t2", "t3"} and len(again.decisions) == 3
+    (tmp_path / moasha.STATE_FILE).write_text("{not json")
+    with pytest.raises(ValueError, match="move it away"):
+        sched().judge("t4", 1, [0.5, 0.5])
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="two or more metrics"):
+        MOASHAScheduler(["val_accuracy"], ["max"], max_t=4)
+    with pytest.raises(ValueError, match="'max' or 'min'"):
+        MOASHAScheduler(["a", "b"], ["max", "up"], max_t=4)
+    with pytest.raises(ValueError, match="grace_period"):
+        MOASHAScheduler(["a", "b"], ["max", "min"], max_t=1)
+
+
+def test_rungs_of_the_shipped_mnist_space():
+    space = load_search_space("search_spaces/mnist.yaml")  # 3 + 3 epochs
+    assert make_moasha(space).milestones == [1, 2, 4]
+    assert estimate_rungs("moasha", space) == (1, 2)  # rung 4 is a decoder epoch: measured
+    assert estimate_rungs("asha", space) == estimate_rungs("none", space) == ()
+
+
+def test_early_estimate_ranks_a_bottleneck_worse_and_leaves_the_classifier_alone():
+    """Codes squeezed through 2 units decode worse than 64-wide ones, by the estimate too (at its
+    default 100 steps; 30 steps learn little beyond the mean image and order them the other
+    way); the estimate changes neither the classifier's weights nor its mode nor the global RNG."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a trial runs (1 CPU); 2 threads crawl on a busy 2-core box
+    data = load_data(DataConfig(dataset="digits", image_size=16, max_train=500))
+    dec_cfg = DecoderTrainConfig(batch_size=64, lr=3e-3)
+    maes = {}
+    for width in (2, 64):
+        cfg = RunConfig()
+        cfg.classifier.depth, cfg.classifier.base_channels = 2, 8
+        cfg.classifier.latent_dim = width
+        clf, _ = build_models(cfg, data)
+        train_classifier(clf, data, ClassifierTrainConfig(epochs=2, batch_size=64),
+                         torch.device("cpu"))
+        clf.train()
+        decoders = [build_models(cfg, data)[1] for _ in range(1 + (width == 64))]  # seeds RNG
+        before = {k: v.clone() for k, v in clf.state_dict().items()}
+        rng = torch.get_rng_state()
+        runs = [estimate_decoder_mae(clf, dec, data, dec_cfg, torch.device("cpu"),
+                                     val_images=128) for dec in decoders]
+        assert clf.training and torch.equal(torch.get_rng_state(), rng)
+        assert all(torch.equal(before[k], v) for k, v in clf.state_dict().items())
+        assert runs[0]["mae"] == runs[-1]["mae"] and runs[0]["seconds"] > 0  # deterministic
+        maes[width] = runs[0]["mae"]
+    torch.set_num_threads(threads)
+    assert 0 < maes[64] < maes[2] < 1, maes
