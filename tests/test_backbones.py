@@ -94,3 +94,24 @@ def test_shipped_spaces_search_the_backbone():
         assert cfg.classifier.backbone == "densenet"
     assert "classifier.backbone" not in load_search_space(REPO / "search_spaces" / "digits.yaml"
                                                           ).search
+
+
+def test_space_validation_knows_each_backbones_sides():
+    """The extreme-config check builds every backbone choice with every depth extreme: at 12
+    pixels resnet (12 -> 6 -> 3 -> 2 -> 1) fits depth 4, densenet's pools (12 -> 6 -> 3 -> 1)
+    do not; an unknown name is refused with the choices."""
+    from regene_ray.config import ConfigError
+    from regene_ray.search.space import parse_search_space
+
+    base = {"data": {"dataset": "digits", "image_size": 12}, "classifier": {"backbone": "resnet"}}
+    depth = {"classifier.depth": {"low": 1, "high": 4}}
+    space = parse_search_space({"base": base, "search": depth})
+    assert space.run_config({"classifier.depth": 4}).classifier.backbone == "resnet"
+    with pytest.raises(ConfigError, match="the combination search.classifier.depth = 4, "
+                       "search.classifier.backbone = 'densenet': image_size 12 is too small"):
+        parse_search_space({"base": base, "search": {
+            **depth, "classifier.backbone": {"choices": ["resnet", "densenet"]}}})
+    with pytest.raises(ConfigError, match="search.classifier.backbone = 'vit': backbone 'vit' "
+                       "must be one of"):
+        parse_search_space({"base": base, "search": {
+            "classifier.backbone": {"choices": ["resnet", "vit"]}}})
