@@ -82,6 +82,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--accuracy-tolerance", type=float, default=0.005,
                    help="best_config: lowest MAE among trials within this of the best accuracy "
                    "(default: 0.005)")
+    p.add_argument("--time-budget-s", type=float, default=None,
+                   help="stop the sweep after this many seconds of wall time (trials still "
+                   "running then are recorded as STOPPED); --num-samples stays the cap; a "
+                   "resumed sweep keeps the budget it was started with (default: none)")
     p.add_argument("--restart-errored", action="store_true",
                    help="on resume, rerun errored trials from scratch (default: keep them errored)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -111,6 +115,8 @@ def main(args: argparse.Namespace) -> dict:
     setup_logging(args.verbose)
     if args.num_samples is not None and args.num_samples < 1:
         raise ConfigError(f"--num-samples {args.num_samples} must be >= 1")
+    if args.time_budget_s is not None and not args.time_budget_s > 0:
+        raise ConfigError(f"--time-budget-s {args.time_budget_s} must be > 0 seconds")
     if args.accuracy_tolerance < 0:
         raise ConfigError(f"--accuracy-tolerance {args.accuracy_tolerance} must be >= 0")
     space = load_search_space(args.space)
@@ -138,6 +144,7 @@ def main(args: argparse.Namespace) -> dict:
         max_concurrent=args.max_concurrent, max_failures=args.max_failures,
         scheduler=args.scheduler, accuracy_tolerance=args.accuracy_tolerance,
         restart_errored=args.restart_errored, sampler=args.sampler,
+        time_budget_s=args.time_budget_s,
     )
     summary = run_sweep(space, opts)
     out = store.child(args.name)

@@ -246,11 +246,12 @@ def train_decoder(decoder: Decoder, classifier: Classifier, data: DataSplits,
 
 def estimate_decoder_mae(classifier: Classifier, decoder: Decoder, data: DataSplits,
                          cfg: DecoderTrainConfig, device: torch.device, *, steps: int = 100,
-                         images: int = 1024, val_images: int = 512, seed: int = 0
-                         ) -> dict[str, float]:
+                         batch_size: int = 64, images: int = 1024, val_images: int = 512,
+                         seed: int = 0) -> dict[str, float]:
     """A cheap early estimate of how well this classifier's codes decode: a fresh `decoder`
-    fitted for `steps` AdamW steps of plain L1 (no SSIM or perceptual term) on the codes of
-    the first `images` training images, then its MAE on the first `val_images` holdout images.
+    fitted for `steps` AdamW steps (`batch_size` codes each, cfg's learning rate) of plain L1
+    (no SSIM or perceptual term) on the codes of the first `images` training images, then its
+    MAE on the first `val_images` holdout images.
 
     It is what the multi-objective scheduler ranks trials on before their decoder exists
     (regene_ray.search.moasha). Its absolute value is well above the full decoder's MAE; what
@@ -270,7 +271,7 @@ def estimate_decoder_mae(classifier: Classifier, decoder: Decoder, data: DataSpl
         opt = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr)
         gen = torch.Generator().manual_seed(seed * 100_003 + 4243)
         for _ in range(steps):
-            idx = torch.randint(len(codes), (min(cfg.batch_size, len(codes)),), generator=gen)
+            idx = torch.randint(len(codes), (min(batch_size, len(codes)),), generator=gen)
             loss = F.l1_loss(decoder(codes[idx].to(device)), to_float(x[idx], device))
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -210,6 +210,27 @@ def test_moasha_stops_by_both_objectives_and_resumes_its_rungs(tmp_path):
         state["decisions"]
 
 
+def test_time_budget_flag_and_trials_cut_off_before_reporting(tmp_path):
+    from types import SimpleNamespace
+
+    from regene_ray.config import ConfigError
+    from regene_ray.search.outputs import trials_table
+    from regene_ray.search.space import load_search_space
+
+    with pytest.raises(ConfigError, match="--time-budget-s 0.0 must be > 0"):
+        _run("--space", str(REPO / "search_spaces" / "digits.yaml"), "--storage-path",
+             str(tmp_path), "--name", "b", "--time-budget-s", "0")
+    # what Tune's ResultGrid holds for a trial the budget ended before it ever reported
+    space = load_search_space(REPO / "search_spaces" / "digits.yaml")
+    cut = SimpleNamespace(config=None, metrics=None, error=None, path=str(tmp_path / "t"))
+    ran = SimpleNamespace(config={k: d.extremes()[0] for k, d in space.search.items()},
+                          metrics={"trial_id": "a", "val_accuracy": 0.5, "phase": "classifier",
+                                   "epoch": 0, "timestamp": 1.0}, error=None,
+                          path=str(tmp_path / "a"))
+    table = trials_table([cut, ran], space)
+    assert table.trial_id.tolist() == ["a"] and table.status.tolist() == ["STOPPED"]
+
+
 def test_trials_ask_for_a_gpu_only_when_told():
     from regene_ray.config import ConfigError
     from regene_ray.search.tuner import trial_resources

@@ -7,6 +7,7 @@ dir, and runs in its own process session; teardown kills that session's processe
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -71,7 +72,7 @@ def test_search_submitted_as_ray_job(ray_head, tmp_path):
         [RAY, "job", "submit", "--address", url, "--working-dir", ".", "--submission-id",
          job_id, "--no-wait", "--", "python", "jobs/search.py", "--space",
          "search_spaces/digits.yaml", "--storage-path", str(tmp_path), "--name", "job",
-         "--smoke-test"],
+         "--smoke-test", "--scheduler", "moasha"],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert submit.returncode == 0, submit.stdout + submit.stderr
     deadline, status = time.time() + 300, ""
@@ -86,10 +87,13 @@ def test_search_submitted_as_ray_job(ray_head, tmp_path):
                           capture_output=True, text=True, timeout=60).stdout
     assert f"job '{job_id}' succeeded" in status, status + logs[-4000:]
     out = tmp_path / "job"
-    for name in ("trials.parquet", "pareto.png", "best_config.yaml", "optuna.sqlite"):
+    for name in ("trials.parquet", "pareto.png", "best_config.yaml", "optuna.sqlite",
+                 "moasha_rungs.json", "pareto.parquet", "hypervolume.png"):
         assert (out / name).is_file(), name
     df = pd.read_parquet(out / "trials.parquet")
-    assert len(df) == 3 and (df.status == "TERMINATED").all() and df.is_pareto.any()
+    assert len(df) == 3 and set(df.status) <= {"TERMINATED", "STOPPED"} and df.is_pareto.any()
+    rungs = json.loads((out / "moasha_rungs.json").read_text())["rungs"]
+    assert set(rungs["1"]) == set(df.trial_id)  # MO-ASHA judged every trial at its first rung
     assert "Pareto front" in logs and "chosen: trial" in logs
 
 

@@ -81,9 +81,12 @@ def study_url(exp_dir: Path) -> str:
 
 def trials_table(grid, space: SearchSpace) -> pd.DataFrame:
     """One row per trial: searched values, final metrics, status (TERMINATED, STOPPED, ERROR)."""
-    rows = []
+    rows, never_ran = [], 0
     for r in grid:
         m = r.metrics or {}
+        if r.config is None:  # cut off (--time-budget-s) before it ever reported
+            never_ran += 1
+            continue
         cfg = space.run_config(r.config)  # epochs may be searched: the step count is per trial
         n_steps = cfg.classifier_training.epochs + cfg.decoder_training.epochs
         finished = m.get("phase") == "decoder" and m.get("epoch") == n_steps - 1
@@ -102,6 +105,8 @@ def trials_table(grid, space: SearchSpace) -> pd.DataFrame:
             "finished_at": float(m.get("timestamp", np.nan) or np.nan),  # unix s, last report
             "node_id": str(m.get("node_id", "")),
         })
+    if never_ran:
+        log.info("%d trial(s) were cut off before their first report; left out", never_ran)
     df = pd.DataFrame(rows).sort_values("trial_id", kind="stable").reset_index(drop=True)
     for k in space.search:  # mixed-type choice columns (e.g. None and numbers) as text
         if df[k].map(type).nunique() > 1:

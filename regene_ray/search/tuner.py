@@ -347,6 +347,7 @@ class SweepOptions:
     accuracy_tolerance: float = 0.005  # best_config: lowest MAE within this of the best accuracy
     restart_errored: bool = False  # on resume, rerun errored trials from scratch
     sampler: str | None = None  # override the space's sampler (tpe, nsga2, random)
+    time_budget_s: float | None = None  # wall-clock cap of a new sweep (Tune's time_budget_s)
 
 
 def default_concurrency(cpus_per_trial: float, gpus_per_trial: float) -> int:
@@ -480,7 +481,8 @@ def _new_tuner(trainable, space: SearchSpace, opts: SweepOptions, record: dict, 
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                    num_samples=num_samples),  # metric/mode: on the searcher
+                                    num_samples=num_samples,  # metric/mode: on the searcher
+                                    time_budget_s=opts.time_budget_s),
         run_config=tune.RunConfig(
             name=opts.name, storage_path=Storage(opts.storage_path).path(),
             storage_filesystem=None if exp.is_local else exp.fs,
