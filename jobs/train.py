@@ -26,6 +26,7 @@ FLAG_TARGETS = {
     "image_size": ("data", "image_size"),
     "max_train": ("data", "max_train"),
     "max_test": ("data", "max_test"),
+    "backbone": ("classifier", "backbone"),
     "depth": ("classifier", "depth"),
     "convs_per_block": ("classifier", "convs_per_block"),
     "base_channels": ("classifier", "base_channels"),
@@ -59,6 +60,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "(default: the dataset's native size, 16 for digits)")
     p.add_argument("--max-train", type=int, help="cap train+holdout images (default: all)")
     p.add_argument("--max-test", type=int, help="cap test images (default: all)")
+    p.add_argument("--backbone", help="classifier backbone: vgg, resnet or densenet, each with "
+                   "its mirrored decoder (default: vgg)")
     p.add_argument("--depth", type=int, help="conv blocks in the classifier (default: 3)")
     p.add_argument("--convs-per-block", type=int, help="convs per block (default: 2)")
     p.add_argument("--base-channels", type=int, help="first block width (default: 32)")

@@ -134,9 +134,10 @@ def inspect_out_dir(out: Path, cfg: RunConfig, *, overwrite: bool) -> str:
                            what="a regene-ray run of jobs/train.py")
     if action != "existing":
         return action
-    try:
-        old = yaml.safe_load((out / RUN_CONFIG_FILE).read_text())
-    except (OSError, yaml.YAMLError):
+    try:  # read through RunConfig, so fields added since (with their defaults) compare equal
+        old = to_dict(from_dict(RunConfig, yaml.safe_load((out / RUN_CONFIG_FILE).read_text()),
+                                source=str(out / RUN_CONFIG_FILE)))
+    except (OSError, yaml.YAMLError, ConfigError, TypeError, AttributeError):
         old = None
     if old != to_dict(cfg):
         raise ConfigError(

@@ -1,5 +1,6 @@
 import pytest
 import torch
+import yaml
 
 from regene_ray.classifier import Classifier, ClassifierConfig
 from regene_ray.config import ConfigError
@@ -97,3 +98,20 @@ def test_train_config_errors():
         ClassifierTrainConfig(epochs=0, batch_size=1)
     with pytest.raises(ConfigError, match="lr -1"):
         DecoderTrainConfig(lr=-1)
+
+
+def test_run_folder_of_an_older_version_resumes_with_its_own_config(tmp_path):
+    """A config.yaml written before a field existed (here classifier.backbone) is read with
+    that field's default, so the same config resumes instead of being refused as different."""
+    from regene_ray.run import RUN_CONFIG_FILE, RunConfig, inspect_out_dir, prepare_out_dir
+
+    cfg = RunConfig()
+    out = tmp_path / "run"
+    assert prepare_out_dir(out, cfg, overwrite=False) is False
+    old = yaml.safe_load((out / RUN_CONFIG_FILE).read_text())
+    del old["classifier"]["backbone"]
+    (out / RUN_CONFIG_FILE).write_text(yaml.safe_dump(old))
+    assert inspect_out_dir(out, cfg, overwrite=False) == "resume"
+    cfg.classifier.backbone = "resnet"  # a real difference is still refused
+    with pytest.raises(ConfigError, match="different config"):
+        inspect_out_dir(out, cfg, overwrite=False)
