@@ -43,10 +43,23 @@ def _run(*argv: str) -> dict:
     return search_job.main(search_job.get_args_parser().parse_args(list(argv)))
 
 
+BACKBONES = ["vgg", "resnet", "densenet"]
+
+
 @pytest.fixture(scope="module")
-def smoke_sweep(tmp_path_factory) -> Path:
+def backbone_space(tmp_path_factory) -> Path:
+    """search_spaces/digits.yaml with the backbone searched too."""
+    doc = yaml.safe_load((REPO / "search_spaces" / "digits.yaml").read_text())
+    doc["search"]["classifier.backbone"] = {"choices": BACKBONES}
+    path = tmp_path_factory.mktemp("space") / "digits-backbones.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def smoke_sweep(tmp_path_factory, backbone_space) -> Path:
     root = tmp_path_factory.mktemp("sweeps")
-    _run("--space", str(REPO / "search_spaces" / "digits.yaml"), "--storage-path", str(root),
+    _run("--space", str(backbone_space), "--storage-path", str(root),
          "--name", "smoke", "--smoke-test", "--num-samples", "4", "--accuracy-tolerance", "0.05")
     return root / "smoke"
 
@@ -64,6 +77,8 @@ def test_smoke_search_writes_all_outputs(smoke_sweep):
     assert (df.status == "TERMINATED").all()
     assert df[METRICS].notna().all().all() and (df.val_mae < 1).all()
     assert df.chosen.sum() == 1
+    assert set(df["classifier.backbone"]) <= set(BACKBONES)
+    assert df["classifier.backbone"].nunique() >= 2  # the sweep compared backbones
 
 
 def test_pareto_flags_match_brute_force_and_optuna(smoke_sweep):
@@ -106,10 +121,12 @@ def test_pareto_tools(smoke_sweep):
 
 
 def test_best_config_follows_rule_and_trains(smoke_sweep, tmp_path):
+    """The chosen config (of a sweep over backbones too) trains, generates and evaluates."""
     df = pd.read_parquet(smoke_sweep / "trials.parquet")
     i = choose_within_tolerance(df.val_accuracy, df.val_mae, 0.05)
     assert df.chosen.to_numpy().nonzero()[0].tolist() == [i] and df.is_pareto[i]
     cfg = load_run_config(smoke_sweep / "best_config.yaml")
+    assert cfg.classifier.backbone == df["classifier.backbone"][i]
     assert cfg.classifier.depth == df["classifier.depth"][i]
     assert cfg.classifier.latent_dim == df["classifier.latent_dim"][i]
     assert cfg.classifier_training.lr == pytest.approx(df["classifier_training.lr"][i])
@@ -117,10 +134,26 @@ def test_best_config_follows_rule_and_trains(smoke_sweep, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, str(REPO / "jobs" / "train.py"), "--config",
-         str(smoke_sweep / "best_config.yaml"), "--out", str(out), "--smoke-test",
-         "--device", "cpu"], capture_output=True, text=True, timeout=300)
+         str(smoke_sweep / "best_config.yaml"), "--out", str(out), "--device", "cpu",
+         # the smoke test's sizes with more epochs: codes good enough to generate every class
+         "--max-test", "200", "--base-channels", "8", "--latent-dim",
+         "32", "--classifier-epochs", "6", "--decoder-epochs", "6"],
+        capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "metrics.json").is_file() and (out / "classifier").is_dir()
+    gen, report = tmp_path / "generated", tmp_path / "report"
+    for job, argv in (("mass_generate", ["--run", out, "--out", gen, "--smoke-test", "--count",
+                                         "20", "--address", ray.get_runtime_context().gcs_address]),
+                      ("evaluate", ["--run", out, "--generated", gen, "--out", report,
+                                    "--smoke-test", "--device", "cpu", "--threads", "1",
+                                    "--neutral-width", "4", "--neutral-epochs", "1", "--seeds",
+                                    "1", "--fid-samples", "40", "--novelty-samples", "20",
+                                    "--dirichlet-alpha", "0"])):
+        proc = subprocess.run([sys.executable, str(REPO / "jobs" / f"{job}.py"),
+                               *map(str, argv)], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, job + proc.stderr[-3000:]
+    assert json.loads((gen / "summary.json").read_text())["requested"] == 20
+    assert json.loads((report / "metrics.json").read_text())["generated"]["evaluated"] == 20
 
 
 def test_rerun_of_finished_sweep_runs_nothing(smoke_sweep):
