@@ -20,6 +20,7 @@ from regene_ray.train import (
     ClassifierTrainConfig,
     DecoderTrainConfig,
     estimate_decoder_mae,
+    ridge_decoder_mae,
     train_classifier,
 )
 
@@ -110,7 +111,7 @@ def test_rungs_of_the_shipped_mnist_space():
     assert estimate_rungs("asha", space) == estimate_rungs("none", space) == ()
 
 
-def test_early_estimate_ranks_a_bottleneck_worse_and_leaves_the_classifier_alone():
+def test_early_estimates_rank_a_bottleneck_worse_and_leave_the_classifier_alone():
     """Codes squeezed through 2 units decode worse than 64-wide ones, by the estimate too (at its
     default 100 steps; 30 steps learn little beyond the mean image and order them the other
     way); the estimate changes neither the classifier's weights nor its mode nor the global RNG."""
@@ -132,9 +133,12 @@ def test_early_estimate_ranks_a_bottleneck_worse_and_leaves_the_classifier_alone
         rng = torch.get_rng_state()
         runs = [estimate_decoder_mae(clf, dec, data, dec_cfg, torch.device("cpu"),
                                      val_images=128) for dec in decoders]
+        ridge = [ridge_decoder_mae(clf, data, torch.device("cpu")) for _ in range(2)]
         assert clf.training and torch.equal(torch.get_rng_state(), rng)
         assert all(torch.equal(before[k], v) for k, v in clf.state_dict().items())
         assert runs[0]["mae"] == runs[-1]["mae"] and runs[0]["seconds"] > 0  # deterministic
-        maes[width] = runs[0]["mae"]
+        assert ridge[0]["mae"] == ridge[1]["mae"] and ridge[0]["seconds"] > 0
+        maes[width] = runs[0]["mae"], ridge[0]["mae"]
     torch.set_num_threads(threads)
-    assert 0 < maes[64] < maes[2] < 1, maes
+    for k in range(2):  # the short decoder fit, and the linear (ridge) decoder
+        assert 0 < maes[64][k] < maes[2][k] < 1, maes

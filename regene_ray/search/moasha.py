@@ -10,8 +10,8 @@ among the best ceil(n / eta) of them. As in Ray's ASHA (the stopping variant), e
 judged against few others, and a trial is never stopped for results that came after it.
 
 In this project the objectives at a rung are (val_accuracy, val_mae_early): during the
-classifier phase val_mae_early is a cheap MAE estimate (a short decoder fit on a subset,
-regene_ray.train.estimate_decoder_mae) that the trainable computes only at the rungs
+classifier phase val_mae_early is a cheap MAE estimate (a linear decoder fitted in closed form
+on a subset, regene_ray.train.ridge_decoder_mae) that the trainable computes only at the rungs
 (`milestones`); during the decoder phase it is the measured val_mae. A vector with a NaN or a
 missing value makes no decision and is not recorded.
 

@@ -59,7 +59,6 @@ from ray.tune.search.optuna import OptunaSearch
 
 from regene_ray.config import ConfigError, save_json, to_dict
 from regene_ray.data import load_data
-from regene_ray.decoder import Decoder, DecoderConfig
 from regene_ray.losses import build_perceptual
 from regene_ray.ownership import MARKER_FILE, OwnershipError, read_marker, write_marker
 from regene_ray.run import build_models, load_or_train_judge
@@ -83,8 +82,8 @@ from regene_ray.storage import Storage
 from regene_ray.train import (
     CLASSIFIER_STATE,
     DECODER_STATE,
-    estimate_decoder_mae,
     resolve_device,
+    ridge_decoder_mae,
     train_classifier,
     train_decoder,
 )
@@ -159,7 +158,7 @@ def train_trial(config: dict, space: SearchSpace, threads: int = 1, device: str 
         threads: torch CPU threads (the trial's CPU share).
         device: "cpu", or "auto" for the GPU (share) Tune gave the trial.
         estimate_at: training iterations (1-based classifier epochs) whose report carries an
-            early MAE estimate in val_mae_early (the MO-ASHA rungs; estimate_decoder_mae).
+            early MAE estimate in val_mae_early (the MO-ASHA rungs; ridge_decoder_mae).
             Decoder-phase reports carry the measured val_mae there.
     """
     import ray
@@ -192,8 +191,7 @@ def train_trial(config: dict, space: SearchSpace, threads: int = 1, device: str 
         def classifier_report(epoch: int, stats: dict) -> None:
             metrics = _classifier_metrics(epoch, stats)
             if epoch + 1 in estimate_at:  # a rung: how well do these codes decode already?
-                est = estimate_decoder_mae(clf, Decoder(DecoderConfig.mirror(clf.cfg, cfg.decoder)),
-                                           data, cfg.decoder_training, dev, seed=cfg.seed)
+                est = ridge_decoder_mae(clf, data, dev)
                 metrics.update(val_mae_early=est["mae"], mae_estimate_s=est["seconds"])
             report(metrics)
 
