@@ -106,8 +106,8 @@ def test_bad_arguments():
 
 def test_rungs_of_the_shipped_mnist_space():
     space = load_search_space("search_spaces/mnist.yaml")  # 3 + 3 epochs
-    assert make_moasha(space).milestones == [1, 2, 4]
-    assert estimate_rungs("moasha", space) == (1, 2)  # rung 4 is a decoder epoch: measured
+    assert make_moasha(space).milestones == [1, 2]  # classifier epochs, as ASHA's rungs
+    assert estimate_rungs("moasha", space) == (1, 2)
     assert estimate_rungs("asha", space) == estimate_rungs("none", space) == ()
 
 

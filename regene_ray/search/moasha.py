@@ -9,11 +9,13 @@ with those of every trial recorded at r so far, itself included, and it goes on 
 among the best ceil(n / eta) of them. As in Ray's ASHA (the stopping variant), early trials are
 judged against few others, and a trial is never stopped for results that came after it.
 
-In this project the objectives at a rung are (val_accuracy, val_mae_early): during the
-classifier phase val_mae_early is a cheap MAE estimate (a linear decoder fitted in closed form
-on a subset, regene_ray.train.ridge_decoder_mae) that the trainable computes only at the rungs
-(`milestones`); during the decoder phase it is the measured val_mae. A vector with a NaN or a
-missing value makes no decision and is not recorded.
+In this project the objectives at a rung are (val_accuracy, val_mae_early), and the rungs are
+classifier epochs (regene_ray.search.tuner.make_moasha): val_mae_early is then a cheap MAE
+estimate (a linear decoder fitted in closed form on a subset, regene_ray.train.ridge_decoder_mae)
+that the trainable computes only at the rungs (`milestones`). Decoder-phase reports carry the
+measured val_mae in it, so the class also works with rungs that reach into the decoder phase
+(larger max_t), but that was measured worse (BENCHMARKS.md section 11). A vector with a NaN or
+a missing value makes no decision and is not recorded.
 
 State: Tune does not checkpoint a scheduler (its experiment state leaves `_scheduler_alg`
 out), so a restored ASHA starts with empty rungs. This scheduler writes its rungs to a small
