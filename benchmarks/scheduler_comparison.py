@@ -12,6 +12,10 @@ finished trial of any run (the nadir), so the numbers compare across schedulers;
 reference of the sweep outputs is printed too. A run's curve is the hypervolume of the trials
 finished by time t, t counted from its first trial's start.
 
+A name in --schedulers whose folder OUT/<name>-s<seed> already holds trials.parquet is loaded,
+not run (so earlier variants, e.g. moasha-both: MO-ASHA with rungs reaching into the decoder
+phase, as first measured, compare in the same table).
+
 Prints a Markdown table (final hypervolume, time to reach 90% of the best final hypervolume of
 the seed, trials finished / stopped, early-estimate seconds) and writes OUT/hypervolume.png.
 Time only on an idle machine (check `uptime`).
@@ -137,9 +141,11 @@ def plot(curves, seeds, scheds, nadir, path: Path, budget: float) -> None:
 
     fig, axes = plt.subplots(1, len(seeds), figsize=(5.5 * len(seeds), 4), dpi=120,
                              squeeze=False)
-    colours = {"none": "0.4", "asha": "tab:orange", "moasha": "tab:blue"}
+    colours = {"none": "0.4", "asha": "tab:orange", "moasha": "tab:blue",
+               "moasha-both": "tab:purple"}
     labels = {"none": "FIFO (no early stopping)", "asha": "ASHA (accuracy only)",
-              "moasha": "MO-ASHA (accuracy + MAE)"}
+              "moasha": "MO-ASHA (accuracy + early MAE)",
+              "moasha-both": "MO-ASHA, rungs in the decoder phase too"}
     for ax, seed in zip(axes[0], seeds, strict=True):
         for s in scheds:
             t, hv = curves[(s, seed)]
