@@ -156,20 +156,23 @@ def test_best_config_follows_rule_and_trains(smoke_sweep, tmp_path):
     assert json.loads((report / "metrics.json").read_text())["generated"]["evaluated"] == 20
 
 
-def test_rerun_of_finished_sweep_runs_nothing(smoke_sweep):
+def test_rerun_of_finished_sweep_runs_nothing(smoke_sweep, backbone_space):
     dirs = sorted(p.name for p in smoke_sweep.iterdir() if p.name.startswith("train_trial"))
-    summary = _run("--space", str(REPO / "search_spaces" / "digits.yaml"), "--storage-path",
+    summary = _run("--space", str(backbone_space), "--storage-path",
                    str(smoke_sweep.parent), "--name", "smoke", "--smoke-test", "--num-samples",
                    "4", "--accuracy-tolerance", "0.05")
     assert summary["resumed"] and summary["trials"] == 4
     assert sorted(p.name for p in smoke_sweep.iterdir() if p.name.startswith("train_trial")) == dirs
 
 
-def test_resume_with_another_space_is_refused(smoke_sweep):
+def test_resume_with_another_space_is_refused(smoke_sweep, backbone_space):
     from regene_ray.config import ConfigError
 
     with pytest.raises(ConfigError, match="different search space"):
         _run("--space", str(REPO / "search_spaces" / "digits.yaml"), "--storage-path",
+             str(smoke_sweep.parent), "--name", "smoke", "--smoke-test", "--num-samples", "4")
+    with pytest.raises(ConfigError, match="different search space"):
+        _run("--space", str(backbone_space), "--storage-path",
              str(smoke_sweep.parent), "--name", "smoke", "--smoke-test", "--num-samples", "5")
 
 
@@ -215,7 +218,7 @@ def test_moasha_stops_by_both_objectives_and_resumes_its_rungs(tmp_path):
     """jobs/search.py --scheduler moasha on the smoke space (2 + 2 epochs: rungs at 1 and 2,
     both in the classifier phase, so each rung report carries the early MAE estimate)."""
     argv = ["--space", str(REPO / "search_spaces" / "digits.yaml"), "--storage-path",
-            str(tmp_path), "--name", "mo", "--smoke-test", "--num-samples", "6",
+            str(tmp_path), "--name", "mo", "--smoke-test", "--num-samples", "5",
             "--scheduler", "moasha", "--max-concurrent", "1"]
     summary = _run(*argv)
     exp = tmp_path / "mo"
