@@ -3,11 +3,11 @@ early MAE estimate it ranks on (no Tune loop here; tests/test_search.py runs it 
 
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 from ray.tune.schedulers import TrialScheduler
 
 from regene_ray.data import DataConfig, load_data
@@ -84,7 +84,7 @@ def test_rungs_survive_a_restarted_driver(tmp_path):
     first = sched()
     first.judge("t1", 1, [0.90, 0.30])
     first.judge("t2", 1, [0.95, 0.20])
-    assert json.loads((tmp_path / moasha.STATE_FILE).read_text())["rungs"]["1"].keys() == \
+    assert yaml.safe_load((tmp_path / moasha.STATE_FILE).read_text())["rungs"]["1"].keys() == \
         {"t1", "t2"}
     again = sched()  # what Tuner.restore hands back: a fresh scheduler from tuner.pkl
     # t3 is dominated by t2, which the restarted scheduler remembers: stopped

@@ -223,7 +223,7 @@ def test_moasha_stops_by_both_objectives_and_resumes_its_rungs(tmp_path):
     summary = _run(*argv)
     exp = tmp_path / "mo"
     df = pd.read_parquet(exp / "trials.parquet").set_index("trial_id")
-    state = json.loads((exp / "moasha_rungs.json").read_text())
+    state = yaml.safe_load((exp / "moasha_rungs.yaml").read_text())
     assert set(state["rungs"]) == {"1", "2"}
     assert set(state["rungs"]["1"]) == set(df.index)  # every trial was judged at rung 1
     stopped = {d["trial_id"] for d in state["decisions"] if d["action"] == "STOP"}
@@ -242,7 +242,7 @@ def test_moasha_stops_by_both_objectives_and_resumes_its_rungs(tmp_path):
     # a rerun restores the sweep and the scheduler's rungs; nothing is judged twice
     again = _run(*argv)
     assert again["resumed"]
-    assert json.loads((exp / "moasha_rungs.json").read_text())["decisions"] == \
+    assert yaml.safe_load((exp / "moasha_rungs.yaml").read_text())["decisions"] == \
         state["decisions"]
 
 

@@ -7,7 +7,6 @@ dir, and runs in its own process session; teardown kills that session's processe
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from raytools import RAY, REPO, VENV_BIN, free_ports, kill_session
 
 
@@ -88,11 +88,11 @@ def test_search_submitted_as_ray_job(ray_head, tmp_path):
     assert f"job '{job_id}' succeeded" in status, status + logs[-4000:]
     out = tmp_path / "job"
     for name in ("trials.parquet", "pareto.png", "best_config.yaml", "optuna.sqlite",
-                 "moasha_rungs.json", "pareto.parquet", "hypervolume.png"):
+                 "moasha_rungs.yaml", "pareto.parquet", "hypervolume.png"):
         assert (out / name).is_file(), name
     df = pd.read_parquet(out / "trials.parquet")
     assert len(df) == 3 and set(df.status) <= {"TERMINATED", "STOPPED"} and df.is_pareto.any()
-    rungs = json.loads((out / "moasha_rungs.json").read_text())["rungs"]
+    rungs = yaml.safe_load((out / "moasha_rungs.yaml").read_text())["rungs"]
     assert set(rungs["1"]) == set(df.trial_id)  # MO-ASHA judged every trial at its first rung
     assert "Pareto front" in logs and "chosen: trial" in logs
 

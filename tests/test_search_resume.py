@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 N = 4
@@ -84,8 +85,8 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, sched
         log1.close()
     assert in_flight is not None, (tmp_path / "first.log").read_text()[-3000:]
     assert not (exp / "trials.parquet").exists()  # the first driver did not finish
-    rungs = exp / "moasha_rungs.json"
-    before = json.loads(rungs.read_text())["decisions"] if scheduler == "moasha" else []
+    rungs = exp / "moasha_rungs.yaml"
+    before = yaml.safe_load(rungs.read_text())["decisions"] if scheduler == "moasha" else []
 
     second = subprocess.run(_cmd(tmp_path, scheduler), capture_output=True, text=True, timeout=300,
                             env=env, start_new_session=True)
@@ -96,8 +97,10 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, sched
     finished_status = {"none": {"TERMINATED"}, "moasha": {"TERMINATED", "STOPPED"}}[scheduler]
     assert len(df) == N and set(df.status) <= finished_status and df.is_pareto.any()
     if scheduler == "moasha":  # the rungs judged before the kill were kept, none judged twice
-        after = json.loads(rungs.read_text())["decisions"]
+        after = yaml.safe_load(rungs.read_text())["decisions"]
         assert before and after[:len(before)] == before
+        # trials that started after the resume were judged too (every trial reaches rung 1)
+        assert {d["trial_id"] for d in after if d["milestone"] == 1} == set(df.trial_id)
         judged = [(d["trial_id"], d["milestone"]) for d in after]
         assert len(judged) == len(set(judged))
         assert set(df.trial_id[df.status == "STOPPED"]) == \

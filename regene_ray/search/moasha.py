@@ -19,19 +19,21 @@ a missing value makes no decision and is not recorded.
 
 State: Tune does not checkpoint a scheduler (its experiment state leaves `_scheduler_alg`
 out), so a restored ASHA starts with empty rungs. This scheduler writes its rungs to a small
-JSON file after every decision (`use_state_folder` says where: the sweep's driver folder) and
+YAML file after every decision (`use_state_folder` says where: the sweep's driver folder) and
 reads them back on first use after a restore, so a resumed sweep keeps judging against the
-trials that came before the kill.
+trials that came before the kill. Not JSON: on restore Tune copies every .json and .pkl file of
+the experiment folder into its staging folder and syncs that back up while the sweep runs, which
+put the rungs as they were at the restore back over every later decision.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
 
 import numpy as np
+import yaml
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from regene_ray.search.outputs import MOASHA_FILE as STATE_FILE
@@ -107,10 +109,10 @@ class MOASHAScheduler(FIFOScheduler):
         if path is None or not path.is_file():
             return
         try:
-            state = json.loads(path.read_text())
+            state = yaml.safe_load(path.read_text())
             rungs = {int(m): {t: [float(x) for x in v] for t, v in rec.items()}
                      for m, rec in state["rungs"].items()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError) as e:
             raise ValueError(f"{path} is not a MO-ASHA state this version wrote ({e}); move it "
                              "away to resume with empty rungs") from e
         if sorted(rungs) != self.milestones:
@@ -127,7 +129,7 @@ class MOASHAScheduler(FIFOScheduler):
         state = {"metrics": self.metrics, "modes": self.modes, "eta": self.eta,
                  "rungs": {str(m): r for m, r in self.rungs.items()},
                  "decisions": self.decisions}
-        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(state)))
+        atomic_write(path, lambda tmp: Path(tmp).write_text(yaml.safe_dump(state)))
 
     # decisions
 

@@ -65,7 +65,8 @@ PARETO_FILE = "pareto.parquet"
 HYPERVOLUME_PNG = "hypervolume.png"
 
 
-MOASHA_FILE = "moasha_rungs.json"  # the MO-ASHA scheduler's rungs (regene_ray.search.moasha)
+MOASHA_FILE = "moasha_rungs.yaml"  # the MO-ASHA scheduler's rungs (regene_ray.search.moasha;
+# not .json: Tune re-uploads a restored experiment's .json files over later writes)
 
 
 HV_REFERENCE = (0.0, WORST_MAE)  # (accuracy, MAE): the worst of each objective

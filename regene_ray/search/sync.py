@@ -7,10 +7,11 @@ on another machine downloads them first.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from pathlib import Path
+
+import yaml
 
 from regene_ray.search.outputs import MOASHA_FILE, OUTPUT_FILES, SPACE_FILE, STUDY_FILE
 from regene_ray.storage import Storage
@@ -50,8 +51,8 @@ def _study_trials(path: Path, study_name: str) -> int:
 
 def _moasha_decisions(path: Path, study_name: str) -> int:
     try:
-        return len(json.loads(path.read_text())["decisions"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return len(yaml.safe_load(path.read_text())["decisions"])
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
         return -1
 
 
