@@ -46,7 +46,7 @@ _state_folder: Path | None = None  # where schedulers read and write their rungs
 
 
 def use_state_folder(folder: str | Path | None) -> None:
-    """Make MO-ASHA schedulers keep their rungs in `folder`/moasha_rungs.json (None: memory)."""
+    """Make MO-ASHA schedulers keep their rungs in `folder`/moasha_rungs.yaml (None: memory)."""
     global _state_folder
     _state_folder = None if folder is None else Path(folder)
 
