@@ -90,6 +90,9 @@ def test_rungs_survive_a_restarted_driver(tmp_path):
     # t3 is dominated by t2, which the restarted scheduler remembers: stopped
     assert again.judge("t3", 1, [0.85, 0.35]) == STOP
     assert set(again.rungs[1]) == {"t1", "t2", "t3"} and len(again.decisions) == 3
+    # a trial stopped before the kill that Tune restores and runs on is stopped again
+    assert again.on_trial_result(None, SimpleNamespace(trial_id="t3"), {
+        "training_iteration": 2, "val_accuracy": 0.99, "val_mae_early": 0.01}) == STOP
     (tmp_path / moasha.STATE_FILE).write_text("{not json")
     with pytest.raises(ValueError, match="move it away"):
         sched().judge("t4", 1, [0.5, 0.5])

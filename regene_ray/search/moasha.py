@@ -168,6 +168,10 @@ class MOASHAScheduler(FIFOScheduler):
         t = result.get(self.time_attr)
         if t is None:
             return TrialScheduler.CONTINUE
+        self._load()
+        if any(d["trial_id"] == trial.trial_id and d["action"] == TrialScheduler.STOP
+               for d in self.decisions):  # stopped before a kill, restored by Tune: stop again
+            return TrialScheduler.STOP
         vector = self._vector(result)
         if vector is None:
             return TrialScheduler.CONTINUE
