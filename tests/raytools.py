@@ -5,10 +5,12 @@ touching any other Ray on the machine (never `ray stop --force`)."""
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +27,31 @@ def free_ports(n: int) -> list[int]:
     for s in socks:
         s.close()
     return ports
+
+
+def head_command(prefix: str, *extra: str, num_cpus: int | None = 2
+                 ) -> tuple[list[str], dict, Path, dict[str, int]]:
+    """`ray start --head --block` on free ports, with token authentication on and a fresh token
+    of its own (as cluster/*.yaml mount one; a fresh machine has no ~/.ray/auth_token).
+
+    Returns (command, env for the head and its clients, its temp dir, {"gcs", "dashboard"} ports).
+    """
+    gcs, dash, client, agent, agent_grpc, metrics, rt_env, node_mgr, obj_mgr = free_ports(9)
+    temp_dir = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))  # short: Unix socket paths
+    token = temp_dir / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [RAY, "start", "--head", "--block", "--port", str(gcs),
+           *(["--num-cpus", str(num_cpus)] if num_cpus is not None else []),
+           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+           "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent),
+           "--dashboard-agent-grpc-port", str(agent_grpc), "--metrics-export-port", str(metrics),
+           "--runtime-env-agent-port", str(rt_env), "--node-manager-port", str(node_mgr),
+           "--object-manager-port", str(obj_mgr), "--object-store-memory", str(200 * 1024**2),
+           "--temp-dir", str(temp_dir), "--disable-usage-stats", *extra]
+    return cmd, env, temp_dir, {"gcs": gcs, "dashboard": dash}
 
 
 def session_pids(sid: int) -> list[int]:

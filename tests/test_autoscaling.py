@@ -13,11 +13,9 @@ directions and the exact row count.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from raytools import RAY, REPO, VENV_BIN, free_ports, kill_session
+from raytools import RAY, REPO, head_command, kill_session
 
 POLLER = """
 import json, sys, time
@@ -58,23 +56,13 @@ def fake_cluster(tmp_path):
     import ray
 
     ip = ray.util.get_node_ip_address()
-    gcs, dash, client, agent, agent_grpc, metrics, rt_env, node_mgr, obj_mgr = free_ports(9)
+    cmd, env, temp_dir, ports = head_command(
+        "rra", "--autoscaling-config", str(tmp_path / "fake.yaml"), num_cpus=None)
+    gcs = ports["gcs"]
     cfg = yaml.safe_load((REPO / "cluster" / "local-fake.yaml").read_text())
     cfg["provider"]["gcs_address"] = f"{ip}:{gcs}"
-    config = tmp_path / "fake.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    temp_dir = tempfile.mkdtemp(prefix="rra", dir="/tmp")  # short: Unix socket paths
-    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
-           "RAY_AUTH_MODE": "token"}
-    env.pop("RAY_ADDRESS", None)
+    (tmp_path / "fake.yaml").write_text(yaml.safe_dump(cfg))
     head_env = {**env, "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_FAKE_CLUSTER": "1"}
-    cmd = [RAY, "start", "--head", "--block", "--autoscaling-config", str(config),
-           "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-           "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent),
-           "--dashboard-agent-grpc-port", str(agent_grpc), "--metrics-export-port", str(metrics),
-           "--runtime-env-agent-port", str(rt_env), "--node-manager-port", str(node_mgr),
-           "--object-manager-port", str(obj_mgr), "--object-store-memory", str(200 * 1024**2),
-           "--temp-dir", temp_dir, "--disable-usage-stats"]
     log = open(tmp_path / "head.log", "w")
     head = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=head_env,
                             start_new_session=True, cwd=tmp_path)

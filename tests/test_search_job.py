@@ -8,10 +8,8 @@ dir, and runs in its own process session; teardown kills that session's processe
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -20,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from raytools import RAY, REPO, VENV_BIN, free_ports, kill_session
+from raytools import RAY, REPO, head_command, kill_session
 
 
 @pytest.fixture(scope="module")
@@ -28,24 +26,11 @@ def ray_head():
     """A head on free ports; yields (dashboard url, env for clients)."""
     if RAY is None:
         pytest.skip("the ray CLI is not installed")
-    gcs, dash, client, agent, agent_grpc, metrics, rt_env, node_mgr, obj_mgr = free_ports(9)
-    temp_dir = tempfile.mkdtemp(prefix="rrh", dir="/tmp")  # short: Unix socket paths
-    token = Path(temp_dir) / "auth_token"  # a fresh token file, as cluster/*.yaml mount one
-    token.write_text(secrets.token_hex(32))
-    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
-           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
-    env.pop("RAY_ADDRESS", None)
-    cmd = [RAY, "start", "--head", "--block", "--port", str(gcs), "--num-cpus", "2",
-           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-           "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent),
-           "--dashboard-agent-grpc-port", str(agent_grpc), "--metrics-export-port", str(metrics),
-           "--runtime-env-agent-port", str(rt_env), "--node-manager-port", str(node_mgr),
-           "--object-manager-port", str(obj_mgr), "--object-store-memory", str(200 * 1024**2),
-           "--temp-dir", temp_dir, "--disable-usage-stats"]
+    cmd, env, temp_dir, ports = head_command("rrh")
     log = open(Path(temp_dir) / "head.log", "w")
     head = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True, cwd=REPO)
-    url = f"http://127.0.0.1:{dash}"
+    url = f"http://127.0.0.1:{ports['dashboard']}"
     try:
         deadline = time.time() + 120
         while True:
