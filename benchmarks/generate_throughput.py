@@ -6,11 +6,11 @@
 
 Every side does the same work on the same run folder, count, batch size and seed: mixing, the
 latent filter, decoding, the image filter, PNG encoding and Parquet writing of exactly --count
-images, planned in waves by the same driver (regene_ray.mass.run_job):
+images, handed out by the same ChunkPlanner:
 
 * bare:  the chunks one after another in one process (regene_ray.mass.WriteChunks);
-* pool:  a multiprocessing pool of N processes (spawned, one torch thread each), each holding a
-         WriteChunks and taking chunks from imap_unordered: the baseline without Ray;
+* pool:  benchmarks/plain_pool.py, a multiprocessing pool of N processes (spawned, one torch
+         thread each), each holding a WriteChunks: the baseline without Ray;
 * ray:   jobs/mass_generate.py --pipeline fused (N actors, one torch thread each);
 * split: jobs/mass_generate.py --pipeline split (CPU mixing -> network actors -> CPU commit).
 
@@ -123,40 +123,6 @@ def bare(args: argparse.Namespace) -> dict:
             "latent_step": s.acceptance["latent_step"], "torch_threads": threads}
 
 
-_POOL_STAGE = None  # the WriteChunks of a pool process (set by _pool_init)
-
-
-def _pool_init(run: str, out: str, identity: dict, spec_kw: dict) -> None:
-    global _POOL_STAGE
-    from regene_ray import mass
-
-    _POOL_STAGE = mass.WriteChunks(run, out, metadata=identity, torch_threads=1, **spec_kw)
-
-
-def _pool_chunk(key: tuple[int, int]):
-    return _POOL_STAGE.write_chunk(*key)
-
-
-def pool(args: argparse.Namespace) -> dict:
-    """The job's driver (run_job) with a multiprocessing pool as its runner."""
-    import multiprocessing as mp
-
-    from regene_ray import mass
-
-    spec = _spec(args)
-    identity = mass.job_metadata(spec, mass.run_hashes(spec.run))
-    n = args.pool_workers or os.cpu_count()
-    kw = dict(n_parents=spec.n_parents, weights=spec.weights, seed=spec.seed,
-              chunk_size=spec.chunk_size, batch_size=spec.batch_size, png=spec.png)
-    with mp.get_context("spawn").Pool(n, _pool_init,
-                                      (spec.run, str(args.out), identity, kw)) as workers:
-        s = mass.run_job(spec, args.out,
-                         lambda todo: list(workers.imap_unordered(_pool_chunk, todo)),
-                         identity=identity)
-    return {"wall_s": s.wall_s, "candidates": s.candidates_generated_this_run,
-            "latent_step": s.acceptance["latent_step"], "processes": n}
-
-
 def _spec(args: argparse.Namespace):
     from regene_ray import mass
 
@@ -203,7 +169,7 @@ def matmul_gflops(threads: int, n: int = 1024, reps: int = 20) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 
-CHILD_SIDES = {"bare": bare, "pool": pool}  # run by this script in a child process
+CHILD_SIDES = {"bare": bare}  # run by this script in a child process
 JOB_SIDES = {"ray": "fused", "split": "split"}  # jobs/mass_generate.py --pipeline
 
 
@@ -273,6 +239,16 @@ def run_one(side: str, args: argparse.Namespace, out: Path) -> dict:
         if args.pool_workers:
             cmd += ["--pool-workers", str(args.pool_workers)]
         return run_side(side, cmd)
+    if side == "pool":
+        cmd = [sys.executable, str(REPO / "benchmarks" / "plain_pool.py"), "--out", str(out),
+               *common, *(["--processes", str(args.pool_workers)] if args.pool_workers else [])]
+        cmd.remove("--n-parents")  # the pool script makes n = 2 mixes only
+        cmd.remove(",".join(map(str, args.n_parents)))
+        r = run_side(side, cmd)
+        s = json.loads((out / "summary.json").read_text())
+        r.update(wall_s=s["wall_s"], candidates=s["candidates"],
+                 latent_step=float("nan"))
+        return r
     cmd = [sys.executable, str(REPO / "jobs" / "mass_generate.py"), "--out", str(out),
            "--pipeline", JOB_SIDES[side], *common]
     if args.workers:
@@ -286,7 +262,7 @@ def run_one(side: str, args: argparse.Namespace, out: Path) -> dict:
 
 def measure(args: argparse.Namespace, scratch: Path) -> dict:
     sides = args.sides.split(",")
-    unknown = [s for s in sides if s not in CHILD_SIDES and s not in JOB_SIDES]
+    unknown = [s for s in sides if s not in CHILD_SIDES and s not in JOB_SIDES and s != "pool"]
     if unknown:
         raise SystemExit(f"--sides {args.sides}: unknown {unknown}; use bare, pool, ray, split")
     runs = {side: [] for side in sides}
@@ -300,7 +276,8 @@ def measure(args: argparse.Namespace, scratch: Path) -> dict:
             print(f"  ({side} #{rep + 1}: job wall {r['wall_s']:.1f} s, process wall "
                   f"{r['process_wall_s']:.1f} s)", flush=True)
             shutil.rmtree(out)  # keep the disk free for the next side
-    gflop = stage_gflop_per_candidate(args.run, runs[sides[0]][0]["latent_step"])
+    latent = [r[0]["latent_step"] for r in runs.values() if r[0]["latent_step"] == r[0]["latent_step"]]
+    gflop = stage_gflop_per_candidate(args.run, latent[0] if latent else 1.0)
     peak = {t: matmul_gflops(t) for t in sorted({1, os.cpu_count()})}
     print(f"run {args.run}  count {args.count}  batch {args.batch_size}  cores {os.cpu_count()}"
           f"  repeats {args.repeat} (medians)  matmul fp32 GFLOP/s: "

@@ -26,33 +26,26 @@ where the driver runs.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from regene_ray.cli import run_main, setup_logging  # noqa: E402
-from regene_ray.latent_bank import BANK_FILE, THRESHOLDS_FILE, LatentBank  # noqa: E402
-from regene_ray.mass import (  # noqa: E402
-    MassSpec,
-    Summary,
-    auto_chunk_size,
-    check_run_files,
-    hashes_of,
-    inspect_output,
-    job_metadata,
-    pack_run,
-    parse_count,
-    run_job,
-)
-from regene_ray.mass.ray_stage import CPU_PIPELINE  # noqa: E402
-from regene_ray.shared_folder import check_shared_folder  # noqa: E402
+# Light imports only (no torch, no Ray): main() loads torch with the run in a thread while Ray
+# starts in the main thread (regene_ray.cluster.init_ray must run there).
+from regene_ray.cli import Phases, run_main, setup_logging  # noqa: E402
+from regene_ray.cluster import check_shared_folder, init_ray  # noqa: E402
+from regene_ray.mass.plan import CPU_PIPELINE, auto_chunk_size, parse_count  # noqa: E402
 from regene_ray.storage import Storage, StorageError  # noqa: E402
+
+if TYPE_CHECKING:
+    from regene_ray.mass import MassSpec, RunFiles, Summary
 
 log = logging.getLogger("mass_generate")
 
@@ -224,16 +217,19 @@ def smoke_run(out: Storage) -> Path:
     return run
 
 
-def read_run(run: str) -> tuple[Storage, dict[str, bytes]]:
-    """The run folder (local or remote) and the files the actors need, read once here and
-    loaded once on the driver, so a corrupt or mismatched checkpoint, or a run whose classifier
-    never learned, stops the job before anything is written."""
+def read_run(run: str) -> RunFiles:
+    """The run folder's files (local or remote), read once and loaded once on the driver, so a
+    corrupt or mismatched checkpoint, or a run whose classifier never learned, stops the job
+    before anything is written; errors name the files under --run."""
+    from regene_ray.generator import ConvexGenerator
+    from regene_ray.run_files import RunFiles
+
     st = Storage(run)
     if not st.is_file("classifier/config.json"):
         raise FileNotFoundError(f"--run {st} is not a run folder (no classifier/config.json); "
                                 "create one with jobs/train.py --out RUN_DIR")
-    files = pack_run(run)
-    check_run_files(files, str(st))
+    files = RunFiles.read(st)
+    ConvexGenerator.from_files(files, device="cpu")  # loads as every actor will
     try:
         metrics = st.read_json("metrics.json")
     except (OSError, ValueError):
@@ -244,24 +240,26 @@ def read_run(run: str) -> tuple[Storage, dict[str, bytes]]:
             f"{metrics.get('test_accuracy', float('nan')):.3f} is near chance, so its codes do "
             "not generate its classes. Retrain it with more epochs or data (a --smoke-test run "
             "is only a plumbing check)")
-    return st, files
+    return files
 
 
-def build_spec(args: argparse.Namespace, run: Storage, files: dict[str, bytes], *,
+def build_spec(args: argparse.Namespace, run: Storage, files: RunFiles, *,
                smoke: bool = False) -> MassSpec:
     """The job's spec from the flags and the run; --smoke-test's limits are applied here.
 
     Flags are checked in three layers, each once: their syntax by the parser's types, what
     depends on the run (class range, parents in the bank) here, and the spec's own invariants
     (n >= 2, weights that fit n ...) by MassSpec itself, for Python callers too."""
+    from regene_ray.mass.identity import MassSpec
+
     batch_size = min(args.batch_size, 64) if smoke else args.batch_size
-    num_classes = int(json.loads(files["classifier/config.json"])["num_classes"])
+    num_classes = files.num_classes
     classes = args.classes if args.classes is not None else tuple(range(num_classes))
     bad = [c for c in classes if not 0 <= c < num_classes]
     if bad:
         raise ValueError(f"--classes {list(classes)}: {bad} not in 0..{num_classes - 1} for run "
                          f"{run}")
-    bank = LatentBank.load(files[BANK_FILE])
+    bank = files.bank
     class_weights = ()
     if args.class_counts == "train":  # the training split's class sizes, from the latent bank
         train_counts = np.bincount(bank.labels, minlength=num_classes)
@@ -286,9 +284,8 @@ def build_spec(args: argparse.Namespace, run: Storage, files: dict[str, bytes], 
                     novelty_quantile=args.novelty_quantile, class_weights=class_weights)
 
 
-def main(args: argparse.Namespace) -> Summary:
-    """Validate every input, then take the output folder's lease, then generate."""
-    setup_logging(args.verbose)
+def check_flags(args: argparse.Namespace) -> str:
+    """Flag combinations the parser cannot see; returns the pipeline to run."""
     if args.resume and args.overwrite:
         raise ValueError("--resume and --overwrite exclude each other; pick one")
     pipeline = args.pipeline if args.pipeline != "auto" else \
@@ -299,67 +296,124 @@ def main(args: argparse.Namespace) -> Summary:
     if args.device == "cuda" and not args.gpus_per_worker:
         raise ValueError("--device cuda needs --gpus-per-worker (Ray hides GPUs from actors "
                          "that did not ask for one)")
-    out = Storage(args.out)
-    out.check_reachable()  # credentials, region, bucket: before Ray starts
+    if args.run is None and not args.smoke_test or (
+            args.count is None and not args.smoke_test and args.class_counts != "train"):
+        raise ValueError("--run and --count are required (or pass --smoke-test; --count may be "
+                         "left out with --class-counts train)")
+    return pipeline
+
+
+def workers_runtime(started: bool, device: str, gpus_per_worker: float | None) -> dict:
+    """The runtime the workers run (part of the job's identity). A private Ray this process
+    started runs its CPU workers on this machine with this Python, so theirs is this process's;
+    otherwise one task with a network actor's resources reports it (the driver may have no GPU,
+    or another torch, than the workers)."""
+    if started and not gpus_per_worker:
+        from regene_ray.mass.identity import runtime_identity
+
+        return runtime_identity(device)
+    from regene_ray.mass.ray_stage import probed_runtime, start_probe
+
+    return probed_runtime(start_probe(device, gpus_per_worker), device)
+
+
+def read_inputs(args: argparse.Namespace, out: Storage) -> tuple[RunFiles, MassSpec, Storage]:
+    """The run's files and the job's spec (and, for --smoke-test without --run, a small run
+    trained first into OUT/run); every input is checked here, nothing is written to --out."""
     run_arg = args.run
     if args.smoke_test and run_arg is None:
         run_arg = smoke_run(out)
         out = out.child("generated")
-    if run_arg is None or (args.count is None and not args.smoke_test
-                           and args.class_counts != "train"):
-        raise ValueError("--run and --count are required (or pass --smoke-test; --count may be "
-                         "left out with --class-counts train)")
-    run, files = read_run(str(run_arg))
-    spec = build_spec(args, run, files, smoke=args.smoke_test)
-    device = args.device if args.device != "auto" else ("cuda" if args.gpus_per_worker else "cpu")
-    identity = job_metadata(spec, hashes_of(files), device=device,
-                            thresholds=json.loads(files[THRESHOLDS_FILE]))
-    inspect_output(out, identity, resume=args.resume, overwrite=args.overwrite)
-    out.check_writable("--out")
+    files = read_run(str(run_arg))
+    return files, build_spec(args, Storage(run_arg), files, smoke=args.smoke_test), out
 
+
+def main(args: argparse.Namespace) -> Summary:
+    """Validate every input, then take the output folder's lease, then generate. The run's
+    files are read and checked in a thread while Ray starts."""
+    phases = Phases()
+    phases.add("imports", phases.t0, time.time())
+    setup_logging(args.verbose)
+    pipeline = check_flags(args)
+    device = args.device if args.device != "auto" else ("cuda" if args.gpus_per_worker else "cpu")
+    out = Storage(args.out)
+    out.check_reachable()  # credentials, region, bucket: before Ray starts
+    with ThreadPoolExecutor(1, thread_name_prefix="read-run") as pool:
+        reading = pool.submit(read_inputs, args, out)
+        with phases("Ray start"):
+            started = init_ray(args.address)
+        with phases("read run (rest)"):
+            files, spec, out = reading.result()
     import ray
 
-    from regene_ray.mass.ray_stage import (
-        check_workers,
-        default_workers,
-        ray_runner,
-        split_pools_here,
-    )
+    from regene_ray.mass import inspect_output, job_metadata
 
-    if not ray.is_initialized():
-        # "local" starts a private Ray: with no address, ray.init would join whatever cluster
-        # `ray start` last left on this machine. Under `ray job submit`, RAY_ADDRESS is set.
-        address = args.address or os.environ.get("RAY_ADDRESS")
-        # a private Ray lives as long as this job: no dashboard (as jobs/search.py), whose
-        # processes took CPU from the actors on a small box (BENCHMARKS.md, section 8)
-        ray.init(**({"address": address} if address else
-                    {"address": "local", "include_dashboard": False}))
+    workers, pools = actor_pools(args, pipeline)
+    with phases("workers' runtime"):
+        runtime = workers_runtime(started, device, args.gpus_per_worker)
+    identity = job_metadata(spec, files.hashes, thresholds=files.thresholds, runtime=runtime)
+    with phases("check output"):
+        inspect_output(out, identity, resume=args.resume, overwrite=args.overwrite)
+        out.check_writable("--out")
+        if out.is_local:
+            check_shared_folder(out.local_path(), "--out")
+    with phases("ship run files"):
+        files_ref = ray.put(files)  # once a job; the actors of a node map it
+        del files  # the driver keeps no second copy of the bank
     if not sys.stderr.isatty():  # progress bars redrawn into a log file cost the driver CPU
         ray.data.DataContext.get_current().enable_progress_bars = False
-    if out.is_local:
-        check_shared_folder(out.local_path(), "--out")
+    s = generate(args, spec, out, identity, files_ref, pipeline, device, workers, pools, phases)
+    log_phases(phases, s)
+    return s
+
+
+def actor_pools(args: argparse.Namespace, pipeline: str) -> tuple[tuple[int, int], object]:
+    """(network actors MIN..MAX, the split pipeline's Pools or None) on the cluster as it is;
+    raises when it cannot hold them (no GPUs for --gpus-per-worker, no CPU left for the split)."""
+    from regene_ray.mass.ray_stage import default_workers, split_pools_here
+
     workers = (1, 1) if args.smoke_test else \
         args.workers or default_workers(args.gpus_per_worker, pipeline)
     pools = split_pools_here(workers, args.gpus_per_worker, args.cpu_workers) \
         if pipeline == "split" else None
-    check_workers(identity, gpus_per_worker=args.gpus_per_worker, device=device)
+    return workers, pools
+
+
+def generate(args: argparse.Namespace, spec: MassSpec, out: Storage, identity: dict,
+             files_ref, pipeline: str, device: str, workers: tuple[int, int], pools,
+             phases: Phases) -> Summary:
+    """Run the job (run_job) on Ray Data."""
+    from regene_ray.mass.job import run_job
+    from regene_ray.mass.ray_stage import ray_runner
+
     log.info("generating %d images of classes %s into %s: %s pipeline, %d..%d network actors%s",
              spec.count, list(spec.classes), out, pipeline, *workers,
              f", {pools.cpu_workers[0]}..{pools.cpu_workers[1]} commit actors" if pools else "")
-    runner = ray_runner(spec, files, out, identity, workers=workers,
+    runner = ray_runner(spec, files_ref, out, identity, workers=workers,
                         gpus_per_worker=args.gpus_per_worker, device=device,
                         torch_threads=args.torch_threads, pipeline=pipeline, pools=pools)
+    details = {"device": device, "pipeline": pipeline, "workers": list(workers),
+               "gpus_per_worker": args.gpus_per_worker,
+               **({"cpu_workers": list(pools.cpu_workers)} if pools else {}),
+               "startup_s": phases.record()}
     s = run_job(spec, out, runner, resume=args.resume, overwrite=args.overwrite,
-                identity=identity, details={"device": device, "pipeline": pipeline,
-                                            "workers": list(workers),
-                                            "gpus_per_worker": args.gpus_per_worker,
-                                            **({"cpu_workers": list(pools.cpu_workers)}
-                                               if pools else {})})
+                identity=identity, details=details)
     log.info("%d images in %.1f s (%.0f img/s), %d candidates tried, acceptance %.3f (latent "
-             "%.3f, image %.3f), %d waves -> %s", s.requested, s.wall_s, s.images_per_s,
+             "%.3f, image %.3f), %d stream(s) -> %s", s.requested, s.wall_s, s.images_per_s,
              s.candidates_tried, s.acceptance["both_steps"], s.acceptance["latent_step"],
-             s.acceptance["image_step_given_latent"], s.waves, out.display("data"))
+             s.acceptance["image_step_given_latent"], s.streams, out.display("data"))
     return s
+
+
+def log_phases(phases: Phases, s: Summary) -> None:
+    """One line: where the time from process start went (the start-up breakdown)."""
+    first = s.extra.get("first_chunk_taken_at")
+    parts = [f"{name} {end - start:.1f}" for name, (start, end) in phases.spans.items()]
+    if first:
+        parts.append(f"first chunk taken at {first - phases.t0:.1f}")
+    log.info("timeline (s from process start %.1f ago): %s; generating %.1f, finalising %.1f",
+             phases.since_start(), ", ".join(parts), s.extra.get("generating_s", 0.0),
+             s.extra.get("finalize_s", 0.0))
 
 
 if __name__ == "__main__":

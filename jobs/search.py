@@ -35,9 +35,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from regene_ray.cli import run_main, setup_logging  # noqa: E402
+from regene_ray.cluster import check_shared_folder, init_ray  # noqa: E402
 from regene_ray.config import ConfigError  # noqa: E402
 from regene_ray.search.space import load_search_space, smoke_test_space  # noqa: E402
-from regene_ray.shared_folder import check_shared_folder  # noqa: E402
 from regene_ray.storage import Storage, is_remote  # noqa: E402
 
 log = logging.getLogger("search")
@@ -92,25 +92,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def init_ray(address: str | None, num_cpus: int | None) -> None:
-    """Connect to --address or $RAY_ADDRESS, else start an embedded local Ray.
-
-    ray.init() without an address would attach to any cluster found on this machine (the last
-    `ray start`), so the embedded case asks for address="local" explicitly.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, object_store_memory=256 * 1024**2,
-                 include_dashboard=False)
-    log.info("ray: %s", ray.cluster_resources())
-
-
 def main(args: argparse.Namespace) -> dict:
     setup_logging(args.verbose)
     if args.num_samples is not None and args.num_samples < 1:
@@ -135,7 +116,10 @@ def main(args: argparse.Namespace) -> dict:
     store = Storage(args.storage_path)  # a bad URI or unreachable bucket fails here, before Ray
     store.check_reachable()
     store.check_writable("--storage-path")
-    init_ray(args.address, args.num_cpus)
+    init_ray(args.address, num_cpus=args.num_cpus, object_store_memory=256 * 1024**2)
+    import ray
+
+    log.info("ray: %s", ray.cluster_resources())
     if store.is_local:
         check_shared_folder(store.local_path(), "--storage-path")
     opts = SweepOptions(

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -30,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from regene_ray.cli import run_main, setup_logging  # noqa: E402
+from regene_ray.cluster import init_ray  # noqa: E402
 from regene_ray.config import ConfigError, to_dict  # noqa: E402
 from regene_ray.data import load_data  # noqa: E402
 from regene_ray.evaluation.neutral import (  # noqa: E402
@@ -144,11 +144,8 @@ def main(args: argparse.Namespace) -> dict:
 
         from regene_ray.evaluation.stream import generated_batches
 
-        if not ray.is_initialized():
-            address = os.environ.get("RAY_ADDRESS")
-            ray.init(**({"address": address} if address else
-                        {"address": "local", "include_dashboard": False}))
-            ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+        init_ray()  # $RAY_ADDRESS under `ray job submit`, else a private local Ray
+        ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
         batches, streamed = generated_batches(
             files, fs, batch_size=args.batch_size, seed=args.seed,
             real=(real_x, real_y) if args.real_fraction else None,

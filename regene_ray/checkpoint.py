@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from regene_ray.config import from_dict
 from regene_ray.storage import atomic_write, atomic_write_bytes
 
 MODEL_CONFIG_FILE = "config.json"
@@ -24,19 +26,22 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
-    """torch.load with weights_only=True and an error that says what to do."""
-    path = Path(path)
-    if not path.is_file():
+def safe_torch_load(source: str | Path | bytes, map_location: Any = "cpu", *,
+                    name: str | None = None) -> Any:
+    """torch.load with weights_only=True, of a file or of its bytes (a run read from object
+    storage), and an error that names `name` (default: the path) and says what to do."""
+    name = name or str(source)
+    if not isinstance(source, bytes) and not Path(source).is_file():
         raise CheckpointError(
-            f"checkpoint {path} does not exist; train it with jobs/train.py or point --run at a "
+            f"checkpoint {name} does not exist; train it with jobs/train.py or point --run at a "
             "complete run folder"
         )
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(io.BytesIO(source) if isinstance(source, bytes) else Path(source),
+                          map_location=map_location, weights_only=True)
     except Exception as e:  # pickle, zip and size errors all mean the same thing to a user
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a regene-ray checkpoint ({type(e).__name__}); "
+            f"checkpoint {name} is corrupt or not a regene-ray checkpoint ({type(e).__name__}); "
             "delete it and retrain with jobs/train.py, or point --run at an intact run folder"
         ) from e
 
@@ -50,6 +55,14 @@ def save_model(model: torch.nn.Module, config: dict, directory: str | Path) -> N
     atomic_write_bytes(directory / MODEL_CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def parse_config(text: str | bytes, name: str) -> dict:
+    """A model's config.json, from its text; a corrupt one is named by `name`."""
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{name} is corrupt ({e}); retrain with jobs/train.py") from e
+
+
 def read_config(directory: str | Path) -> dict:
     path = Path(directory) / MODEL_CONFIG_FILE
     if not path.is_file():
@@ -57,26 +70,44 @@ def read_config(directory: str | Path) -> dict:
             f"{path} is missing: {directory} is not a saved model folder; train one with "
             "jobs/train.py"
         )
+    return parse_config(path.read_bytes(), str(path))
+
+
+def load_state(model: torch.nn.Module, source: str | Path | bytes, name: str) -> torch.nn.Module:
+    """Load a state dict (a weights.pt file or its bytes) into `model`, strictly."""
+    state = safe_torch_load(source, name=name)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {name} holds {type(state).__name__}, not a state dict")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is corrupt ({e}); retrain with jobs/train.py") from e
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"checkpoint {name} does not match its config.json ({str(e).splitlines()[0]}); "
+            "the folder was mixed from two runs: retrain with jobs/train.py"
+        ) from e
+    return model
 
 
 def load_weights(model: torch.nn.Module, directory: str | Path) -> torch.nn.Module:
     """Load `directory/weights.pt` into `model`, strictly."""
     path = Path(directory) / WEIGHTS_FILE
-    state = safe_torch_load(path)
-    if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path} holds {type(state).__name__}, not a state dict")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"checkpoint {path} does not match its config.json ({str(e).splitlines()[0]}); "
-            "the folder was mixed from two runs: retrain with jobs/train.py"
-        ) from e
-    return model
+    return load_state(model, path, str(path))
+
+
+def model_from_files(model_cls: type, config_cls: type, config: dict,
+                     weights: str | Path | bytes, where: str,
+                     map_location: Any = "cpu") -> torch.nn.Module:
+    """Rebuild a saved model from its config dict and its weights (a file or its bytes);
+    `where` is the model's folder as the user named it, for messages."""
+    cfg = from_dict(config_cls, config, source=f"{where}/{MODEL_CONFIG_FILE}")
+    return load_state(model_cls(cfg), weights, f"{where}/{WEIGHTS_FILE}").to(map_location).eval()
+
+
+def load_model(model_cls: type, config_cls: type, directory: str | Path,
+               map_location: Any = "cpu") -> torch.nn.Module:
+    """Rebuild a model saved with save_model from `directory` (config.json + weights.pt)."""
+    return model_from_files(model_cls, config_cls, read_config(directory),
+                            Path(directory) / WEIGHTS_FILE, str(directory), map_location)
 
 
 def file_sha256(path: str | Path) -> str:

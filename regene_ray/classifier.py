@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from regene_ray.checkpoint import load_weights, read_config, save_model
-from regene_ray.config import ConfigError, from_dict, to_dict
+from regene_ray.checkpoint import load_model, save_model
+from regene_ray.config import ConfigError, to_dict
 
 LATENT_ACTIVATIONS = ("relu", "leaky_relu", "none")
 # vgg: conv blocks + max-pool (the paper's); resnet: torchvision BasicBlocks, stride-2 stages;
@@ -268,8 +268,7 @@ class Classifier(nn.Module):
     @classmethod
     def load(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> Classifier:
         """Rebuild from `directory/config.json` and load `weights.pt` (weights_only)."""
-        cfg = from_dict(ClassifierConfig, read_config(directory), source=f"{directory}/config.json")
-        return load_weights(cls(cfg), directory).to(map_location).eval()
+        return load_model(cls, ClassifierConfig, directory, map_location)
 
 
 def latent_sparsity(z: torch.Tensor, eps: float = 1e-6) -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from regene_ray.checkpoint import load_weights, read_config, save_model
+from regene_ray.checkpoint import load_model, save_model
 from regene_ray.classifier import (
     DENSE_BN_SIZE,
     ClassifierConfig,
@@ -28,7 +28,7 @@ from regene_ray.classifier import (
     residual_blocks,
     stage_sides,
 )
-from regene_ray.config import ConfigError, from_dict, to_dict
+from regene_ray.config import ConfigError, to_dict
 
 # nearest / bilinear: a fixed Upsample, then convs. transpose: a learned stride-2
 # ConvTranspose2d (3x3) does the upsampling, then convs (the paper's Conv2DTranspose decoder).
@@ -178,8 +178,7 @@ class Decoder(nn.Module):
 
     @classmethod
     def load(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> Decoder:
-        cfg = from_dict(DecoderConfig, read_config(directory), source=f"{directory}/config.json")
-        return load_weights(cls(cfg), directory).to(map_location).eval()
+        return load_model(cls, DecoderConfig, directory, map_location)
 
 
 def check_compatible(classifier_cfg: ClassifierConfig, decoder_cfg: DecoderConfig,

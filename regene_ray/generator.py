@@ -24,8 +24,9 @@ from regene_ray.convex import (
 from regene_ray.data import to_uint8
 from regene_ray.decoder import Decoder, check_compatible
 from regene_ray.filtering import label_confidence, passes
-from regene_ray.latent_bank import BANK_FILE, THRESHOLDS_FILE, LatentBank, load_thresholds
+from regene_ray.latent_bank import LatentBank
 from regene_ray.nearest import NearestTrain
+from regene_ray.run_files import RunFiles
 
 
 @dataclass
@@ -209,17 +210,15 @@ class ConvexGenerator:
     def from_run(cls, run_dir: str | Path, device: torch.device | str = "cpu",
                  precision: str = "fp32") -> ConvexGenerator:
         """Load classifier, decoder, bank and thresholds from a jobs/train.py run folder."""
-        run_dir = Path(run_dir)
-        if not run_dir.is_dir():
-            raise FileNotFoundError(
-                f"run folder {run_dir} does not exist; create one with jobs/train.py --out {run_dir}"
-            )
-        clf = Classifier.load(run_dir / "classifier", map_location=device)
-        dec = Decoder.load(run_dir / "decoder", map_location=device)
-        check_compatible(clf.cfg, dec.cfg, where=f"run dir {run_dir}")
-        bank = LatentBank.load(run_dir / BANK_FILE)
-        thr = load_thresholds(run_dir / THRESHOLDS_FILE, clf.cfg.num_classes)
-        return cls(bank, clf, dec, thr, device=device, precision=precision)
+        return cls.from_files(RunFiles.read(run_dir), device=device, precision=precision)
+
+    @classmethod
+    def from_files(cls, files: RunFiles, device: torch.device | str = "cpu",
+                   precision: str = "fp32") -> ConvexGenerator:
+        """The generator of a run's files, read once (regene_ray.run_files)."""
+        clf, dec = files.models(device)
+        check_compatible(clf.cfg, dec.cfg, where=f"run dir {files.where}")
+        return cls(files.bank, clf, dec, files.thresholds, device=device, precision=precision)
 
     def _to_device(self, a: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(a))

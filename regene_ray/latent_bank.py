@@ -61,10 +61,11 @@ class LatentBank:
         atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
     @classmethod
-    def load(cls, path: str | Path | bytes) -> LatentBank:
-        """From a file, or from its bytes (a run read from remote storage)."""
+    def load(cls, path: str | Path | bytes, *, name: str | None = None) -> LatentBank:
+        """From a file, or from its bytes (a run read once, or from remote storage); errors
+        name `name` (default: the path), the file as the user gave it."""
         if isinstance(path, bytes):
-            source, path = pa.BufferReader(path), "(in memory)"
+            source, path = pa.BufferReader(path), name or "(in memory)"
         else:
             path = Path(path)
             if not path.is_file():
@@ -165,17 +166,15 @@ def save_thresholds(thresholds: dict, path: str | Path) -> None:
     save_json(thresholds, path)
 
 
-def load_thresholds(path: str | Path, num_classes: int) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing; rerun jobs/train.py for this run folder")
+def parse_thresholds(text: str | bytes, num_classes: int, name: str) -> dict:
+    """thresholds.json's contents, checked: one latent and one image tau per class."""
     try:
-        t = json.loads(path.read_text())
+        t = json.loads(text)
         ok = all(len(t[k]) == num_classes for k in ("latent", "image"))
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path} is corrupt ({e}); rerun jobs/train.py") from e
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{name} is corrupt ({e}); rerun jobs/train.py") from e
     if not ok:
         raise CheckpointError(
-            f"{path} does not hold {num_classes} latent and image thresholds; rerun jobs/train.py"
+            f"{name} does not hold {num_classes} latent and image thresholds; rerun jobs/train.py"
         )
     return t

@@ -38,7 +38,7 @@ REMOTE_SCHEMES = ("s3", "gs", "gcs")
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) \
     if sys.platform.startswith("linux") else None
 REMOTE_THREADS = 16  # requests in flight for many small files on an object store
-MARKER_PREFIX = ".regene-shared-check-"  # regene_ray.shared_folder's probe files (never output)
+MARKER_PREFIX = ".regene-shared-check-"  # regene_ray.cluster.check_shared_folder's probe files (never output)
 _SCHEME_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 
 
@@ -220,7 +220,7 @@ class Storage:
 
     def names(self, rel: str = "") -> list[str]:
         """Names of the files and folders directly in `rel`, sorted; [] when it is missing.
-        Probe markers of regene_ray.shared_folder (left by a killed driver) are not counted."""
+        Probe markers of regene_ray.cluster.check_shared_folder (left by a killed driver) are not counted."""
         infos = self.fs.get_file_info(pafs.FileSelector(self.path(rel), allow_not_found=True))
         return sorted(n for n in (posixpath.basename(i.path) for i in infos)
                       if not n.startswith(MARKER_PREFIX))

@@ -318,7 +318,7 @@ def test_a_failed_or_no_op_resume_keeps_a_finished_dataset_complete(finished, ra
         holder.release()
     assert (out / mass.SUMMARY_FILE).read_bytes() == summary
     s = generate(tiny_run, out, *SAME, "--resume")
-    assert s.waves == 0 and (out / mass.SUMMARY_FILE).is_file()
+    assert s.streams == 0 and (out / mass.SUMMARY_FILE).is_file()
     assert read_out(out).equals(read_out(finished))
     assert not (out / LEASE_FILE).exists()
 
@@ -390,15 +390,27 @@ def test_drivers_racing_for_a_lease_get_it_once(tmp_path):
         Lease(st, "test").acquire()
 
 
-def test_workers_that_run_another_torch_stop_the_job_first(ray_cluster, tiny_run):
-    from regene_ray.mass.ray_stage import check_workers
+def test_the_workers_runtime_enters_the_identity_and_another_is_refused(ray_cluster, tiny_run,
+                                                                       tmp_path):
+    """The identity carries the runtime a worker reports (the driver may run another torch, or
+    no GPU); an output made under another runtime is refused before anything is touched, and
+    a worker asked for a device it cannot run says so."""
+    from regene_ray.mass.ray_stage import probed_runtime, start_probe
 
+    here = probed_runtime(start_probe("cpu", None), "cpu")
+    assert here == mass.runtime_identity("cpu")
+    with pytest.raises(ValueError, match="--device cuda, but the workers run"):
+        probed_runtime(start_probe("cuda", None), "cuda")  # no GPU asked for: none visible
     spec = mass.MassSpec(run=str(tiny_run), count=10, classes=(0,), chunk_size=16)
-    identity = mass.job_metadata(spec, mass.run_hashes(tiny_run))
-    check_workers(identity, gpus_per_worker=None, device="cpu")  # the same torch: fine
-    identity["runtime"]["torch"] = "0.0.1"
-    with pytest.raises(ValueError, match="the workers run .*but this job expects"):
-        check_workers(identity, gpus_per_worker=None, device="cpu")
+    ours = mass.job_metadata(spec, mass.run_hashes(tiny_run), runtime=here)
+    theirs = mass.job_metadata(spec, mass.run_hashes(tiny_run),
+                               runtime=here | {"torch": "0.0.1"})
+    out = Storage(tmp_path / "out")
+    mass.prepare_output(out, theirs, resume=False, overwrite=False)
+    before = snapshot(tmp_path / "out")
+    with pytest.raises(FileExistsError, match=r"torch version \(0.0.1 -> "):
+        mass.inspect_output(out, ours, resume=True, overwrite=False)
+    assert snapshot(tmp_path / "out") == before
 
 
 def test_a_dead_drivers_lease_is_taken_over(tmp_path):

@@ -107,25 +107,53 @@ def test_auto_chunk_size():
     assert mass.auto_chunk_size(1000, 10, 256) == 256  # at least one batch
 
 
-def test_plan_wave_and_cutoffs():
+def test_cutoffs():
     info = lambda c, k, a: mass.ChunkInfo(c, k, 10, 10, a)  # noqa: E731
     quota = {0: 15, 1: 5}
-    assert mass.plan_wave({}, quota, 10, {0: None, 1: None}) == [(0, 0), (1, 0)]  # pilots
     done = {(0, 0): info(0, 0, 8), (1, 0): info(1, 0, 9)}
-    rates = {0: (0.8, True), 1: (0.9, True)}
-    todo = mass.plan_wave(done, quota, 10, rates)
-    assert (1, 0) not in todo and todo[0] == (0, 1)
     assert mass.cutoffs(done, quota) is None
     done[(0, 2)] = info(0, 2, 9)  # a gap at k=1 blocks the cutoff
     assert mass.cutoffs(done, quota) is None
     done[(0, 1)] = info(0, 1, 8)
     assert mass.cutoffs(done, quota) == {0: (1, 7), 1: (0, 5)}
-    assert mass.plan_wave(done, quota, 10, rates) == []
-    # from the prior alone, a big class gets half of its chunks first, then is measured
-    first = mass.plan_wave({}, {0: 100_000}, 1000, {0: (0.9, False)})
-    assert first == [(0, k) for k in range(len(first))] and 55 < len(first) < 75
-    assert len(mass.plan_wave({}, {0: 100_000}, 1000, {0: (0.9, True)})) > 110
-    assert len(mass.plan_wave({}, {0: 1000}, 100, {0: (0.9, False)})) == 14  # small: one wave
+
+
+def test_planner_hands_out_chunks_until_the_quotas_are_reached():
+    """The planner serves the class furthest from its quota, waits while the chunks in flight
+    should suffice, and is complete once chunks 0..k* of every class hold the quota."""
+    info = lambda c, k, a: mass.ChunkInfo(c, k, 10, 10, a)  # noqa: E731
+    p = mass.ChunkPlanner({0: 15, 1: 5}, 10)  # no prior: 0.5 until a class is measured
+    taken = [p.take() for _ in range(8)]
+    assert taken == [(0, 0), (0, 1), (1, 0), (1, 1), (0, 2), (0, 3), (0, 4), mass.WAIT]
+    p.record(info(0, 1, 8))  # chunk 1 lands before chunk 0: no cutoff yet
+    assert p.rate(0) == 0.8 and p.take() == mass.WAIT
+    p.record(info(0, 0, 7))
+    p.record(info(1, 1, 3))  # class 1 measured at 0.3: one more chunk on its way
+    assert p.classes[0].done and not p.complete() and p.take() == (1, 2)
+    p.record(info(1, 0, 4))
+    assert p.complete() and p.take() is None
+    assert p.in_flight() == 4  # surplus chunks still running: the stream waits for them
+    assert mass.cutoffs(p.done, p.quota) == {0: (1, 8), 1: (1, 1)}
+    # the prior plans a big class: 112 chunks at 0.9 cover 100,000 with a 2-sigma margin
+    big = mass.ChunkPlanner({0: 100_000}, 1000, prior=0.9)
+    taken = [big.take() for _ in range(113)]
+    assert taken[:112] == [(0, k) for k in range(112)] and taken[112] == mass.WAIT
+    assert big.expected_chunks() == 112
+
+
+def test_planner_resumes_retries_and_refuses_hopeless_classes():
+    info = lambda c, k, a, t=10: mass.ChunkInfo(c, k, t, t, a)  # noqa: E731
+    done = {(0, 1): info(0, 1, 9)}  # a resume found chunk 1 but not chunk 0
+    p = mass.ChunkPlanner({0: 12}, 10, done=done, prior=0.9)
+    assert p.take(slot=7) == (0, 0)  # the gap first
+    assert p.take(slot=7) == (0, 0)  # a retried slot gets its chunk again
+    assert p.take(slot=8) == mass.WAIT  # 9 landed + 9 expected: enough in flight
+    p.record(info(0, 0, 9))
+    p.record(info(0, 0, 9))  # a retried commit reports twice: counted once
+    assert p.classes[0].accepted == 18 and p.complete()
+    hopeless = mass.ChunkPlanner({0: 5}, 10, done={(0, k): info(0, k, 0) for k in range(8)})
+    with pytest.raises(ValueError, match="none of 80 candidates passed both filter steps"):
+        hopeless.check()
 
 
 # the batch transform, without Ray
@@ -182,7 +210,30 @@ def test_exact_count(ray_cluster, tiny_run, tmp_path, count, classes, n_parents,
     s = generate(tiny_run, tmp_path / "out", *flags)
     cls = [int(c) for c in classes.split(",")] if classes else list(range(K))
     check_output(tiny_run, tmp_path / "out", count, cls, [int(n) for n in n_parents.split(",")])
-    assert s.requested == count and s.waves >= 1
+    assert s.requested == count and s.streams == 1
+
+
+def test_one_stream_and_one_actor_pool_whatever_the_prior(ray_cluster, tiny_run, tmp_path):
+    """A prior far above the real acceptance (what the old code paid for with extra waves, each
+    starting its actor pool again) still runs as one stream on one pool of 2 actors; the output
+    is the bytes of the same job planned from the true prior."""
+    flags = ["--count", "400", "--chunk-size", "16", "--batch-size", "16", "--workers", "2",
+             "--seed", "4"]
+    truthful = generate(tiny_run, tmp_path / "truthful", *flags)
+    hopeful = tmp_path / "hopeful-run"
+    shutil.copytree(tiny_run, hopeful)
+    metrics = json.loads((hopeful / "metrics.json").read_text())
+    for m in metrics["acceptance"].values():  # every candidate accepted, says the prior
+        m["accepted"] = 1.0
+        m.get("per_class", {})["accepted"] = [1.0] * K
+    (hopeful / "metrics.json").write_text(json.dumps(metrics))
+    s = generate(hopeful, tmp_path / "out", *flags)
+    assert s.streams == 1 and s.extra["actors_per_stage"] == {"fused": 2}
+    assert s.acceptance["both_steps"] < 0.95  # so more chunks ran than the prior planned
+    assert s.candidates_tried > 400 / 0.95
+    check_output(hopeful, tmp_path / "out", 400, list(range(K)), [2])
+    assert read_out(tmp_path / "out").equals(read_out(tmp_path / "truthful"))
+    assert truthful.streams == 1
 
 
 def test_class_counts_of_the_training_split(ray_cluster, tiny_run, tmp_path):
@@ -323,7 +374,7 @@ def test_resume_deletes_pngs_no_row_points_to(reference, ray_cluster, tiny_run, 
         p.write_bytes(b"stray")
     s = generate(tiny_run, out, "--count", "300", "--n-parents", "3", "--batch-size", "40",
                  "--png", "--seed", "5", "--resume")
-    assert s.waves == 0 and read_out(out).equals(t)
+    assert s.streams == 0 and read_out(out).equals(t)
     assert not any(p.exists() for p in stray)
     rows = t["image"].to_pylist()
     assert {p.relative_to(out).as_posix() for p in (out / "png").rglob("*.png")} == \
@@ -338,12 +389,12 @@ def test_refuses_another_jobs_output(reference, ray_cluster, tiny_run, tmp_path)
     # resuming a finished job changes nothing
     before = read_out(reference)
     s = generate(tiny_run, reference, *same, "--seed", "5", "--resume")
-    assert s.waves == 0 and read_out(reference).equals(before)
+    assert s.streams == 0 and read_out(reference).equals(before)
     # ... also with the same checkpoints at another path (a driver on another host)
     moved = tmp_path / "elsewhere" / "run"
     shutil.copytree(tiny_run, moved)
     s = generate(moved, reference, *same, "--seed", "5", "--resume")
-    assert s.waves == 0 and read_out(reference).equals(before)
+    assert s.streams == 0 and read_out(reference).equals(before)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not a mass-generation output"):
@@ -416,7 +467,7 @@ def test_crash_inside_finalize_is_repaired(tiny_run, tmp_path, monkeypatch):
                          identity=identity)
     finally:
         torch.set_num_threads(threads)
-    assert s.resumed and s.waves == 0
+    assert s.resumed and s.streams == 0
     assert read_out(crashed).equals(read_out(clean))
     pngs = lambda d: sorted(p.name for p in (d / "png").rglob("*.png"))  # noqa: E731
     assert pngs(crashed) == pngs(clean) and len(pngs(clean)) == 90

@@ -15,11 +15,14 @@ Design
 * **Resume** = skip chunks whose file exists and carries this job's key. A killed worker or
   driver loses at most the chunks in flight; their files were never renamed into place.
 * **Exact count.** Class c's quota q_c is count / len(classes), the remainder spread over the
-  first classes. The output holds, per class, the first q_c accepted candidates in id order. Waves
-  of chunks are scheduled from the measured acceptance rate (a prior from the run's metrics.json
-  before any chunk of the class is done), with a small statistical margin, and topped up until
-  chunks 0..k* of every class are done and hold >= q_c accepted rows. Which extra chunks ran never
-  changes which rows are kept, so the output does not depend on waves, workers or crashes.
+  first classes (or in proportion to class weights). The output holds, per class, the first q_c
+  accepted candidates in id order. A ChunkPlanner hands out chunks one at a time as workers ask,
+  to the class furthest from its quota (counting its chunks in flight at its measured
+  acceptance, or the run's prior from metrics.json before it has any), until chunks 0..k* of
+  every class are done and hold >= q_c accepted rows. One stream of work (one Ray dataset, one
+  set of actor pools) serves the whole job; its tail is about one chunk. Which extra chunks ran
+  never changes which rows are kept, so the output does not depend on the hand-out order,
+  workers or crashes.
 * **Visible output.** Chunks are written to `OUT/_chunks/`; `finalize` moves chunks 0..k*-1 into
   `OUT/data/` (a rename), writes chunk k* trimmed to its first rows (atomically), and deletes the
   surplus chunks and their PNGs. `OUT/data/` therefore only ever holds rows of the final answer,
@@ -27,81 +30,53 @@ Design
 
 Modules, in the order the data flows:
 
-    plan.py       ids, chunks, quotas, waves (pure)
-    run_files.py  the run's files, shipped to actors as bytes, and their digests
+    plan.py       ids, chunks, quotas, the ChunkPlanner (pure)
+    identity.py   MassSpec and the job's identity and key (what fixes the output's bytes)
     chunks.py     the stages of a chunk: MixChunks (CPU) -> ScoreChunks (the networks) ->
                   CommitChunks (PNG, one Parquet file); GenerateChunks / WriteChunks fuse them
     sinks.py      the Parquet schema and the PNG paths
-    job.py        the output folder: identity, ownership, lease, scan, finalize, the driver loop
+    output.py     the output folder: layout, create / resume / overwrite, scanning chunks
+    finish.py     finalize: exactly the kept rows into OUT/data
+    job.py        the driver loop: lease, streams of work, finalise, summary
     ray_stage.py  the only module here that imports Ray: the stages on Ray Data, fused in one
-                  actor pool or split (network actors hold the GPUs, CPU actors the rest)
+                  actor pool or split (network actors hold the GPUs, CPU actors the rest), and
+                  the planner in an actor
 
-This package's namespace re-exports the Ray-free API (`from regene_ray import mass`).
+The run's files come from regene_ray.run_files (read once, shipped to actors as one object).
+This package's namespace re-exports the Ray-free API (`from regene_ray import mass`), each name
+loaded on first use.
 """
 
 
-from regene_ray.mass.chunks import (
-    CommitChunks,
-    GenerateChunks,
-    MixChunks,
-    ScoreChunks,
-    WriteChunks,
-    chunk_table,
-    serial_runner,
-)
-from regene_ray.mass.job import (
-    CHUNKS_DIR,
-    DATA_DIR,
-    FORMAT,
-    JOB_FILE,
-    MASS_ARTEFACTS,
-    PNG_DIR,
-    SUMMARY_FILE,
-    ForeignChunkError,
-    MassSpec,
-    Runner,
-    Summary,
-    chunk_name,
-    count_rows,
-    delete_orphan_pngs,
-    finalize,
-    inspect_output,
-    job_key,
-    job_metadata,
-    prepare_output,
-    run_job,
-    runtime_identity,
-    same_job,
-    scan,
-)
-from regene_ray.mass.plan import (
-    MAX_COUNT,
-    ChunkInfo,
-    auto_chunk_size,
-    candidate_ids,
-    class_rates,
-    cutoffs,
-    parse_count,
-    plan_wave,
-    prior_rate,
-    quotas,
-)
-from regene_ray.mass.run_files import (
-    RUN_FILES,
-    check_run_files,
-    hashes_of,
-    pack_run,
-    run_hashes,
-    unpack_run,
-)
+import importlib
 
-__all__ = [
-    "CHUNKS_DIR", "DATA_DIR", "FORMAT", "JOB_FILE", "MASS_ARTEFACTS", "MAX_COUNT", "PNG_DIR",
-    "RUN_FILES", "SUMMARY_FILE", "ChunkInfo", "CommitChunks", "ForeignChunkError",
-    "GenerateChunks", "MassSpec", "MixChunks", "Runner", "ScoreChunks", "Summary", "WriteChunks",
-    "chunk_table", "auto_chunk_size", "candidate_ids", "check_run_files",
-    "chunk_name", "class_rates", "count_rows", "cutoffs", "delete_orphan_pngs", "finalize",
-    "hashes_of", "inspect_output", "job_key", "job_metadata", "pack_run", "parse_count",
-    "plan_wave", "prepare_output", "prior_rate", "quotas", "run_hashes", "run_job",
-    "runtime_identity", "same_job", "scan", "serial_runner", "unpack_run",
-]
+# name -> the module of regene_ray.mass (or of the core) that defines it; loaded on first use, so
+# that the light modules (plan, identity's spec) import without torch and a job can start Ray
+# while torch loads in a thread
+_EXPORTS = {
+    **dict.fromkeys(["CommitChunks", "GenerateChunks", "MixChunks", "ScoreChunks", "WriteChunks",
+                     "chunk_table", "serial_runner"], "regene_ray.mass.chunks"),
+    **dict.fromkeys(["delete_orphan_pngs", "finalize"], "regene_ray.mass.finish"),
+    **dict.fromkeys(["FORMAT", "MassSpec", "job_key", "job_metadata", "runtime_identity",
+                     "same_job"], "regene_ray.mass.identity"),
+    **dict.fromkeys(["Runner", "Summary", "run_job"], "regene_ray.mass.job"),
+    **dict.fromkeys(["CHUNKS_DIR", "DATA_DIR", "JOB_FILE", "MASS_ARTEFACTS", "PNG_DIR",
+                     "SUMMARY_FILE", "ForeignChunkError", "chunk_name", "count_rows",
+                     "inspect_output", "prepare_output", "scan"], "regene_ray.mass.output"),
+    **dict.fromkeys(["CPU_PIPELINE", "MAX_COUNT", "PIPELINES", "WAIT", "ChunkInfo",
+                     "ChunkPlanner", "auto_chunk_size", "candidate_ids", "cutoffs",
+                     "parse_count", "prior_rates", "quotas"], "regene_ray.mass.plan"),
+    **dict.fromkeys(["RUN_FILES", "RunFiles", "hashes_of", "run_hashes"],
+                    "regene_ray.run_files"),
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'regene_ray.mass' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

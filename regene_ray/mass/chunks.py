@@ -7,8 +7,6 @@ numpy arrays; only ray_stage hands them to Ray.
 
 from __future__ import annotations
 
-import json
-import shutil
 import socket
 import time
 from collections.abc import Sequence
@@ -20,11 +18,12 @@ import pyarrow as pa
 import torch
 
 from regene_ray.generator import ConvexGenerator, GenerationBatch, LatentMixer, Mixes, encode_png
-from regene_ray.latent_bank import BANK_FILE, LatentBank
-from regene_ray.mass.job import CHUNKS_DIR, JOB_FILE, Runner, chunk_name, runtime_identity
-from regene_ray.mass.plan import ChunkInfo, candidate_ids
-from regene_ray.mass.run_files import unpack_run
+from regene_ray.mass.identity import runtime_identity
+from regene_ray.mass.job import Runner
+from regene_ray.mass.output import CHUNKS_DIR, JOB_FILE, chunk_name
+from regene_ray.mass.plan import WAIT, ChunkInfo, ChunkPlanner, candidate_ids
 from regene_ray.mass.sinks import SCHEMA, png_relpath, rows_table, write_parquet_atomic
+from regene_ray.run_files import RunFiles
 from regene_ray.storage import Storage
 
 JOB_CHECK_TRIES = 3  # reads of job.json before a worker concludes it cannot see the job
@@ -39,15 +38,9 @@ JOB_CHECK_TRIES = 3  # reads of job.json before a worker concludes it cannot see
 # between calls and its decoder batches are the same whichever stage layout runs it.
 
 
-def _load(run_dir: str | Path | dict[str, bytes], load):
-    """load(folder) on a run folder, or on packed run files (a temporary copy, then deleted)."""
-    if not isinstance(run_dir, dict):
-        return load(Path(run_dir))
-    tmp = unpack_run(run_dir)
-    try:
-        return load(tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def run_files(run: str | Path | RunFiles) -> RunFiles:
+    """A run folder's files, read once (or the RunFiles given, as Ray ships them to actors)."""
+    return run if isinstance(run, RunFiles) else RunFiles.read(run)
 
 
 def _stack(items: list, cls, extra: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -73,19 +66,17 @@ class MixChunks:
     Holds only the latent bank (no networks).
 
     Args:
-        run_dir: a jobs/train.py run folder, or its files from pack_run, or a LatentMixer
-            already loaded.
+        run: a jobs/train.py run folder, or its RunFiles, or a LatentMixer already loaded.
         n_parents, weights, seed, chunk_size: as in MassSpec.
     """
 
-    def __init__(self, run_dir: str | Path | dict[str, bytes] | LatentMixer, *,
+    def __init__(self, run: str | Path | RunFiles | LatentMixer, *,
                  n_parents: Sequence[int] = (2,), weights: str = "uniform", seed: int = 0,
                  chunk_size: int = 1024):
-        def load(folder: Path) -> LatentMixer:
-            cfg = json.loads((folder / "classifier" / "config.json").read_text())
-            return LatentMixer(LatentBank.load(folder / BANK_FILE), int(cfg["num_classes"]))
-
-        self.mixer = run_dir if isinstance(run_dir, LatentMixer) else _load(run_dir, load)
+        if not isinstance(run, LatentMixer):
+            files = run_files(run)
+            run = LatentMixer(files.bank, files.num_classes)
+        self.mixer = run
         self.num_classes = self.mixer.num_classes
         self.n_parents = [int(n) for n in n_parents]
         self.weights = weights
@@ -110,7 +101,7 @@ class ScoreChunks:
     start, so the float noise of the convs is a function of the ids alone.
 
     Args:
-        run_dir: a jobs/train.py run folder, or its files from pack_run.
+        run: a jobs/train.py run folder, or its RunFiles.
         batch_size: candidates per decoder batch (0: the whole chunk at once).
         device: 'cpu' or 'cuda[:i]'.
         precision: decoder precision, 'fp32', 'bf16' or 'fp16' (see ConvexGenerator).
@@ -122,13 +113,12 @@ class ScoreChunks:
             the novelty step; None for none.
     """
 
-    def __init__(self, run_dir: str | Path | dict[str, bytes], *, batch_size: int = 0,
+    def __init__(self, run: str | Path | RunFiles, *, batch_size: int = 0,
                  device: str = "cpu", precision: str = "fp32", torch_threads: int | None = 1,
                  runtime: dict | None = None, novelty: Sequence[float] | None = None):
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        self.gen = _load(run_dir, lambda folder: ConvexGenerator.from_run(
-            folder, device=device, precision=precision))
+        self.gen = ConvexGenerator.from_files(run_files(run), device=device, precision=precision)
         # channels_last: oneDNN's NHWC convs ran 1.4x faster here (benchmarks/RESULTS-mass-
         # generate.md). It changes float noise, not results, and is the same on every worker.
         self.gen.classifier.to(memory_format=torch.channels_last)
@@ -253,18 +243,18 @@ class GenerateChunks:
     decode, filter, PNG). A batch holds one row per chunk: {"label": (B,), "chunk": (B,)}.
 
     Args:
-        run_dir: a jobs/train.py run folder, or its files from pack_run; the classifier,
-            decoder and bank load once here.
+        run: a jobs/train.py run folder, or its RunFiles; the classifier, decoder and bank
+            load once here.
         n_parents, weights, seed, chunk_size, batch_size: as in MassSpec.
         device, precision, torch_threads, runtime, novelty: as in ScoreChunks.
     """
 
-    def __init__(self, run_dir: str | Path | dict[str, bytes], *, n_parents: Sequence[int] = (2,),
+    def __init__(self, run: str | Path | RunFiles, *, n_parents: Sequence[int] = (2,),
                  weights: str = "uniform", seed: int = 0, chunk_size: int = 1024,
                  batch_size: int = 0, device: str = "cpu", precision: str = "fp32",
                  torch_threads: int | None = 1, runtime: dict | None = None,
                  novelty: Sequence[float] | None = None):
-        self.scorer = ScoreChunks(run_dir, batch_size=batch_size, device=device,
+        self.scorer = ScoreChunks(run, batch_size=batch_size, device=device,
                                   precision=precision, torch_threads=torch_threads,
                                   runtime=runtime, novelty=novelty)
         self.gen = self.scorer.gen
@@ -296,9 +286,9 @@ class WriteChunks(GenerateChunks):
             and the novelty step runs with the metadata's thresholds).
     """
 
-    def __init__(self, run_dir: str | Path | dict[str, bytes], out_dir: str | Path | Storage, *,
+    def __init__(self, run: str | Path | RunFiles, out_dir: str | Path | Storage, *,
                  metadata: dict, png: bool = False, **kwargs):
-        super().__init__(run_dir, runtime=metadata.get("runtime"),
+        super().__init__(run, runtime=metadata.get("runtime"),
                          novelty=novelty_of(metadata), **kwargs)
         self.committer = CommitChunks(out_dir, metadata=metadata, num_classes=self.num_classes,
                                       png=png)
@@ -327,21 +317,23 @@ def novelty_of(identity: dict) -> list[float] | None:
 
 def _info_dict(info: ChunkInfo) -> dict:
     d = asdict(info)
-    for where in ("path", "node", "stage_gpus"):  # of this run, not of the chunk
+    for where in ("path", "node", "stage_gpus", "actors", "taken_at"):  # of this run
         d.pop(where)
     return d
 
 
 def serial_runner(stage: WriteChunks) -> Runner:
-    """Run chunks one after another in this process (tests, the bare baseline)."""
+    """Run chunks one after another in this process, as the planner hands them out (tests, the
+    bare baseline)."""
 
-    def run(todo: list[tuple[int, int]]) -> list[ChunkInfo]:
-        infos = []
-        for c, chunk in todo:
-            r = stage({"label": np.array([c]), "chunk": np.array([chunk])})
-            infos.append(ChunkInfo(int(r["label"][0]), int(r["chunk"][0]), int(r["tried"][0]),
-                                   int(r["latent_passed"][0]), int(r["accepted"][0]),
-                                   novelty_rejected=int(r["novelty_rejected"][0])))
-        return infos
+    def run(planner: ChunkPlanner):
+        while (key := planner.take()) is not None:
+            if key == WAIT:  # nothing is in flight here, so the planner always has work
+                raise RuntimeError("the planner waits for a chunk in flight, but none is")
+            taken_at = time.time()
+            info = stage.write_chunk(*key)
+            info.taken_at = taken_at
+            planner.record(info)
+            yield info
 
     return run

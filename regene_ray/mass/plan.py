@@ -1,5 +1,6 @@
-"""Mass generation, pure planning: candidate ids, chunks, per-class quotas and the waves of chunks
-that reach them. No I/O except reading the run's prior acceptance; no Ray.
+"""Mass generation, pure planning: candidate ids, chunks, per-class quotas and the planner that
+hands out chunks until the quotas are reached. No I/O except reading the run's prior acceptance;
+no Ray.
 
 A candidate of class c with per-class index j has the id `j * K + c` (K = the model's number of
 classes). Chunk (c, chunk) holds the candidates of class c with j in [chunk*C, (chunk+1)*C),
@@ -19,10 +20,15 @@ import numpy as np
 
 from regene_ray.storage import Storage
 
+# The stage layouts regene_ray.mass.ray_stage runs: fused (one actor pool does everything) or
+# split (CPU mixing -> network actors, the only ones given GPUs -> CPU commit actors). --pipeline
+# auto picks split with GPUs and, without, the faster of the two on the 2-core CPU box
+# (BENCHMARKS.md, section 8).
+PIPELINES = ("fused", "split")
+CPU_PIPELINE = "fused"
+
+
 MAX_COUNT = 2**40  # ids are j * K + c in int64; this keeps them far from overflow
-
-
-SPLIT_CANDIDATES = 20_000  # per class: above this a prior-planned wave is split (plan_wave)
 
 
 def parse_count(text: str) -> int:
@@ -97,71 +103,162 @@ class ChunkInfo:
     node: str = ""  # the Ray node that ran its networks in this run (when the runner says)
     stage_gpus: dict[str, float] = field(default_factory=dict)  # GPUs of each stage's actor
     novelty_rejected: int = 0  # passed both confidence steps, rejected as near-copies
+    actors: dict[str, str] = field(default_factory=dict)  # the actor of each stage (on Ray)
+    taken_at: float = 0.0  # wall clock when a worker took it from the planner (this run)
 
 
-def prior_rate(run_dir: str | Path, n_parents: Sequence[int]) -> float | None:
-    """Acceptance measured by jobs/train.py (metrics.json), averaged over the n_parents options."""
+def prior_rates(run_dir: str | Path, n_parents: Sequence[int]
+                ) -> dict[int, float] | float | None:
+    """Acceptance measured by jobs/train.py (metrics.json), averaged over the n_parents options:
+    per class where the run kept it, else one rate for all classes, else None."""
     try:
         acc = Storage(run_dir).read_json("metrics.json")["acceptance"]
+        per = [acc[str(n)].get("per_class", {}).get("accepted") for n in n_parents]
+        if all(isinstance(p, list) for p in per):
+            rates = np.nanmean(np.asarray(per, np.float64), axis=0)
+            return {c: float(r) for c, r in enumerate(rates) if 0 < r <= 1}
         rate = float(np.mean([acc[str(n)]["accepted"] for n in n_parents]))
-    except (OSError, KeyError, ValueError, TypeError):
+    except (OSError, KeyError, ValueError, TypeError, AttributeError):
         return None
     return rate if 0 < rate <= 1 else None
 
 
-def class_rates(done: dict[tuple[int, int], ChunkInfo], classes: Sequence[int],
-                prior: float | None, min_tried: int) -> dict[int, tuple[float, bool] | None]:
-    """Acceptance per class as (rate, measured): measured once min_tried candidates ran, else
-    the prior (which pools all classes), else None."""
-    rates = {}
-    for c in classes:
-        tried = sum(i.tried for (cc, _), i in done.items() if cc == c)
-        acc = sum(i.accepted for (cc, _), i in done.items() if cc == c)
-        if tried >= min_tried:
-            if acc == 0 and tried >= 8 * min_tried:
+WAIT = "wait"  # ChunkPlanner.take: nothing to hand out until a chunk in flight reports
+
+
+@dataclass
+class _ClassState:
+    """A class's tallies in a ChunkPlanner (kept up to date, so each call is O(classes))."""
+
+    quota: int
+    tried: int = 0
+    accepted: int = 0
+    chunks: dict[int, int] = field(default_factory=dict)  # finished chunk -> accepted rows
+    in_flight: set[int] = field(default_factory=set)
+    done: bool = False  # chunks 0..k* finished and hold the quota
+
+    def add(self, chunk: int, info: ChunkInfo) -> None:
+        if chunk in self.chunks:  # recorded twice (a retried commit): count it once
+            return
+        self.chunks[chunk] = info.accepted
+        self.tried += info.tried
+        self.accepted += info.accepted
+        got, k = 0, 0
+        while not self.done and k in self.chunks:
+            got += self.chunks[k]
+            self.done = got >= self.quota
+            k += 1
+        self.done = self.done or self.quota == 0
+
+    def next_chunk(self) -> int:
+        k = 0
+        while k in self.chunks or k in self.in_flight:
+            k += 1
+        return k
+
+
+class ChunkPlanner:
+    """Hands out chunks one at a time, as workers ask for work, until every class's chunks
+    0..k* are done and hold its quota (`cutoffs`): one stream of work for the whole job.
+
+    A class is served while the accepted rows it can expect (those of its finished chunks, plus
+    its chunks in flight at its acceptance rate) fall short of its quota by more than a 2-sigma
+    margin; the class furthest from its quota, relative to the quota, goes first, so classes
+    finish together and the job's tail is about one chunk. The rate is measured once a class
+    ran a chunk's worth of candidates, else the run's prior (metrics.json), else DEFAULT_RATE.
+    Which chunks run never changes which rows are kept, so the hand-out order does not matter
+    for the output, only for the time.
+
+    `take(slot)` is idempotent per slot: a worker retried after a crash asks again with the
+    same slot and gets the same chunk, so a chunk lost in flight is never left waiting.
+    Pure Python: the Ray stage holds one in an actor; the serial runner calls it directly.
+    """
+
+    DEFAULT_RATE = 0.5  # planning rate of a class before anything is known about it
+
+    def __init__(self, quota: dict[int, int], chunk_size: int,
+                 done: dict[tuple[int, int], ChunkInfo] | None = None,
+                 prior: dict[int, float] | float | None = None):
+        self.quota = {int(c): int(q) for c, q in quota.items()}
+        self.chunk_size = int(chunk_size)
+        self.prior = prior
+        self.done: dict[tuple[int, int], ChunkInfo] = {}
+        self.classes = {c: _ClassState(q) for c, q in self.quota.items()}
+        self.assigned: dict[int, tuple[int, int]] = {}  # slot -> chunk, until it reports
+        self.taken = 0  # chunks handed out
+        for info in (done or {}).values():
+            self.record(info)
+
+    def rate(self, c: int) -> float:
+        st = self.classes[c]
+        if st.tried >= self.chunk_size:
+            return max(st.accepted, 0.5) / st.tried
+        prior = self.prior.get(c) if isinstance(self.prior, dict) else self.prior
+        return prior or self.DEFAULT_RATE
+
+    def complete(self) -> bool:
+        return all(st.done for st in self.classes.values())
+
+    def in_flight(self) -> int:
+        return sum(len(st.in_flight) for st in self.classes.values())
+
+    def _shortfall(self, c: int) -> float | None:
+        """How far class c is from its quota, relative to it, counting chunks in flight at
+        its rate (None: nothing to hand out to it now)."""
+        st = self.classes[c]
+        if st.done:
+            return None
+        if not st.in_flight:
+            return 1.0  # unfinished and nothing on the way (also a gap left by a resume)
+        rate = self.rate(c)
+        expected = st.accepted + len(st.in_flight) * rate * self.chunk_size
+        margin = 2.0 * math.sqrt(st.quota * (1 - rate)) + 1.0  # 2 sigma of the accepted count
+        short = st.quota + margin - expected
+        return short / st.quota if short > 0 else None
+
+    def take(self, slot: int | None = None) -> tuple[int, int] | str | None:
+        """The next chunk (label, chunk) to run; WAIT when every unfinished class has enough
+        in flight; None when the job is complete."""
+        if slot is not None and slot in self.assigned:
+            return self.assigned[slot]
+        if self.complete():
+            return None
+        short = {c: s for c in self.quota if (s := self._shortfall(c)) is not None}
+        if not short:
+            return WAIT
+        c = max(short, key=lambda c: (short[c], -c))
+        key = (c, self.classes[c].next_chunk())
+        self.classes[c].in_flight.add(key[1])
+        if slot is not None:
+            self.assigned[slot] = key
+        self.taken += 1
+        return key
+
+    def record(self, info: ChunkInfo) -> None:
+        """A finished chunk's statistics (from whichever worker committed it)."""
+        key = (info.label, info.chunk)
+        self.done[key] = info
+        st = self.classes.get(info.label)
+        if st is not None:
+            st.in_flight.discard(info.chunk)
+            st.add(info.chunk, info)
+        self.assigned = {s: k for s, k in self.assigned.items() if k != key}
+
+    def check(self) -> None:
+        """Raise when a class has tried many candidates and accepted none (its thresholds are
+        out of reach): the job would otherwise never end."""
+        for c, st in self.classes.items():
+            if st.tried >= 8 * self.chunk_size and not st.accepted:
                 raise ValueError(
-                    f"class {c}: none of {tried} candidates passed both filter steps; its "
+                    f"class {c}: none of {st.tried} candidates passed both filter steps; its "
                     "thresholds are out of reach for this run (check thresholds.json, retrain, or "
                     "leave the class out with --classes)")
-            rates[c] = (max(acc, 0.5) / tried, True)
-        else:
-            rates[c] = None if prior is None else (prior, False)
-    return rates
 
-
-def plan_wave(done: dict[tuple[int, int], ChunkInfo], quota: dict[int, int], chunk_size: int,
-              rates: dict[int, tuple[float, bool] | None]) -> list[tuple[int, int]]:
-    """Chunks to run next, or [] when every class's chunks 0..k* are done and reach its quota.
-
-    With a measured rate, chunks are added in order until the expected accepted rows reach q_c
-    plus a 2-sigma margin. With only the prior (which pools all classes), a class is planned at
-    0.9x the prior, since a shortfall costs a whole extra wave (seconds of actor start-up); when
-    that would plan more than `SPLIT_CANDIDATES` candidates, only half of them run first, so the
-    rest is planned from the class's measured rate and the 10% surplus is not paid at scale.
-    With no rate at all, a class gets one pilot chunk.
-    """
-    todo = []
-    for c, q in quota.items():
-        if rates.get(c) is None:
-            if (c, 0) not in done:
-                todo.append((c, 0))  # pilot chunk: measure before planning more
-            continue
-        rate, measured = rates[c]
-        if not measured:
-            rate *= 0.9
-        slack = 2.0 * math.sqrt(q / rate) + 1.0
-        got, chunk, planned = 0.0, 0, []
-        while got < q + (slack if planned else 0.0):
-            if (c, chunk) in done:
-                got += done[(c, chunk)].accepted
-            else:
-                planned.append((c, chunk))
-                got += rate * chunk_size
-            chunk += 1
-        if not measured and len(planned) * chunk_size > SPLIT_CANDIDATES:
-            planned = planned[:max(1, len(planned) // 2)]
-        todo += planned
-    return todo
+    def expected_chunks(self) -> int:
+        """Chunks the unfinished classes still need at their current rates (for sizing the
+        stream of work slots)."""
+        return sum(max(0, math.ceil((st.quota - st.accepted) / (self.rate(c) * self.chunk_size)))
+                   for c, st in self.classes.items() if not st.done)
 
 
 def cutoffs(done: dict[tuple[int, int], ChunkInfo], quota: dict[int, int]

@@ -1,6 +1,10 @@
 """Mass generation on Ray Data: the only module of regene_ray.mass that imports Ray.
 
-Chunk descriptors stream through `map_batches`, one chunk per row, in one of two layouts:
+One stream of work serves a whole job: a dataset of work slots flows through `map_batches`, and
+the first stage asks a ChunkPlanner, held by a Ray actor, which chunk each slot runs (or that
+the job is complete, which makes the slot a no-op). The last stage reports each committed chunk
+back to the planner, which plans the rest from the measured acceptance. So the actor pools start
+once per job and its tail is about one chunk. The stages come in one of two layouts:
 
 * fused: one actor pool of WriteChunksOnNode; each actor mixes, runs the networks, encodes PNGs
   and writes Parquet (regene_ray.mass.chunks.WriteChunks);
@@ -9,21 +13,34 @@ Chunk descriptors stream through `map_batches`, one chunk per row, in one of two
 
 Both write the same bytes (a chunk is one row, scored in the same decoder batches), so a job
 started with one layout can be resumed with the other. Result rows say where every stage ran
-(summary.json's `stage_gpus`). jobs/mass_generate.py builds the runner here and hands it to
-regene_ray.mass.job.run_job.
+(summary.json's `stage_gpus`, `actors_per_stage`). jobs/mass_generate.py builds the runner here
+and hands it to regene_ray.mass.job.run_job.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
+import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from regene_ray.mass.chunks import CommitChunks, MixChunks, ScoreChunks, WriteChunks, novelty_of
-from regene_ray.mass.job import MassSpec, Runner
-from regene_ray.mass.plan import ChunkInfo
+from regene_ray.mass.chunks import (
+    STAT_KEYS,
+    CommitChunks,
+    MixChunks,
+    ScoreChunks,
+    WriteChunks,
+    novelty_of,
+)
+from regene_ray.mass.identity import MassSpec, runtime_identity
+from regene_ray.mass.job import Runner
+from regene_ray.mass.plan import PIPELINES, WAIT, ChunkInfo, ChunkPlanner
+from regene_ray.run_files import RunFiles
 from regene_ray.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -39,62 +56,125 @@ ACTOR_WAIT_S = 600
 PLACED = "placed_"  # columns that say where each stage of a chunk ran
 
 
-def _placement() -> tuple[str, float]:
-    """(node id, GPUs assigned) of the calling actor."""
+def _placement() -> tuple[str, float, str]:
+    """(node id, GPUs assigned, actor id) of the calling actor."""
     import ray
 
     ctx = ray.get_runtime_context()
-    return ctx.get_node_id(), float(ctx.get_assigned_resources().get("GPU", 0.0))
+    return (ctx.get_node_id(), float(ctx.get_assigned_resources().get("GPU", 0.0)),
+            ctx.get_actor_id() or "")
 
 
-class _Placed:
-    """Mixin for a stage on Ray: its result rows carry, besides the stage's own columns, the
-    node and GPUs of the actor of this stage and of every stage before it."""
+class PlannerOnRay:
+    """A ChunkPlanner in an async Ray actor (zero CPUs), shared by the stages of one stream:
+    the first stage takes chunks from it, the last one records them. A take that must wait
+    (every unfinished class has enough in flight) waits inside the actor until a record
+    changes that: no polling."""
+
+    def __init__(self, planner: ChunkPlanner):
+        self.planner = planner
+        self.changed: asyncio.Condition | None = None  # made in the actor's event loop
+
+    def _condition(self) -> asyncio.Condition:
+        if self.changed is None:
+            self.changed = asyncio.Condition()
+        return self.changed
+
+    async def take(self, slot: int):
+        changed = self._condition()
+        async with changed:
+            while (key := self.planner.take(slot)) == WAIT:
+                await changed.wait()
+        return key
+
+    def outstanding(self, landed: int) -> int:
+        """Chunks taken whose rows the driver has not seen, given the `landed` chunks it has:
+        those in flight, and those recorded here whose rows are still on their way."""
+        return self.planner.in_flight() + len(self.planner.done) - landed
+
+    async def record(self, infos: list[dict]) -> None:
+        changed = self._condition()
+        async with changed:
+            for info in infos:
+                self.planner.record(ChunkInfo(**info))
+            changed.notify_all()
+
+
+class _OnRay:
+    """Mixin for a stage on Ray.
+
+    Constructor arguments that are object-store references are fetched (the run's files travel
+    as one reference, put once per job: a 1024-wide bank of 54k codes is 220 MB, and the
+    actors of a node map it instead of copying it). With `planner`, the stage takes its chunks
+    from it (its input rows are work slots) or records them in it (its output rows are chunk
+    statistics), as `TAKES` / `RECORDS` say. Result rows carry, besides the stage's own
+    columns, the node, GPUs and actor of this stage and of every stage before it."""
 
     STAGE = ""
+    TAKES = False  # the first stage: turns work slots into chunks
+    RECORDS = False  # the last stage: reports committed chunks to the planner
 
-    def __init__(self, *args, **kwargs):
-        # the run's files travel as one object-store reference (ray.put once per job), not
-        # inside every actor's constructor closure: a 1024-wide bank of 54k codes is 220 MB
+    def __init__(self, *args, planner=None, **kwargs):
         import ray
 
         args = [ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in args]
+        self.planner = planner
         super().__init__(*args, **kwargs)
 
+    def _take(self, slots: np.ndarray) -> dict[str, np.ndarray]:
+        """Work slots -> the chunks the planner gives them ({"label", "chunk", "taken_at"});
+        a slot given none (the job is complete) is dropped."""
+        import ray
+
+        keys, taken_at = [], []
+        for slot in slots.tolist():
+            key = ray.get(self.planner.take.remote(int(slot)))  # waits while the planner waits
+            if key is not None:
+                keys.append(key)
+                taken_at.append(time.time())
+        return {"label": np.array([k[0] for k in keys], np.int64),
+                "chunk": np.array([k[1] for k in keys], np.int64),
+                f"{PLACED}taken_at": np.array(taken_at, np.float64)}
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.TAKES:
+            batch = self._take(batch["slot"])
+            if not len(batch["label"]):
+                return {}  # an empty block: no later stage is called for it
         out = super().__call__(batch)
         n = len(out["label"])
         out.update({k: v for k, v in batch.items() if k.startswith(PLACED)})
-        node, gpus = _placement()
+        node, gpus, actor = _placement()
         out[f"{PLACED}{self.STAGE}_node"] = np.array([node] * n)
         out[f"{PLACED}{self.STAGE}_gpus"] = np.full(n, gpus)
+        out[f"{PLACED}{self.STAGE}_actor"] = np.array([actor] * n)
+        if self.RECORDS:
+            import ray
+
+            ray.get(self.planner.record.remote(
+                [{k: int(out[k][i]) for k in STAT_KEYS} for i in range(n)]))
         return out
 
 
-class WriteChunksOnNode(_Placed, WriteChunks):
+class WriteChunksOnNode(_OnRay, WriteChunks):
     """The fused stage (mix, networks, commit in one actor)."""
 
     STAGE = "fused"
+    TAKES = RECORDS = True
 
 
-class MixOnRay(_Placed, MixChunks):
+class MixOnRay(_OnRay, MixChunks):
     STAGE = "mix"
+    TAKES = True
 
 
-class ScoreOnRay(_Placed, ScoreChunks):
+class ScoreOnRay(_OnRay, ScoreChunks):
     STAGE = "score"
 
 
-class CommitOnRay(_Placed, CommitChunks):
+class CommitOnRay(_OnRay, CommitChunks):
     STAGE = "commit"
-
-
-PIPELINES = ("fused", "split")
-
-
-# The layout --pipeline auto picks without GPUs: the faster of the two on the 2-core CPU box
-# (BENCHMARKS.md, section 8). With GPUs it is always the split.
-CPU_PIPELINE = "fused"
+    RECORDS = True
 
 
 @dataclass(frozen=True)
@@ -156,87 +236,134 @@ def split_pools_here(workers: tuple[int, int], gpus_per_worker: float | None,
     return split_pools(cpus, workers, cpu_workers)
 
 
-def _infos(rows: list[dict]) -> list[ChunkInfo]:
-    """Result rows -> ChunkInfo, with where each stage ran."""
-    infos = []
-    for r in rows:
-        where = {k[len(PLACED):-len("_gpus")]: float(v) for k, v in r.items()
-                 if k.startswith(PLACED) and k.endswith("_gpus")}
-        net = "fused" if "fused" in where else "score"
-        infos.append(ChunkInfo(int(r["label"]), int(r["chunk"]), int(r["tried"]),
-                               int(r["latent_passed"]), int(r["accepted"]),
-                               node=str(r[f"{PLACED}{net}_node"]), stage_gpus=where,
-                               novelty_rejected=int(r.get("novelty_rejected", 0))))
-    return infos
+def _info(r: dict) -> ChunkInfo:
+    """A result row -> ChunkInfo, with where each stage ran."""
+    where = {k[len(PLACED):-len("_gpus")]: float(v) for k, v in r.items()
+             if k.startswith(PLACED) and k.endswith("_gpus")}
+    actors = {k[len(PLACED):-len("_actor")]: str(v) for k, v in r.items()
+              if k.startswith(PLACED) and k.endswith("_actor")}
+    net = "fused" if "fused" in where else "score"
+    return ChunkInfo(int(r["label"]), int(r["chunk"]), int(r["tried"]),
+                     int(r["latent_passed"]), int(r["accepted"]),
+                     node=str(r[f"{PLACED}{net}_node"]), stage_gpus=where,
+                     novelty_rejected=int(r.get("novelty_rejected", 0)), actors=actors,
+                     taken_at=float(r[f"{PLACED}taken_at"]))
 
 
-def ray_runner(spec: MassSpec, run_files: dict[str, bytes], out: Storage, identity: dict, *,
+SLOT_MARGIN = 2.0  # work slots per chunk the planner expects to need (slots left once the job
+# is complete are never run: the stream ends when the last chunk taken has landed)
+
+
+def slot_count(planner: ChunkPlanner, workers: int) -> int:
+    """Work slots of a stream: the chunks the planner expects to need, with a margin for rates
+    below its estimate, and a few per actor. A stream whose slots run out before the job is
+    complete (acceptance below half the estimate) is followed by another (run_job)."""
+    return math.ceil(planner.expected_chunks() * SLOT_MARGIN) + 2 * workers + 2
+
+
+def ray_runner(spec: MassSpec, files: RunFiles, out: Storage, identity: dict, *,
                workers: tuple[int, int], gpus_per_worker: float | None, device: str,
                torch_threads: int, pipeline: str = "fused", pools: Pools | None = None,
                stage: type[WriteChunks] | None = None,
                commit_stage: type[CommitChunks] | None = None) -> Runner:
-    """Run chunks through Ray Data, one chunk per row and per call.
+    """A runner that streams work slots through Ray Data (see the module docstring).
 
     pipeline 'fused': map_batches on one actor pool of `stage` (default WriteChunksOnNode) that
     mixes, runs the networks and commits. pipeline 'split': three operators, MixOnRay (CPU) ->
     ScoreOnRay (the only one given GPUs) -> `commit_stage` (default CommitOnRay, CPU), sized by
-    `pools` (default split_pools on the cluster's CPUs). The run's files travel as bytes
-    (constructor arguments), so actors need not see --run.
+    `pools` (default split_pools on the cluster's CPUs). `files` (or an object-store reference
+    to them) travel as one object, so actors need not see --run.
     """
     if pipeline not in PIPELINES:
         raise ValueError(f"--pipeline {pipeline!r}: use one of {', '.join(PIPELINES)}")
     import ray
 
-    # max_restarts / max_task_retries have no named parameter in Ray 2.60: they travel as
-    # ray_remote_args, which warns as deprecated. Bounded (Ray Data's default is infinite),
-    # so a chunk that kills its worker every time fails the job instead of looping.
-    warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-    retry = dict(max_restarts=3,  # a dead actor is restarted ...
-                 max_task_retries=3)  # ... and its chunk retried (the file was never renamed in)
-    gpu = {"num_gpus": gpus_per_worker} if gpus_per_worker else {}  # never num_gpus=0
-    mix_kw = dict(n_parents=spec.n_parents, weights=spec.weights, seed=spec.seed,
-                  chunk_size=spec.chunk_size)
-    score_kw = dict(batch_size=spec.batch_size, device=device, precision=spec.precision,
-                    torch_threads=torch_threads)
-    split_score_kw = dict(score_kw, novelty=novelty_of(identity))  # fused: from the metadata
-    num_classes = len(identity["thresholds"]["latent"])
-    files_ref = ray.put(run_files)  # once; every actor of every wave reads it from the store
+    files_ref = files if isinstance(files, ray.ObjectRef) else ray.put(files)  # once a job
+    build = _fused if pipeline == "fused" else _split
+    p = pools if pipeline == "fused" or pools else split_pools_here(workers, gpus_per_worker)
+    kw = dict(spec=spec, files_ref=files_ref, out=out, identity=identity, workers=workers,
+              gpus_per_worker=gpus_per_worker, device=device, torch_threads=torch_threads,
+              pools=p, stage=stage, commit_stage=commit_stage)
 
-    def pool(lo: int, hi: int, n: int, **kw) -> ray.data.ActorPoolStrategy:
-        return ray.data.ActorPoolStrategy(min_size=min(lo, n), max_size=min(hi, n), **kw)
-
-    def run(todo: list[tuple[int, int]]) -> list[ChunkInfo]:
-        items = [{"label": c, "chunk": chunk} for c, chunk in sorted(todo, key=lambda t: (t[1], t[0]))]
-        n = len(items)
-        ds = ray.data.from_items(items, override_num_blocks=n)
-        if pipeline == "fused":
-            ds = ds.map_batches(
-                stage or WriteChunksOnNode, fn_constructor_args=(files_ref, out),
-                fn_constructor_kwargs=dict(metadata=identity, png=spec.png, **mix_kw, **score_kw),
-                compute=pool(*workers, n), batch_size=1, num_cpus=1, **retry, **gpu)
-        else:
-            p = pools or split_pools_here(workers, gpus_per_worker)
-            ds = ds.map_batches(MixOnRay, fn_constructor_args=(files_ref,),
-                                fn_constructor_kwargs=mix_kw, compute=pool(1, 2, n),
-                                batch_size=1, num_cpus=p.mix_cpus, **retry)
-            ds = ds.map_batches(ScoreOnRay, fn_constructor_args=(files_ref,),
-                                fn_constructor_kwargs=dict(runtime=identity.get("runtime"),
-                                                           **split_score_kw),
-                                compute=pool(*p.workers, n), batch_size=1, num_cpus=1,
-                                **retry, **gpu)
-            ds = ds.map_batches(commit_stage or CommitOnRay, fn_constructor_args=(out,),
-                                fn_constructor_kwargs=dict(metadata=identity, png=spec.png,
-                                                           num_classes=num_classes),
-                                compute=pool(*p.cpu_workers, n), batch_size=1,
-                                num_cpus=p.commit_cpus, **retry)
-        ray.data.DataContext.get_current().wait_for_min_actors_s = ACTOR_WAIT_S
-        rows = ds.take_all()
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("Ray Data per-operator statistics (which stage limits the job):\n%s",
-                      ds.stats())
-        return _infos(rows)
+    def run(planner: ChunkPlanner) -> Iterator[ChunkInfo]:
+        actor = ray.remote(num_cpus=0, max_restarts=0)(PlannerOnRay).remote(planner)
+        try:
+            slots = slot_count(planner, workers[1])
+            ds = ray.data.from_items([{"slot": i} for i in range(slots)],
+                                     override_num_blocks=slots)
+            ray.data.DataContext.get_current().wait_for_min_actors_s = ACTOR_WAIT_S
+            ds = build(ds, planner=actor, slots=slots, **kw)
+            for row in ds.iter_rows():
+                yield _info(row)  # run_job records it in `planner` before the next row
+                if planner.complete() and \
+                        not ray.get(actor.outstanding.remote(len(planner.done))):
+                    break  # every chunk taken has landed here: the slots left are no-ops
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("Ray Data per-operator statistics (which stage limits the job):\n%s",
+                          ds.stats())
+        finally:
+            ray.kill(actor)
 
     return run
+
+
+# max_restarts / max_task_retries have no named parameter in Ray 2.60: they travel as
+# ray_remote_args. Bounded (Ray Data's default is infinite), so a chunk that kills its worker
+# every time fails the job instead of looping.
+RETRY = dict(max_restarts=3,  # a dead actor is restarted ...
+             max_task_retries=3)  # ... and its chunk retried (the file was never renamed in)
+
+
+def _pool(lo: int, hi: int, slots: int):
+    import ray
+
+    return ray.data.ActorPoolStrategy(min_size=min(lo, slots), max_size=min(hi, slots))
+
+
+def _mix_kw(spec: MassSpec) -> dict:
+    return dict(n_parents=spec.n_parents, weights=spec.weights, seed=spec.seed,
+                chunk_size=spec.chunk_size)
+
+
+def _score_kw(spec: MassSpec, device: str, torch_threads: int) -> dict:
+    return dict(batch_size=spec.batch_size, device=device, precision=spec.precision,
+                torch_threads=torch_threads)
+
+
+def _fused(ds, *, planner, slots: int, spec: MassSpec, files_ref, out: Storage, identity: dict,
+           workers: tuple[int, int], gpus_per_worker: float | None, device: str,
+           torch_threads: int, stage: type[WriteChunks] | None, **_):
+    gpu = {"num_gpus": gpus_per_worker} if gpus_per_worker else {}  # never num_gpus=0
+    with warnings.catch_warnings():  # RETRY travels as the deprecated ray_remote_args
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return ds.map_batches(
+            stage or WriteChunksOnNode, fn_constructor_args=(files_ref, out),
+            fn_constructor_kwargs=dict(metadata=identity, png=spec.png, planner=planner,
+                                       **_mix_kw(spec), **_score_kw(spec, device, torch_threads)),
+            compute=_pool(*workers, slots), batch_size=1, num_cpus=1, **RETRY, **gpu)
+
+
+def _split(ds, *, planner, slots: int, spec: MassSpec, files_ref, out: Storage, identity: dict,
+           gpus_per_worker: float | None, device: str, torch_threads: int, pools: Pools,
+           commit_stage: type[CommitChunks] | None, **_):
+    gpu = {"num_gpus": gpus_per_worker} if gpus_per_worker else {}  # never num_gpus=0
+    score_kw = dict(_score_kw(spec, device, torch_threads), novelty=novelty_of(identity),
+                    runtime=identity.get("runtime"))
+    with warnings.catch_warnings():  # RETRY travels as the deprecated ray_remote_args
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        ds = ds.map_batches(MixOnRay, fn_constructor_args=(files_ref,),
+                            fn_constructor_kwargs=dict(_mix_kw(spec), planner=planner),
+                            compute=_pool(1, 2, slots), batch_size=1, num_cpus=pools.mix_cpus,
+                            **RETRY)
+        ds = ds.map_batches(ScoreOnRay, fn_constructor_args=(files_ref,),
+                            fn_constructor_kwargs=score_kw, compute=_pool(*pools.workers, slots),
+                            batch_size=1, num_cpus=1, **RETRY, **gpu)
+        return ds.map_batches(
+            commit_stage or CommitOnRay, fn_constructor_args=(out,),
+            fn_constructor_kwargs=dict(metadata=identity, png=spec.png, planner=planner,
+                                       num_classes=len(identity["thresholds"]["latent"])),
+            compute=_pool(*pools.cpu_workers, slots), batch_size=1, num_cpus=pools.commit_cpus,
+            **RETRY)
 
 
 def default_workers(gpus_per_worker: float | None, pipeline: str = "fused") -> tuple[int, int]:
@@ -263,29 +390,34 @@ def default_workers(gpus_per_worker: float | None, pipeline: str = "fused") -> t
 def _runtime_here(device: str) -> dict:
     import torch
 
-    from regene_ray.mass.job import runtime_identity
-
     kind = str(device).split(":")[0]
     if kind == "cuda" and not torch.cuda.is_available():
         return {"device": "cuda requested, but this torch sees no GPU", "torch": torch.__version__}
     return runtime_identity(kind)
 
 
-def check_workers(identity: dict, *, gpus_per_worker: float | None, device: str) -> None:
-    """Run one task with an actor's resources before the job touches its output: the node it
-    lands on must run the device kind and torch version of the job's identity (they fix the
-    output's bytes), so a mismatch stops the job before --overwrite deletes anything.
-
-    Raises:
-        ValueError: naming what the workers run and what the job expects.
-    """
+def start_probe(device: str, gpus_per_worker: float | None):
+    """One task with a network actor's resources, started now (it returns an object-store
+    reference): the runtime a worker runs (device kind, torch, GPU model, cuDNN), which fixes
+    the output's bytes and so becomes part of the job's identity. The driver may have no GPU,
+    or another torch, than the workers."""
     import ray
 
     gpu = {"num_gpus": gpus_per_worker} if gpus_per_worker else {}  # never num_gpus=0
-    probe = ray.remote(num_cpus=1, max_retries=0, **gpu)(_runtime_here)
-    here = ray.get(probe.remote(device))
-    if here != identity["runtime"]:
-        raise ValueError(
-            f"the workers run {here}, but this job expects {identity['runtime']} (from --device "
-            "and the driver's torch); give every node the same torch build, or pick --device to "
-            "match the workers")
+    return ray.remote(num_cpus=1, max_retries=0, **gpu)(_runtime_here).remote(device)
+
+
+def probed_runtime(probe, device: str) -> dict:
+    """The runtime start_probe's task reported.
+
+    Raises:
+        ValueError: when the workers cannot run the device kind asked for.
+    """
+    import ray
+
+    here = ray.get(probe)
+    if here["device"] != str(device).split(":")[0]:
+        raise ValueError(f"--device {device}, but the workers run {here}; on a GPU cluster pass "
+                         "--gpus-per-worker (Ray hides GPUs from actors that did not ask for "
+                         "one), else use --device cpu")
+    return here

@@ -1,15 +1,21 @@
-"""Is a local output folder shared by every node of the Ray cluster? (the search and mass
-generation jobs call this after connecting).
+"""Ray for the job scripts: joining a cluster or starting a private one, and checking that a
+local output folder is shared by every node. The jobs are the only callers; the library's
+stages never start Ray.
 
-`check_shared_folder` refuses a local output folder that some node of a multi-node cluster does
-not see: the driver writes a marker file into it and a zero-CPU task pinned to every alive node
-reads it back. Nodes that join later (autoscaling) are covered by the job's own workers, which
-check the folder before writing (regene_ray.mass.chunks.WriteChunks).
+* `init_ray(address, ...)` joins --address / $RAY_ADDRESS, or else starts a private local Ray
+  ("local": with no address, ray.init would join whatever cluster `ray start` last left on this
+  machine), without a dashboard (its processes took CPU from the actors on a small box,
+  BENCHMARKS.md).
+* `check_shared_folder` refuses a local output folder that some node of a multi-node cluster
+  does not see: the driver writes a marker file into it and a zero-CPU task pinned to every alive
+  node reads it back. Nodes that join later (autoscaling) are covered by the job's own workers,
+  which check the folder before writing (regene_ray.mass.chunks.CommitChunks).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import uuid
 from pathlib import Path
@@ -17,6 +23,36 @@ from pathlib import Path
 from regene_ray.storage import MARKER_PREFIX, StorageError
 
 log = logging.getLogger(__name__)
+
+
+def init_ray(address: str | None = None, *, num_cpus: int | None = None,
+             object_store_memory: int | None = None) -> bool:
+    """Join --address / $RAY_ADDRESS, or else start a private local Ray; nothing when Ray is
+    already initialised in this process (tests share one cluster per module). Call it from the
+    main thread: a Ray initialised from another thread stops answering the main thread's
+    calls (Ray 2.60), so jobs overlap its start with their own checks by running those in a
+    thread instead.
+
+    Args:
+        address: a cluster address (auto, host:port, ray://...); None: $RAY_ADDRESS, else a
+            private local Ray.
+        num_cpus, object_store_memory: of a private local Ray (default: Ray's).
+
+    Returns:
+        True when this call started a private Ray, whose workers therefore run this machine's
+        Python and torch.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        ray.init(address=address)
+        return False
+    ray.init(address="local", include_dashboard=False, num_cpus=num_cpus,
+             object_store_memory=object_store_memory)
+    return True
 
 
 def alive_nodes() -> list[dict]:
