@@ -49,7 +49,8 @@ def run_ray(args: argparse.Namespace, out: Path) -> dict:
             "generating_s": extra["generating_s"], "fixed_s": wall - extra["generating_s"],
             "to_first_chunk_s": first,
             "after_last_chunk_s": wall - first - extra["generating_s"],
-            "phases": {k: v for k, v in startup.items() if not k.endswith("ends at")},
+            "phases": {**{k: v for k, v in startup.items() if not k.endswith("ends at")},
+                       "actor pools": extra["pool_start_s"]},
             "streams": s["streams"], "candidates": s["candidates_generated_this_run"],
             "load_before": load}
 

@@ -407,13 +407,14 @@ def generate(args: argparse.Namespace, spec: MassSpec, out: Storage, identity: d
 
 def log_phases(phases: Phases, s: Summary) -> None:
     """One line: where the time from process start went (the start-up breakdown)."""
-    first = s.extra.get("first_chunk_taken_at")
     parts = [f"{name} {end - start:.1f}" for name, (start, end) in phases.spans.items()]
+    first = s.extra.get("first_chunk_taken_at")
     if first:
-        parts.append(f"first chunk taken at {first - phases.t0:.1f}")
-    log.info("timeline (s from process start %.1f ago): %s; generating %.1f, finalising %.1f",
-             phases.since_start(), ", ".join(parts), s.extra.get("generating_s", 0.0),
-             s.extra.get("finalize_s", 0.0))
+        parts += [f"actor pools {s.extra['pool_start_s']:.1f}",
+                  f"first chunk taken at {first - phases.t0:.1f}",
+                  f"generating {s.extra['generating_s']:.1f}"]
+    log.info("timeline, s (%.1f since process start): %s; finalising %.1f",
+             phases.since_start(), ", ".join(parts), s.extra.get("finalize_s", 0.0))
 
 
 if __name__ == "__main__":

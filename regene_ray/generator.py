@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -113,7 +114,10 @@ class LatentMixer:
         self.bank = bank
         self.num_classes = int(num_classes)
         self.pools = bank.pools(self.num_classes)
-        self.latents = torch.from_numpy(np.ascontiguousarray(bank.latents, np.float32))  # (N, D)
+        with warnings.catch_warnings():  # a bank mapped read-only from Ray's object store is
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            self.latents = torch.from_numpy(  # never written: only indexed, (N, D)
+                np.ascontiguousarray(bank.latents, np.float32))
 
     def eligible_classes(self, n_parents: int) -> list[int]:
         """Classes with at least `n_parents` eligible codes in the bank."""

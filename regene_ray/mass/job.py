@@ -63,7 +63,8 @@ class Progress:
     chunks_per_node: dict[str, int] = field(default_factory=dict)
     stage_gpus: dict[str, set] = field(default_factory=dict)
     actors: dict[str, set] = field(default_factory=dict)  # stage -> actor ids that ran chunks
-    first_taken_at: float | None = None  # wall clock: the first chunk taken by a worker ...
+    stream_started_at: float | None = None  # wall clock: the first stream started ...
+    first_taken_at: float | None = None  # ... its first chunk taken by a worker ...
     last_at: float | None = None  # ... and the last one landing here
 
     def add(self, info: ChunkInfo) -> None:
@@ -129,6 +130,8 @@ def _run_locked(spec: MassSpec, out: Storage, runner: Runner, lease: Lease, iden
                       "finalize_s": round(time.perf_counter() - t_final, 3)}
     if progress.first_taken_at:
         summary.extra |= {"first_chunk_taken_at": progress.first_taken_at,
+                          "pool_start_s": round(progress.first_taken_at
+                                                - progress.stream_started_at, 3),
                           "generating_s": round(progress.last_at - progress.first_taken_at, 3)}
     out.write_json(SUMMARY_FILE, asdict(summary))
     return summary
@@ -146,6 +149,7 @@ def _generate(spec: MassSpec, out: Storage, runner: Runner, lease: Lease,
         lease.check()
         if streams == 0:
             out.delete(SUMMARY_FILE)  # the output changes now: incomplete until rewritten
+            progress.stream_started_at = time.time()
         streams += 1
         log.info("stream %d: about %d chunks of %d candidates to go%s", streams,
                  planner.expected_chunks(), spec.chunk_size,
