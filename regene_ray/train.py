@@ -1,13 +1,14 @@
-"""Training as plain functions: one epoch, evaluate, and loops that checkpoint and resume.
+"""The classifier's and the decoder's training, their evaluation, and early estimates of how
+well a classifier's codes decode.
 
-`train_classifier` and `train_decoder` save a checkpoint after every epoch (atomically) and,
-given the same checkpoint path, continue from the last finished epoch. Shuffling and dropout are
-seeded per epoch from (seed, epoch), so a resumed run follows the same path as an unbroken one.
+Each training is an epoch function for the one loop (regene_ray.loop): `train_classifier` and
+`train_decoder` save a checkpoint after every epoch (atomically) and, given the same checkpoint
+path, continue after the last finished epoch. Shuffling and dropout are seeded per epoch from
+(seed, epoch), so a resumed run follows the same path as an unbroken one.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Callable
@@ -16,20 +17,21 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from regene_ray.checkpoint import atomic_torch_save, safe_torch_load
 from regene_ray.classifier import Classifier, latent_sparsity
 from regene_ray.config import ConfigError
 from regene_ray.data import DataSplits, iterate_batches, to_float
 from regene_ray.decoder import Decoder, check_compatible
+from regene_ray.loop import cosine_lr, epoch_seed, fit_epochs, scoped_seed, train_one_epoch
 from regene_ray.losses import LossConfig, ReconstructionLoss, ssim_score
-
-log = logging.getLogger(__name__)
 
 # the resume files of a run (and of a search trial's checkpoint): fit_epochs' one format
 CLASSIFIER_STATE = "classifier_train_state.pt"
 DECODER_STATE = "decoder_train_state.pt"
+# epoch_seed's streams: the loops of one run draw from seeds far apart
+CLASSIFIER_STREAM = 0
+DECODER_STREAM = 7919
+ESTIMATE_STREAM = 4242  # estimate_decoder_mae: its init, and + 1 its batches
 
 
 @dataclass
@@ -73,23 +75,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
-def cosine_lr(base: float, epoch: int, epochs: int) -> float:
-    """Per-epoch cosine decay to 5% of base; stateless so resume needs no scheduler state."""
-    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * epoch / epochs)))
-
-
-def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    for group in opt.param_groups:
-        group["lr"] = lr
-
-
-def _check_finite(loss: torch.Tensor, what: str, epoch: int) -> None:
-    if not torch.isfinite(loss):
-        raise FloatingPointError(
-            f"{what} loss became {float(loss)} in epoch {epoch}; lower the learning rate"
-        )
-
-
 # classifier
 
 
@@ -113,32 +98,24 @@ def classifier_epoch(model: Classifier, opt: torch.optim.Optimizer, data: DataSp
                      cfg: ClassifierTrainConfig, epoch: int, device: torch.device,
                      seed: int = 0) -> dict[str, float]:
     """One pass of cross-entropy (+ L1 on the code) over the training split."""
-    model.train()
-    torch.manual_seed(seed * 100_003 + epoch)  # dropout
-    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    _set_lr(opt, cosine_lr(cfg.lr, epoch, cfg.epochs))
-    l1 = model.cfg.latent_l1
-    total, correct, n, t0 = 0.0, 0, 0, time.perf_counter()
+    gen = torch.Generator().manual_seed(epoch_seed(seed, epoch, CLASSIFIER_STREAM))
     batches = iterate_batches(data.train_x, data.train_y, cfg.batch_size, shuffle=True,
                               generator=gen, device=device)
-    bar = tqdm(batches, total=math.ceil(len(data.train_x) / cfg.batch_size),
-               desc=f"classifier {epoch}", leave=False, disable=None)
-    for xb, yb in bar:
-        z = model.encode(xb)
+    l1 = model.cfg.latent_l1
+
+    def step(batch: tuple[torch.Tensor, torch.Tensor]):
+        xb, yb = batch
+        z = model.encode(xb)  # (B, latent_dim)
         logits = model.classify_latent(z)
         loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
         if l1 > 0:
             loss = loss + l1 * z.abs().mean()
-        _check_finite(loss, "classifier", epoch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        total += float(loss.detach()) * len(yb)
-        correct += int((logits.argmax(1) == yb).sum())
-        n += len(yb)
-        bar.set_postfix(loss=f"{total / n:.3f}")
-    dt = time.perf_counter() - t0
-    return {"train_loss": total / n, "train_accuracy": correct / n, "images_per_s": n / dt}
+        return loss, len(yb), {"accuracy": int((logits.argmax(1) == yb).sum())}
+
+    with scoped_seed(epoch_seed(seed, epoch, CLASSIFIER_STREAM), device):  # dropout
+        return train_one_epoch(model, opt, batches, step, lr=cosine_lr(cfg.lr, epoch, cfg.epochs),
+                               what="classifier", epoch=epoch,
+                               steps=math.ceil(len(data.train_x) / cfg.batch_size))
 
 
 def train_classifier(model: Classifier, data: DataSplits, cfg: ClassifierTrainConfig,
@@ -195,26 +172,18 @@ def decoder_epoch(decoder: Decoder, loss_fn: ReconstructionLoss, opt: torch.opti
                   codes: torch.Tensor, images: torch.Tensor, cfg: DecoderTrainConfig, epoch: int,
                   device: torch.device, seed: int = 0) -> dict[str, float]:
     """One pass over (code, image) pairs; codes come from the frozen classifier."""
-    decoder.train()
-    gen = torch.Generator().manual_seed(seed * 100_003 + 7919 + epoch)
-    _set_lr(opt, cosine_lr(cfg.lr, epoch, cfg.epochs))
+    gen = torch.Generator().manual_seed(epoch_seed(seed, epoch, DECODER_STREAM))
     order = torch.randperm(len(codes), generator=gen)
-    total, n, t0 = 0.0, 0, time.perf_counter()
-    bar = tqdm(torch.split(order, cfg.batch_size), desc=f"decoder {epoch}", leave=False,
-               disable=None)
-    for idx in bar:
-        z = codes[idx].to(device, non_blocking=True)
-        x = to_float(images[idx], device)
-        loss, parts = loss_fn(decoder(z), x, epoch, cfg.epochs)
-        _check_finite(loss, "decoder", epoch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        total += float(loss.detach()) * len(idx)
-        n += len(idx)
-        bar.set_postfix(loss=f"{total / n:.3f}", mae=f"{parts['mae']:.3f}")
-    return {"train_loss": total / n, "images_per_s": n / (time.perf_counter() - t0),
-            **{f"w_{k}": v for k, v in loss_fn.weights(epoch, cfg.epochs).items()}}
+
+    def step(idx: torch.Tensor):
+        x = to_float(images[idx], device)  # (B, C, H, W)
+        loss, parts = loss_fn(decoder(codes[idx].to(device, non_blocking=True)), x, epoch,
+                              cfg.epochs)
+        return loss, len(idx), {"mae": parts["mae"] * len(idx)}
+
+    stats = train_one_epoch(decoder, opt, torch.split(order, cfg.batch_size), step,
+                            lr=cosine_lr(cfg.lr, epoch, cfg.epochs), what="decoder", epoch=epoch)
+    return stats | {f"w_{k}": v for k, v in loss_fn.weights(epoch, cfg.epochs).items()}
 
 
 def train_decoder(decoder: Decoder, classifier: Classifier, data: DataSplits,
@@ -289,85 +258,33 @@ def estimate_decoder_mae(classifier: Classifier, decoder: Decoder, data: DataSpl
     (no SSIM or perceptual term) on the codes of the first `images` training images, then its
     MAE on the first `val_images` holdout images.
 
-    It is what the multi-objective scheduler ranks trials on before their decoder exists
-    (regene_ray.search.moasha). Its absolute value is well above the full decoder's MAE; what
-    it has to get right is the order of trials. The classifier is left as it was (eval-mode
-    encoding, no gradients) and the global RNG state is restored afterwards.
+    The scheduler ranked trials on it before ridge_decoder_mae replaced it at a tenth of the
+    cost; benchmarks/early_mae_estimate.py compares the two. Its absolute value is well above
+    the full decoder's MAE; what it has to get right is the order of trials. It trains through
+    the one loop (loop.train_one_epoch, as a single epoch of `steps` random batches). The
+    classifier is left as it was (eval-mode encoding, no gradients) and torch's global RNG
+    state is restored afterwards.
 
     Returns:
         {"mae": holdout MAE of the short fit, "seconds": its wall time}.
     """
     t0 = time.perf_counter()
     was_training = classifier.training
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed * 100_003 + 4242)
-        decoder.to(device).train()
-        codes = encode_all(classifier, data.train_x[:images], device)
+    with scoped_seed(epoch_seed(seed, 0, ESTIMATE_STREAM), device):
+        decoder.to(device)
+        codes = encode_all(classifier, data.train_x[:images], device)  # (images, latent_dim)
         x = data.train_x[:images]
         opt = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr)
-        gen = torch.Generator().manual_seed(seed * 100_003 + 4243)
-        for _ in range(steps):
-            idx = torch.randint(len(codes), (min(batch_size, len(codes)),), generator=gen)
+        gen = torch.Generator().manual_seed(epoch_seed(seed, 0, ESTIMATE_STREAM + 1))
+        draws = (torch.randint(len(codes), (min(batch_size, len(codes)),), generator=gen)
+                 for _ in range(steps))  # `steps` batches of random indices
+
+        def step(idx: torch.Tensor):
             loss = F.l1_loss(decoder(codes[idx].to(device)), to_float(x[idx], device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            return loss, len(idx), {}
+
+        train_one_epoch(decoder, opt, draws, step, lr=cfg.lr, what="decoder estimate", epoch=0,
+                        steps=steps)
         mae = evaluate_decoder(decoder, classifier, data.holdout_x[:val_images], device)["mae"]
     classifier.train(was_training)
     return {"mae": mae, "seconds": time.perf_counter() - t0}
-
-
-# resumable state
-
-
-def fit_epochs(model: torch.nn.Module, opt: torch.optim.Optimizer, epochs: int,
-               epoch_fn: Callable[[int], dict], *, what: str,
-               checkpoint: str | Path | None = None,
-               on_epoch: Callable[[int, dict], None] | None = None,
-               shown: tuple[str, ...] = ("train_loss",)) -> list[dict]:
-    """The one resumable training loop (classifier, decoder and the neutral judge use it).
-
-    Args:
-        model, opt: what trains; both are restored from `checkpoint` when it exists.
-        epochs: total epochs; a resumed loop continues after the last saved one.
-        epoch_fn: one epoch -> its statistics (with "images_per_s").
-        what: the name in logs and errors.
-        checkpoint: the resume file, written atomically after every epoch (None: no resume).
-        on_epoch: called with (epoch, stats) after each epoch (Tune reports through it).
-        shown: statistics in the one-line log of each epoch.
-    Returns:
-        The per-epoch history, including epochs restored from the checkpoint.
-    """
-    history, start = _maybe_resume(checkpoint, model, opt, what)
-    for epoch in range(start, epochs):
-        stats = {"epoch": epoch, **epoch_fn(epoch)}
-        history.append(stats)
-        log.info("%s epoch %d: %s %.0f img/s", what, epoch,
-                 " ".join(f"{k} {stats[k]:.4g}" for k in shown), stats["images_per_s"])
-        if checkpoint is not None:
-            _save_state(checkpoint, model, opt, epoch, history)
-        if on_epoch is not None:
-            on_epoch(epoch, stats)
-    model.eval()
-    return history
-
-
-def _save_state(path: str | Path, model, opt, epoch: int, history: list[dict]) -> None:
-    atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                       "epoch": epoch, "history": history}, path)
-
-
-def _maybe_resume(path: str | Path | None, model, opt, what: str) -> tuple[list[dict], int]:
-    if path is None or not Path(path).is_file():
-        return [], 0
-    state = safe_torch_load(path, map_location=next(model.parameters()).device)
-    try:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-    except (KeyError, RuntimeError, ValueError) as e:
-        raise ConfigError(
-            f"cannot resume {what} from {path}: it was saved for a different model ({e}); "
-            "delete it or use another output folder"
-        ) from e
-    log.info("%s: resumed from %s after epoch %d", what, path, state["epoch"])
-    return list(state["history"]), int(state["epoch"]) + 1
