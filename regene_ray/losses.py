@@ -5,9 +5,10 @@ epochs; the MAE weight stays constant. The perceptual backend is chosen explicit
 silently, and the choice is logged and written to metrics.json:
 
 - `lpips`: pretrained VGG/AlexNet (lpips), when its weights are on disk;
-- `judge`: feature distance in a network the filter does not use: a small ResNet trained in the
-  run on the same train split with its own seed (`RUN/judge/`, cached), so the decoder is not
-  trained to please the classifier that judges its images in the filter's step (ii);
+- `judge`: feature distance in a network the filter does not use: a small ResNet
+  (regene_ray.resnet) trained in the run on the same train split with its own seed
+  (`RUN/judge/`, cached), so the decoder is not trained to please the classifier that judges
+  its images in the filter's step (ii);
 - `classifier`: feature distance in the trained classifier's own blocks (cheap, but the decoder
   then learns exactly the features that step (ii) checks);
 - `none`: MAE + SSIM only;
@@ -173,8 +174,9 @@ def build_perceptual(cfg: LossConfig, classifier: nn.Module, judge: nn.Module | 
     Args:
         cfg: the loss config (its `perceptual` choice).
         classifier: the frozen classifier (the `classifier` backend's network).
-        judge: the run's judge network, with a `stage_features` method (see
-            evaluation.neutral.NeutralClassifier); needed when the backend is `judge`.
+        judge: the run's judge network, with a `stage_features` method (a
+            regene_ray.resnet.ResNet, see run.load_or_train_judge); needed when the backend is
+            `judge`.
     """
     choice = cfg.perceptual
     if choice in ("auto", "lpips"):

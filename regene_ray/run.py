@@ -1,8 +1,12 @@
-"""A training run, end to end: data -> classifier -> decoder -> latent bank -> thresholds ->
-metrics and pictures, written to one run folder that jobs and the Python API can load.
+"""A training run, end to end: data -> classifier -> (judge) -> decoder -> latent bank ->
+thresholds -> metrics and pictures, written to one run folder that jobs and the Python API can
+load.
 
-The run folder is resumable: each stage that finished is skipped on a re-run with the same
-config, and the classifier and decoder continue from their last epoch checkpoint.
+The run folder is resumable. A re-run with the same config loads the networks that finished
+training (the classifier, the perceptual loss's judge when it has one, the decoder) instead of
+training them again, and a training that was interrupted continues after its last epoch
+checkpoint. The steps after the trainings (latent bank, thresholds, novelty calibration,
+metrics and pictures) take seconds and are recomputed and rewritten on every run.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,17 +32,16 @@ from regene_ray.latent_bank import (
     BANK_FILE,
     THRESHOLD_RULES,
     THRESHOLDS_FILE,
+    LatentBank,
     build_bank,
     compute_thresholds,
     save_thresholds,
 )
+from regene_ray.loop import scoped_seed
 from regene_ray.losses import LossConfig, build_perceptual
 from regene_ray.nearest import NOVELTY_FILE, holdout_distances, save_novelty
-from regene_ray.ownership import (
-    claim_for_overwrite,
-    inspect_owned,
-    write_marker,
-)
+from regene_ray.ownership import claim_for_overwrite, inspect_owned, write_marker
+from regene_ray.resnet import ResNet, ResNetConfig, ResNetTrainConfig, load_or_train_resnet
 from regene_ray.storage import Storage, atomic_write_bytes
 from regene_ray.train import (
     CLASSIFIER_STATE,
@@ -81,9 +86,10 @@ class RunConfig:
                               f"{list(THRESHOLD_RULES)}")
 
     def smoke(self) -> RunConfig:
-        """This run shrunk to seconds on 2 CPU cores: every job's --smoke-test (jobs/train.py,
-        each trial of jobs/search.py) uses this one recipe. At most 600 training and 200 test
-        images, 8 base channels (32 at most), a 32-wide code, 2 + 2 epochs."""
+        """This run shrunk to seconds on 2 CPU cores: the one recipe that shrinks a RunConfig,
+        used by jobs/train.py --smoke-test and by each trial of jobs/search.py --smoke-test. At
+        most 600 training and 200 test images, 8 base channels (32 at most), a 32-wide code,
+        2 + 2 epochs: a plumbing check, whose classifier may stay near chance."""
         d = to_dict(self)
         d["data"]["max_train"] = min(d["data"]["max_train"] or 600, 600)
         d["data"]["max_test"] = min(d["data"]["max_test"] or 200, 200)
@@ -98,7 +104,12 @@ class RunConfig:
 
 
 def smoke_run_config(*, epochs: int = 6, grid_n_parents: tuple[int, ...] = (2, 3)) -> RunConfig:
-    """A digits run that trains in seconds on 2 CPU cores (for --smoke-test and tests)."""
+    """A fixed small digits run that trains in seconds on 2 CPU cores and learns enough to
+    generate from: the input run that jobs reading a run folder (jobs/mass_generate.py,
+    jobs/evaluate.py) train for their --smoke-test, and the tests' shared run. It shrinks no
+    config of yours (that is RunConfig.smoke): all of digits at 16 x 16, a 2-stage 8-channel
+    classifier with a 32-wide code, `epochs` + `epochs` epochs, the classifier's features as the
+    perceptual loss."""
     return RunConfig(
         data=DataConfig(dataset="digits", image_size=16, holdout_fraction=0.15),
         classifier=ArchConfig(depth=2, convs_per_block=1, base_channels=8, latent_dim=32),
@@ -171,13 +182,29 @@ def near_chance(accuracy: float, num_classes: int) -> bool:
 
 
 def build_models(cfg: RunConfig, data: DataSplits) -> tuple[Classifier, Decoder]:
-    """Seeded classifier and mirrored decoder for this data."""
+    """The classifier and its mirrored decoder for this data, initialised from cfg.seed (the
+    caller's global RNG is left as it was)."""
     ccfg = ClassifierConfig.from_arch(cfg.classifier, in_channels=data.channels,
                                       image_size=data.image_size, num_classes=data.num_classes)
-    torch.manual_seed(cfg.seed)
-    clf = Classifier(ccfg)
-    dec = Decoder(DecoderConfig.mirror(ccfg, cfg.decoder))
+    with scoped_seed(cfg.seed, torch.device("cpu")):
+        clf = Classifier(ccfg)
+        dec = Decoder(DecoderConfig.mirror(ccfg, cfg.decoder))
     return clf, dec
+
+
+@dataclass
+class TrainedRun:
+    """What the training steps of a run made, for its metrics and pictures."""
+
+    classifier: Classifier
+    decoder: Decoder
+    bank: LatentBank
+    thresholds: dict  # per class tau of both filter steps (latent_bank.compute_thresholds)
+    perceptual_backend: str  # the perceptual loss the decoder trained with
+    judge: dict | None  # the judge network's name, seed and accuracy; None without one
+    classifier_history: list[dict]  # per epoch, kept from an earlier run when loaded
+    decoder_history: list[dict]
+    timings: dict[str, float]  # seconds per step
 
 
 def train_run(cfg: RunConfig, out: str | Path, *, device: str = "auto",
@@ -198,52 +225,80 @@ def train_run(cfg: RunConfig, out: str | Path, *, device: str = "auto",
     clf, dec = build_models(cfg, data)  # so does an architecture that does not fit the data
     prepare_out_dir(out, cfg, overwrite=overwrite)
     timings: dict[str, float] = {}
+    with _timed(timings, "classifier_s"):  # 1. the classifier
+        clf, clf_hist = train_or_load_classifier(clf, cfg, data, out, dev)
+    with _timed(timings, "judge_s"):  # 2. the perceptual loss's judge, when it has one
+        judge, judge_metrics = load_or_train_judge(cfg, data, out, dev)
+    with _timed(timings, "decoder_s"):  # 3. the decoder, on the frozen classifier's codes
+        perceptual, backend = build_perceptual(cfg.decoder_training.loss, clf, judge)
+        dec, dec_hist = train_or_load_decoder(dec, clf, perceptual, cfg, data, out, dev)
+    with _timed(timings, "bank_thresholds_s"):  # 4. latent bank, thresholds, novelty
+        bank, thresholds = write_bank_and_thresholds(clf, dec, cfg, data, out, dev)
+    trained = TrainedRun(clf, dec, bank, thresholds, backend, judge_metrics, clf_hist, dec_hist,
+                         timings)
+    return write_metrics(trained, cfg, data, out, dev, t_start)  # 5. metrics and pictures
 
-    # 1. classifier
+
+@contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
     t0 = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - t0
+
+
+def train_or_load_classifier(clf: Classifier, cfg: RunConfig, data: DataSplits, out: Path,
+                             dev: torch.device) -> tuple[Classifier, list[dict]]:
+    """The run's classifier: loaded from out/classifier/ when it finished training, else
+    trained (resuming from its epoch checkpoint) and saved there. Returns it and its
+    per-epoch history (an earlier run's, from its metrics.json, when loaded)."""
     if (out / "classifier" / WEIGHTS_FILE).is_file():
-        clf = Classifier.load(out / "classifier", map_location=dev)
-        clf_hist = []
-    else:
-        clf_hist = train_classifier(clf, data, cfg.classifier_training, dev,
-                                    checkpoint=out / CLASSIFIER_STATE, seed=cfg.seed)
-        clf.save(out / "classifier")
-    timings["classifier_s"] = time.perf_counter() - t0
+        return (Classifier.load(out / "classifier", map_location=dev),
+                _history(out / METRICS_FILE, "classifier_history"))
+    hist = train_classifier(clf, data, cfg.classifier_training, dev,
+                            checkpoint=out / CLASSIFIER_STATE, seed=cfg.seed)
+    clf.save(out / "classifier")
+    return clf, hist
 
-    # 2. decoder on the frozen classifier's codes
-    t0 = time.perf_counter()
-    judge, judge_metrics = load_or_train_judge(cfg, data, out, dev)
-    timings["judge_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    perceptual, backend = build_perceptual(cfg.decoder_training.loss, clf, judge)
+
+def train_or_load_decoder(dec: Decoder, clf: Classifier, perceptual: torch.nn.Module | None,
+                          cfg: RunConfig, data: DataSplits, out: Path, dev: torch.device
+                          ) -> tuple[Decoder, list[dict]]:
+    """The run's decoder, as train_or_load_classifier: loaded from out/decoder/ or trained on
+    the frozen `clf`'s codes with the perceptual module `perceptual` (or None)."""
     if (out / "decoder" / WEIGHTS_FILE).is_file():
-        dec = Decoder.load(out / "decoder", map_location=dev)
-        dec_hist = []
-    else:
-        dec_hist = train_decoder(dec, clf, data, cfg.decoder_training, dev, perceptual,
-                                 checkpoint=out / DECODER_STATE, seed=cfg.seed)
-        dec.save(out / "decoder")
-    timings["decoder_s"] = time.perf_counter() - t0
+        return (Decoder.load(out / "decoder", map_location=dev),
+                _history(out / METRICS_FILE, "decoder_history"))
+    hist = train_decoder(dec, clf, data, cfg.decoder_training, dev, perceptual,
+                         checkpoint=out / DECODER_STATE, seed=cfg.seed)
+    dec.save(out / "decoder")
+    return dec, hist
 
-    # 3. latent bank and thresholds
-    t0 = time.perf_counter()
+
+def write_bank_and_thresholds(clf: Classifier, dec: Decoder, cfg: RunConfig, data: DataSplits,
+                              out: Path, dev: torch.device) -> tuple[LatentBank, dict]:
+    """The latent bank of the training split, the filter thresholds tau_c and the novelty
+    step's calibration, written to the run folder. Returns (bank, thresholds)."""
     bank = build_bank(clf, data.train_x, data.train_y, dev)
     bank.save(out / BANK_FILE)
     thresholds = compute_thresholds(clf, dec, data.holdout_x, data.holdout_y, data.num_classes, dev,
                                     image_rule=cfg.image_threshold)
     save_thresholds(thresholds, out / THRESHOLDS_FILE)
     save_novelty(holdout_distances(clf, bank, data.holdout_x, data.holdout_y, data.num_classes,
-                                   dev), out / NOVELTY_FILE)  # the novelty step's calibration
-    timings["bank_thresholds_s"] = time.perf_counter() - t0
+                                   dev), out / NOVELTY_FILE)
+    return bank, thresholds
 
-    # 4. metrics and pictures
-    test = evaluate_classifier(clf, data.test_x, data.test_y, dev)
-    recon = evaluate_decoder(dec, clf, data.test_x, dev)
-    gen = ConvexGenerator(bank, clf, dec, thresholds, device=dev)
-    acceptance = run_acceptance(gen, cfg, data.num_classes)
+
+def write_metrics(run: TrainedRun, cfg: RunConfig, data: DataSplits, out: Path,
+                  dev: torch.device, t_start: float) -> dict:
+    """Test the trained run, measure the filters' acceptance, draw its two grids, and write
+    out/metrics.json; returns the metrics."""
     from regene_ray.pictures import save_generation_grid, save_reconstruction_grid
 
-    save_reconstruction_grid(clf, dec, data, out / RECON_GRID, dev)
+    test = evaluate_classifier(run.classifier, data.test_x, data.test_y, dev)
+    recon = evaluate_decoder(run.decoder, run.classifier, data.test_x, dev)
+    gen = ConvexGenerator(run.bank, run.classifier, run.decoder, run.thresholds, device=dev)
+    acceptance = run_acceptance(gen, cfg, data.num_classes)
+    save_reconstruction_grid(run.classifier, run.decoder, data, out / RECON_GRID, dev)
     save_generation_grid(gen, data.class_names, cfg.grid_n_parents, out / GEN_GRID, seed=cfg.seed)
     metrics = {
         "dataset": cfg.data.dataset,
@@ -254,19 +309,19 @@ def train_run(cfg: RunConfig, out: str | Path, *, device: str = "auto",
         "recon_test_mae": recon["mae"],
         "recon_test_ssim": recon["ssim"],
         "class_mean_baseline_mae": class_mean_baseline_mae(data),
-        "perceptual_backend": backend,
-        "judge": judge_metrics,
+        "perceptual_backend": run.perceptual_backend,
+        "judge": run.judge,
         "acceptance": acceptance,
-        "bank_size": len(bank),
-        "bank_eligible_parents": int(bank.correct.sum()),
+        "bank_size": len(run.bank),
+        "bank_eligible_parents": int(run.bank.correct.sum()),
         "train_images": len(data.train_x),
         "holdout_images": len(data.holdout_x),
         "test_images": len(data.test_x),
-        "timings": timings | {"total_s": time.perf_counter() - t_start},
-        "classifier_history": clf_hist or _history(out / "metrics.json", "classifier_history"),
-        "decoder_history": dec_hist or _history(out / "metrics.json", "decoder_history"),
+        "timings": run.timings | {"total_s": time.perf_counter() - t_start},
+        "classifier_history": run.classifier_history,
+        "decoder_history": run.decoder_history,
+        "near_chance": near_chance(test["accuracy"], data.num_classes),
     }
-    metrics["near_chance"] = near_chance(metrics["test_accuracy"], data.num_classes)
     if metrics["near_chance"]:
         log.warning(
             "run %s: test accuracy %.3f is near chance (%.3f for %d classes): the classifier did "
@@ -277,33 +332,27 @@ def train_run(cfg: RunConfig, out: str | Path, *, device: str = "auto",
     log.info(
         "run %s: test_acc %.4f recon_mae %.4f ssim %.3f perceptual=%s accept(n=2) %.2f in %.0fs",
         out, metrics["test_accuracy"], metrics["recon_test_mae"], metrics["recon_test_ssim"],
-        backend, acceptance.get("2", {}).get("accepted", float("nan")),
+        run.perceptual_backend, acceptance.get("2", {}).get("accepted", float("nan")),
         metrics["timings"]["total_s"],
     )
     return metrics
 
 
 def load_or_train_judge(cfg: RunConfig, data: DataSplits, out: Path, dev: torch.device
-                        ) -> tuple[torch.nn.Module | None, dict | None]:
-    """The judge network of the perceptual loss, when the run trains with one (cached in
-    RUN/judge/): a ResNet (evaluation.neutral's architecture) of its own depth, width and seed,
-    trained on the run's train split. Returns (network, its test accuracy and timing) or
+                        ) -> tuple[ResNet | None, dict | None]:
+    """The judge network of the perceptual loss, when the run trains with one: the shared
+    ResNet (regene_ray.resnet) of the loss config's depth, width and epochs, with a seed of its
+    own, trained on the run's train split and kept in out/judge/ (loaded from there on a
+    re-run). Returns (network, its name, seed, test accuracy and training seconds) or
     (None, None)."""
     loss = cfg.decoder_training.loss
     if loss.backend() != "judge":
         return None, None
-    from regene_ray.evaluation.neutral import (
-        NeutralTrainConfig,
-        ResNetConfig,
-        load_or_train_neutral,
-    )
-
     model_cfg = ResNetConfig(depth=loss.judge_depth, width=loss.judge_width,
                              in_channels=data.channels, num_classes=data.num_classes)
-    train_cfg = NeutralTrainConfig(epochs=loss.judge_epochs, seed=cfg.seed + JUDGE_SEED)
-    judge, metrics = load_or_train_neutral(out / JUDGE_DIR, data, model_cfg, train_cfg, dev,
-                                           data_identity=to_dict(cfg.data), flag="judge folder",
-                                           what="judge")
+    train_cfg = ResNetTrainConfig(epochs=loss.judge_epochs, seed=cfg.seed + JUDGE_SEED)
+    judge, metrics = load_or_train_resnet(out / JUDGE_DIR, data, model_cfg, train_cfg, dev,
+                                          data_identity=to_dict(cfg.data), what="judge")
     judge.requires_grad_(False)
     if near_chance(metrics.get("test_accuracy", 0.0), data.num_classes):
         log.warning("judge network: test accuracy %.3f is near chance; its features are close to "

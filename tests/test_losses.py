@@ -5,7 +5,7 @@ import torch
 
 from regene_ray.classifier import Classifier, ClassifierConfig
 from regene_ray.config import ConfigError
-from regene_ray.evaluation.neutral import NeutralClassifier, ResNetConfig
+from regene_ray.data import DataConfig, load_data
 from regene_ray.losses import (
     AUTO_FALLBACK,
     LossConfig,
@@ -14,6 +14,7 @@ from regene_ray.losses import (
     scheduled_weight,
     ssim_score,
 )
+from regene_ray.resnet import ResNet, ResNetConfig, ResNetTrainConfig, load_or_train_resnet
 
 
 @pytest.mark.parametrize("kind", ["cosine", "linear", "exponential"])
@@ -38,13 +39,14 @@ def test_identical_images_have_zero_loss_terms():
     assert float(ssim_score(x, x)) == pytest.approx(1.0, abs=1e-5)
     clf = Classifier(ClassifierConfig(image_size=16, depth=2, base_channels=8, latent_dim=8))
     perc, _ = build_perceptual(LossConfig(perceptual="classifier"), clf)
-    assert float(perc(x, x)) == pytest.approx(0.0, abs=1e-6)
-    assert float(perc(x, torch.rand_like(x))) > 0.01
+    with torch.no_grad():
+        assert float(perc(x, x)) == pytest.approx(0.0, abs=1e-6)
+        assert float(perc(x, torch.rand_like(x))) > 0.01
 
 
 def judge_net(width=4):
     torch.manual_seed(1)
-    return NeutralClassifier(ResNetConfig(depth=8, width=width)).eval().requires_grad_(False)
+    return ResNet(ResNetConfig(depth=8, width=width)).eval().requires_grad_(False)
 
 
 def test_auto_without_lpips_weights_falls_back_and_says_so(monkeypatch, tmp_path, caplog):
@@ -54,8 +56,8 @@ def test_auto_without_lpips_weights_falls_back_and_says_so(monkeypatch, tmp_path
     assert cfg.backend() == AUTO_FALLBACK
     with caplog.at_level(logging.WARNING):
         module, backend = build_perceptual(cfg, clf, judge_net())
-    assert backend.startswith(AUTO_FALLBACK)
-    assert "lpips vgg weights not found" in caplog.text
+    assert AUTO_FALLBACK == "none" and (module, backend) == (None, "none")
+    assert "lpips vgg weights not found" in caplog.text and "using 'none' instead" in caplog.text
 
 
 def test_judge_features_come_from_the_judge_not_the_classifier():
@@ -140,3 +142,26 @@ def test_the_loss_is_the_weighted_sum_of_its_terms():
         assert parts["mae"] == pytest.approx(mae, rel=1e-6)
     assert loss.weights(0, 5)["ssim"] == pytest.approx(0.7)
     assert loss.weights(4, 5)["perceptual"] == pytest.approx(0.05)
+
+
+# the judge network itself (regene_ray.resnet; the evaluation's neutral classifier too)
+
+
+def test_a_saved_resnet_is_reused_for_its_config_and_replaced_for_another(tmp_path, caplog):
+    data = load_data(DataConfig(dataset="digits", image_size=16, max_train=100, max_test=20))
+    cfg, train = ResNetConfig(depth=8, width=4), ResNetTrainConfig(epochs=1, batch_size=32)
+    cpu = torch.device("cpu")
+    rng = torch.get_rng_state()
+    model, m = load_or_train_resnet(tmp_path, data, cfg, train, cpu)
+    assert torch.equal(torch.get_rng_state(), rng)  # seeded from train.seed, in a scope
+    assert not m["cached"] and m["history"][0]["images"] == len(data.train_x) == 90
+    again, m2 = load_or_train_resnet(tmp_path, data, cfg, train, cpu)
+    assert m2["cached"] and m2["test_accuracy"] == m["test_accuracy"]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                 again.state_dict().values(), strict=True))
+    assert ResNet.load(tmp_path).cfg == cfg
+    with caplog.at_level(logging.WARNING):
+        other, m3 = load_or_train_resnet(tmp_path, data, cfg,
+                                         ResNetTrainConfig(epochs=1, batch_size=32, seed=1), cpu)
+    assert not m3["cached"] and "holds a model for another config; retraining" in caplog.text
+    assert not torch.equal(other.fc.weight, model.fc.weight)
