@@ -32,31 +32,12 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     """Check `value` against the annotation `tp`; allow int -> float and list -> tuple only."""
     origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key, source)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(
-            f"{source}: key '{key}' must be {_type_name(tp)}, got {value!r} ({type(value).__name__})"
-        )
+        return _coerce_union(value, tp, key, source)
     if origin in (list, tuple):
-        if not isinstance(value, list | tuple):
-            raise ConfigError(
-                f"{source}: key '{key}' must be a list, got {value!r} ({type(value).__name__})"
-            )
-        inner = args[0] if args else Any
-        items = [_coerce(v, inner, f"{key}[{i}]", source) for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
+        return _coerce_sequence(value, tp, key, source)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: key '{key}' must be a mapping, got {value!r}")
@@ -67,28 +48,56 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: key '{key}' must be a mapping of {tp.__name__} fields")
         return from_dict(tp, value, source=source, prefix=f"{key}.")
+    return _coerce_scalar(value, tp, key, source)
+
+
+def _coerce_union(value: Any, tp: Any, key: str, source: str) -> Any:
+    """`X | None` and other unions: None where allowed, else the first member that accepts it."""
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(value, arg, key, source)
+        except ConfigError:
+            pass
+    raise ConfigError(
+        f"{source}: key '{key}' must be {_type_name(tp)}, got {value!r} ({type(value).__name__})"
+    )
+
+
+def _coerce_sequence(value: Any, tp: Any, key: str, source: str) -> list | tuple:
+    """list[X] / tuple[X, ...]: a list or tuple whose items each check against X."""
+    if not isinstance(value, list | tuple):
+        raise ConfigError(
+            f"{source}: key '{key}' must be a list, got {value!r} ({type(value).__name__})"
+        )
+    args = typing.get_args(tp)
+    inner = args[0] if args else Any
+    items = [_coerce(v, inner, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    return tuple(items) if typing.get_origin(tp) is tuple else items
+
+
+def _coerce_scalar(value: Any, tp: Any, key: str, source: str) -> Any:
+    """float (an int is widened), int, bool and str; a bool is never a number. Other
+    annotations pass the value through unchecked."""
+    got = f"got {value!r} ({type(value).__name__})"
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(
-                f"{source}: key '{key}' must be a number, got {value!r} ({type(value).__name__})"
-            )
+            raise ConfigError(f"{source}: key '{key}' must be a number, {got}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(
-                f"{source}: key '{key}' must be an integer, got {value!r} ({type(value).__name__})"
-            )
+            raise ConfigError(f"{source}: key '{key}' must be an integer, {got}")
         return value
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{source}: key '{key}' must be true or false, got {value!r}")
         return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(
-                f"{source}: key '{key}' must be a string, got {value!r} ({type(value).__name__})"
-            )
-        return value
+    if tp is str and not isinstance(value, str):
+        raise ConfigError(f"{source}: key '{key}' must be a string, {got}")
     return value
 
 
