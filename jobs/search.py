@@ -103,7 +103,7 @@ def main(args: argparse.Namespace) -> dict:
     space = load_search_space(args.space)
     if args.smoke_test:
         space = smoke_test_space(space)
-    from regene_ray.search.tuner import SweepOptions, check_name, run_sweep, trial_resources
+    from regene_ray.search.sweep import SweepOptions, check_name, trial_resources
 
     trial_resources(args.cpus_per_trial, args.gpus_per_trial)  # fail before starting Ray
     check_name(args.name)
@@ -118,6 +118,8 @@ def main(args: argparse.Namespace) -> dict:
     store.check_writable("--storage-path")
     init_ray(args.address, num_cpus=args.num_cpus, object_store_memory=256 * 1024**2)
     import ray
+
+    from regene_ray.search.tuner import run_sweep
 
     log.info("ray: %s", ray.cluster_resources())
     if store.is_local:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import ray
 import yaml
@@ -152,7 +153,7 @@ def test_best_config_follows_rule_and_trains(smoke_sweep, tmp_path):
         proc = subprocess.run([sys.executable, str(REPO / "jobs" / f"{job}.py"),
                                *map(str, argv)], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, job + proc.stderr[-3000:]
-    assert json.loads((gen / "summary.json").read_text())["requested"] == 20
+    assert sum(pq.read_metadata(f).num_rows for f in (gen / "data").glob("*.parquet")) == 20
     assert json.loads((report / "metrics.json").read_text())["generated"]["evaluated"] == 20
 
 
@@ -269,9 +270,34 @@ def test_time_budget_flag_and_trials_cut_off_before_reporting(tmp_path):
 
 def test_trials_ask_for_a_gpu_only_when_told():
     from regene_ray.config import ConfigError
-    from regene_ray.search.tuner import trial_resources
+    from regene_ray.search.sweep import trial_resources
 
     assert trial_resources(1, 0) == {"cpu": 1}  # no "gpu" key at all: 0 has been read as a request
     assert trial_resources(2, 0.25) == {"cpu": 2, "gpu": 0.25}
     with pytest.raises(ConfigError, match="--gpus-per-trial -1 >= 0"):
         trial_resources(1, -1)
+
+
+def test_moasha_adaptors_keep_their_own_sweeps_rungs(tmp_path):
+    """Each MO-ASHA scheduler finds its rungs file from its own sweep's location (nothing
+    process-wide): two sweeps in one process write their own, and one unpickled as
+    Tuner.restore does reads its sweep's rungs back."""
+    import pickle
+    from types import SimpleNamespace
+
+    from regene_ray.search.space import load_search_space
+    from regene_ray.search.tuner import make_scheduler
+    from regene_ray.storage import Storage
+
+    space = load_search_space(REPO / "search_spaces" / "digits.yaml")
+    a, b = (make_scheduler("moasha", space, Storage(tmp_path / n)) for n in "ab")
+    restored = pickle.loads(pickle.dumps(a))  # as in tuner.pkl: before any result
+    result = {"training_iteration": 1, "val_accuracy": 0.9, "val_mae_early": 0.2}
+    assert a.on_trial_result(None, SimpleNamespace(trial_id="t1"), result) == "CONTINUE"
+    assert b.on_trial_result(None, SimpleNamespace(trial_id="t2"), result) == "CONTINUE"
+    for name, trial in (("a", "t1"), ("b", "t2")):
+        rungs = yaml.safe_load((tmp_path / name / "moasha_rungs.yaml").read_text())["rungs"]
+        assert rungs["1"] == {trial: [0.9, 0.2]}
+    # t3 is dominated by t1, which the restored scheduler read back from a's file: stopped
+    assert restored.on_trial_result(None, SimpleNamespace(trial_id="t3"), {
+        **result, "val_accuracy": 0.8}) == "STOP"

@@ -1,15 +1,19 @@
-"""Search-space validation and the Pareto / selection / hypervolume functions (no Ray)."""
+"""Search-space validation, the Pareto / selection / hypervolume functions, and the sweep's
+folder and Optuna state (all without Ray)."""
 
 from __future__ import annotations
 
 import itertools
+import shutil
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import yaml
 
 from regene_ray.config import ConfigError
+from regene_ray.ownership import MARKER_FILE, OwnershipError, write_marker
 from regene_ray.search.pareto import (
     choose_within_tolerance,
     crowding_distance,
@@ -20,6 +24,9 @@ from regene_ray.search.pareto import (
     promotion_order,
 )
 from regene_ray.search.space import load_search_space, parse_search_space, smoke_test_space
+from regene_ray.search.study import load_state, open_storage, save_state
+from regene_ray.search.sweep import SweepOptions, claim_experiment, prepare_resume, space_record
+from regene_ray.storage import Storage
 
 REPO = Path(__file__).resolve().parents[1]
 SPACES = sorted((REPO / "search_spaces").glob("*.yaml"))
@@ -222,3 +229,59 @@ def test_knee_point_by_hand():
     # two points: nearest the ideal in the front's scaling (both at distance 1: the earlier)
     assert knee_point([0.9, 0.8], [0.2, 0.1]) == 0
     assert knee_point([0.9], [0.2]) == 0 and knee_point([np.nan], [0.1]) == -1
+
+
+# the sweep's folder
+
+
+def test_a_sweep_claims_only_its_own_folders(tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(OwnershipError, match="is a non-empty folder without a regene-ray "
+                       "ownership marker .* not a regene-ray sweep"):
+        claim_experiment(Storage(foreign))
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]  # nothing written or deleted
+    run = tmp_path / "run"
+    write_marker(Storage(run), "run", ["config.yaml"], {})
+    with pytest.raises(OwnershipError, match="of a search job"):
+        claim_experiment(Storage(run))
+    claim_experiment(Storage(tmp_path / "sweep"))  # new: claimed, with where it is
+    marker = yaml.safe_load((tmp_path / "sweep" / MARKER_FILE).read_text())
+    assert (marker["kind"], marker["identity"]) == \
+        ("search", {"name": "sweep", "storage": str(tmp_path / "sweep")})
+    claim_experiment(Storage(tmp_path / "sweep"))  # its own: kept as it is
+    assert yaml.safe_load((tmp_path / "sweep" / MARKER_FILE).read_text()) == marker
+
+
+def test_a_moved_sweep_is_refused_on_resume(tmp_path):
+    """Tune's tuner.pkl names the place a sweep started (its study and rungs live there)."""
+    space = load_search_space(REPO / "search_spaces" / "digits.yaml")
+    record = space_record(space, 4, SweepOptions(storage_path=tmp_path, name="a"))
+    claim_experiment(Storage(tmp_path / "a"))
+    (tmp_path / "a" / "search_space.yaml").write_text(yaml.safe_dump(record, sort_keys=False))
+    prepare_resume(Storage(tmp_path / "a"), tmp_path / "a", record, "a")  # where it started
+    with pytest.raises(ConfigError, match="different search space"):
+        prepare_resume(Storage(tmp_path / "a"), tmp_path / "a", {**record, "num_samples": 5}, "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    with pytest.raises(ConfigError, match=f"started at {tmp_path / 'a'}.*move it back"):
+        prepare_resume(Storage(tmp_path / "b"), tmp_path / "b", record, "b")
+
+
+def test_searcher_state_reopens_the_study_where_it_is_given(tmp_path):
+    """The state a searcher saves holds no study path: each load uses the storage it is given,
+    so a study copied to another folder (another machine's cache) is continued there, and two
+    loads in one process never share one."""
+    (tmp_path / "a").mkdir()
+    study = optuna.create_study(study_name="s", storage=open_storage(tmp_path / "a"),
+                                directions=["maximize", "minimize"])
+    study.tell(study.ask(), [0.9, 0.1])
+    pending = study.ask()
+    save_state({"_ot_study": study, "_ot_trials": {"t2": pending}}, tmp_path / "state.pkl")
+    assert b"optuna.sqlite" not in (tmp_path / "state.pkl").read_bytes()
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    states = {d: load_state(tmp_path / "state.pkl", open_storage(tmp_path / d)) for d in "ab"}
+    states["b"]["_ot_study"].tell(states["b"]["_ot_trials"]["t2"], [0.8, 0.05])
+    done = {d: [t.values for t in optuna.load_study(study_name="s", storage=open_storage(
+        tmp_path / d)).get_trials(states=[optuna.trial.TrialState.COMPLETE])] for d in "ab"}
+    assert done == {"a": [[0.9, 0.1]], "b": [[0.9, 0.1], [0.8, 0.05]]}

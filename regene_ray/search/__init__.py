@@ -4,11 +4,15 @@ accuracy (max) against decoder reconstruction MAE (min), on Ray Tune + Optuna.
 Modules, in the order a sweep uses them:
 
     space.py    search spaces (YAML) -> typed RunConfigs, and the smoke-test space
+    sweep.py    the sweep's options, trials at once, its folder's claim, record and resume checks
+    trial.py    one trial: classifier then decoder training, reporting every epoch (plain torch)
+    study.py    Optuna: distributions, the seeded sampler, searcher state without its storage
+    moasha.py   multi-objective successive halving: rungs, decisions and their YAML state
+                (promotes by non-dominated sort and crowding over accuracy and an early MAE)
     pareto.py   non-dominated sorting, crowding, knee point, hypervolume and the paper's pick
                 from the front (pure numpy)
-    moasha.py   multi-objective successive halving, a Ray Tune scheduler (promotes by
-                non-dominated sort and crowding over accuracy and an early MAE estimate)
-    tuner.py    the trainable, the searcher, the schedulers, the sweep (Ray Tune)
+    tuner.py    the only module here that imports Ray: the Tune trainable, searcher, schedulers
+                and callback around the modules above, and run_sweep
     sync.py     the driver's local copy of a sweep on remote storage
     outputs.py  trials.parquet (with hypervolume history), pareto.parquet, pareto.png,
                 hypervolume.png, best_config.yaml (knee point in its comments), summary.json

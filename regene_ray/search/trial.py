@@ -1,0 +1,116 @@
+"""One trial of the sweep, in plain torch (no Ray): jobs/train.py's own train_classifier, then
+train_decoder on the frozen codes, each calling `report(metrics, state)` after every epoch
+through its on_epoch hook. regene_ray.search.tuner.train_trial is the Tune trainable around it.
+
+`state` is a folder holding the trial's resume files as of that epoch (classifier_train_state.pt
+and decoder_train_state.pt, regene_ray.train's one format): the Tune wrapper reports it as the
+trial's checkpoint and, on restore, copies it back into `work`, where the same functions
+continue from the last finished epoch.
+
+Every report carries both objectives. While the classifier trains there is no decoder yet, so
+val_mae holds the placeholder WORST_MAE (1.0: the largest possible MAE of [0, 1] pixels) and
+`phase` says "classifier"; the final report of a finished trial holds the measured values, and
+that final report is what Optuna is told.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from regene_ray.data import DataSplits, load_data
+from regene_ray.losses import build_perceptual
+from regene_ray.run import RunConfig, build_models, load_or_train_judge
+from regene_ray.search.outputs import WORST_MAE
+from regene_ray.search.space import SearchSpace
+from regene_ray.train import (
+    CLASSIFIER_STATE,
+    DECODER_STATE,
+    resolve_device,
+    ridge_decoder_mae,
+    train_classifier,
+    train_decoder,
+)
+
+STATE_FILES = (CLASSIFIER_STATE, DECODER_STATE)  # what a trial's checkpoint holds
+
+# report(metrics, state): state is a folder of the resume files as of this report (valid
+# during the call), or None for a repeated final result that needs no checkpoint
+Report = Callable[[dict, Path | None], None]
+
+
+def run_trial(config: dict, space: SearchSpace, report: Report, work: Path, *,
+              device: str = "cpu", estimate_at: tuple[int, ...] = ()) -> None:
+    """Train one trial's classifier, then its decoder, reporting after every epoch.
+
+    Args:
+        config: the searched values (dotted RunConfig paths), chosen by the sampler.
+        space: the search space; its base holds the fixed per-trial budget.
+        report: called with each epoch's metrics and a snapshot of the resume files.
+        work: the trial's state folder; resume files already in it (a restored checkpoint)
+            continue training from their last finished epoch.
+        device: "cpu", or "auto" for the GPU (share) the trial was given.
+        estimate_at: training iterations (1-based classifier epochs) whose report carries an
+            early MAE estimate in val_mae_early (the MO-ASHA rungs; ridge_decoder_mae).
+            Decoder-phase reports carry the measured val_mae there.
+    """
+    cfg = space.run_config(config)
+    dev = resolve_device(device)
+    data = load_data(cfg.data)
+    clf, dec = build_models(cfg, data)
+    reported = []
+
+    def send(metrics: dict) -> None:
+        reported.append(metrics)
+        with tempfile.TemporaryDirectory() as snap:  # the resume files as of this epoch
+            for name in STATE_FILES:
+                if (work / name).is_file():
+                    shutil.copy(work / name, snap)
+            report(metrics, Path(snap))
+
+    def classifier_report(epoch: int, stats: dict) -> None:
+        metrics = _classifier_metrics(epoch, stats)
+        if epoch + 1 in estimate_at:  # a rung: how well do these codes decode already?
+            est = ridge_decoder_mae(clf, data, dev)
+            metrics.update(val_mae_early=est["mae"], mae_estimate_s=est["seconds"])
+        send(metrics)
+
+    clf_hist = train_classifier(clf, data, cfg.classifier_training, dev,
+                                checkpoint=work / CLASSIFIER_STATE, seed=cfg.seed,
+                                on_epoch=classifier_report)
+    clf_last = _classifier_metrics(len(clf_hist) - 1, clf_hist[-1])
+    n_clf = cfg.classifier_training.epochs
+    dec_hist = train_decoder(dec, clf, data, cfg.decoder_training, dev,
+                             _perceptual(cfg, data, clf, dev),
+                             checkpoint=work / DECODER_STATE, seed=cfg.seed,
+                             on_epoch=lambda e, s: send(_decoder_metrics(clf_last, n_clf, e, s)))
+    if not reported:  # restored after its last epoch: repeat the final result
+        report(_decoder_metrics(clf_last, n_clf, len(dec_hist) - 1, dec_hist[-1]), None)
+
+
+def _perceptual(cfg: RunConfig, data: DataSplits, clf: torch.nn.Module, dev: torch.device):
+    """The decoder's perceptual loss; a 'judge' network is the trial's own (not cached)."""
+    with tempfile.TemporaryDirectory() as judge_dir:
+        judge, _ = load_or_train_judge(cfg, data, Path(judge_dir), dev)
+    return build_perceptual(cfg.decoder_training.loss, clf, judge)[0]
+
+
+def _classifier_metrics(epoch: int, stats: dict) -> dict:
+    """A classifier-phase report: val_mae is the WORST_MAE placeholder (no decoder yet)."""
+    return {"phase": "classifier", "epoch": epoch, "classifier_epochs_done": epoch + 1,
+            "val_accuracy": stats["val_accuracy"], "latent_sparsity": stats["latent_sparsity"],
+            "val_mae": WORST_MAE, "val_mae_early": math.nan, "mae_estimate_s": 0.0,
+            "val_ssim": 0.0, "train_loss": stats["train_loss"]}
+
+
+def _decoder_metrics(classifier_last: dict, n_clf: int, epoch: int, stats: dict) -> dict:
+    """A decoder-phase report: the classifier's final values and this epoch's MAE / SSIM."""
+    return {**classifier_last, "phase": "decoder", "epoch": n_clf + epoch,
+            "val_mae": stats["val_mae"], "val_mae_early": stats["val_mae"],
+            "mae_estimate_s": 0.0, "val_ssim": stats["val_ssim"],
+            "train_loss": stats["train_loss"]}
