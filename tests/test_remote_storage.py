@@ -217,61 +217,100 @@ def _s3_trial_states(fs: pafs.S3FileSystem, exp: str) -> dict[str, str]:
     return {json.loads(t)["trial_id"]: json.loads(t)["status"] for t, _ in data["trial_data"]}
 
 
+def _s3_trial_dirs(fs: pafs.S3FileSystem, exp: str) -> dict[str, str]:
+    """trial id -> its folder on S3 (train_trial_<id>_...)."""
+    infos = fs.get_file_info(pafs.FileSelector(exp, allow_not_found=True))
+    return {Path(i.path).name.split("_")[2]: i.path for i in infos
+            if Path(i.path).name.startswith("train_trial_")}
+
+
+def _s3_read(fs: pafs.S3FileSystem, path: str) -> bytes | None:
+    try:
+        return fs.open_input_stream(path).read()
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def _kill_when_one_finished_and_one_checkpointed(args, env, fs, exp: str, log_path: Path):
+    """Run the first driver and SIGKILL it once a trial has finished (its result.json on S3)
+    and the next one has an epoch checkpoint there. Returns the finished trials' result.json
+    bytes and the interrupted trial's id."""
+    with open(log_path, "w") as log:
+        first = subprocess.Popen(args, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        try:
+            deadline = time.time() + 240
+            while time.time() < deadline and first.poll() is None:
+                states, dirs = _s3_trial_states(fs, exp), _s3_trial_dirs(fs, exp)
+                done = {t: _s3_read(fs, f"{dirs[t]}/result.json") for t, s in states.items()
+                        if s == "TERMINATED" and t in dirs}
+                running = [t for t, s in states.items() if s == "RUNNING" and t in dirs and any(
+                    Path(i.path).name.startswith("checkpoint_")
+                    for i in fs.get_file_info(pafs.FileSelector(dirs[t])))]
+                if done and all(done.values()) and running:
+                    return done, running[0]
+                time.sleep(0.3)
+        finally:
+            try:
+                os.killpg(first.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            first.wait(timeout=30)
+    return {}, None
+
+
 def test_search_to_s3_killed_and_resumed_on_another_machine(s3, tmp_path):
-    """The first driver is SIGKILLed mid-sweep; a second one with an empty cache folder (as on
-    another machine) resumes from S3 alone: its searcher reopens the downloaded study."""
+    """The first driver is SIGKILLed mid-sweep, one trial finished and the next one part-way; a
+    second one with an empty cache folder (as on another machine) resumes from S3 alone: its
+    searcher reopens the downloaded study, the finished trial is not run again and the
+    interrupted one continues from its epoch checkpoint."""
     endpoint, env = s3
     env = {**{k: v for k, v in env.items() if k != "RAY_ADDRESS"},
            "REGENE_CACHE_DIR": str(tmp_path / "cache-a"), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     args = [sys.executable, "jobs/search.py", "--space", "search_spaces/digits.yaml",
-            "--smoke-test", "--num-samples", "3", "--max-concurrent", "1", "--storage-path",
+            "--smoke-test", "--num-samples", "2", "--max-concurrent", "1", "--storage-path",
             uri(endpoint, "search"), "--name", "sw", "--num-cpus", "2"]
-    fs = s3fs(endpoint)
-    log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen(args, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True)
-    done = []
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and first.poll() is None and not done:
-            done = [t for t, s in _s3_trial_states(fs, "regene/search/sw").items()
-                    if s == "TERMINATED"]
-            time.sleep(0.3)
-    finally:
-        try:
-            os.killpg(first.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        first.wait(timeout=30)
-        log.close()
-    assert done, (tmp_path / "first.log").read_text()[-3000:]
-    assert fs.get_file_info("regene/search/sw/trials.parquet").type == pafs.FileType.NotFound
-    assert fs.get_file_info("regene/search/sw/optuna.sqlite").type == pafs.FileType.File
+    fs, exp = s3fs(endpoint), "regene/search/sw"
+    done, in_flight = _kill_when_one_finished_and_one_checkpointed(args, env, fs, exp,
+                                                                   tmp_path / "first.log")
+    assert in_flight is not None, (tmp_path / "first.log").read_text()[-3000:]
+    assert fs.get_file_info(f"{exp}/trials.parquet").type == pafs.FileType.NotFound
+    assert fs.get_file_info(f"{exp}/optuna.sqlite").type == pafs.FileType.File
 
     env["REGENE_CACHE_DIR"] = str(tmp_path / "cache-b")  # "another machine": nothing cached
     second = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True,
                             timeout=400)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-5000:]
     assert "sweep folder: s3://regene/search/sw" in second.stdout
-    trials = pq.read_table("regene/search/sw/trials.parquet", filesystem=fs).to_pandas()
-    assert len(trials) == 3 and set(trials.status) == {"TERMINATED"}
+    trials = pq.read_table(f"{exp}/trials.parquet", filesystem=fs).to_pandas()
+    assert len(trials) == 2 and set(trials.status) == {"TERMINATED"}
     assert trials.val_mae.notna().all() and trials.chosen.sum() == 1
-    assert set(done) <= set(trials.trial_id)
+    assert set(trials.trial_id) == {*done, in_flight}
+    dirs = _s3_trial_dirs(fs, exp)
+    for t, before in done.items():  # the finished trial was not run again
+        assert _s3_read(fs, f"{dirs[t]}/result.json") == before, t
+    # the interrupted trial continued: a report made after the restore (iterations since it
+    # < Tune's iteration count) and every report's epoch is Tune's iteration count - 1, which
+    # a restart from epoch 0 under the restored counter would break
+    rows = [json.loads(x) for x in _s3_read(fs, f"{dirs[in_flight]}/result.json").splitlines()]
+    assert rows[-1]["epoch"] == 3 and any(
+        r["iterations_since_restore"] < r["training_iteration"] for r in rows)
+    assert all(r["training_iteration"] == r["epoch"] + 1 for r in rows)
     summary = Storage(uri(endpoint, "search/sw")).read_json("summary.json")
     assert summary["resumed"] is True and summary["matches_optuna_best_trials"] is True
     # the study that went back to S3 holds every trial, told with both objectives
     study_file = tmp_path / "study.sqlite"
-    study_file.write_bytes(fs.open_input_stream("regene/search/sw/optuna.sqlite").read())
+    study_file.write_bytes(fs.open_input_stream(f"{exp}/optuna.sqlite").read())
     import optuna
 
     study = optuna.load_study(study_name="sw", storage=f"sqlite:///{study_file}")
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == 3 and all(len(t.values) == 2 for t in complete)
-    best = yaml.safe_load(fs.open_input_stream("regene/search/sw/best_config.yaml").read())
+    assert sorted(tuple(t.values) for t in complete) == \
+        sorted(map(tuple, trials[["val_accuracy", "val_mae"]].to_numpy().tolist()))
+    best = yaml.safe_load(fs.open_input_stream(f"{exp}/best_config.yaml").read())
     chosen = trials.loc[trials.chosen].iloc[0]
     assert best["classifier"]["latent_dim"] == int(chosen["classifier.latent_dim"])
-    names = {Path(i.path).name for i in fs.get_file_info(
-        pafs.FileSelector("regene/search/sw", recursive=True))}
+    names = {Path(i.path).name for i in fs.get_file_info(pafs.FileSelector(exp, recursive=True))}
     assert {"pareto.png", "search_space.yaml", "tuner.pkl", "classifier_train_state.pt",
             "decoder_train_state.pt"} <= names  # trial checkpoints: the run's resume files
 

@@ -7,6 +7,7 @@ dir, and runs in its own process session; teardown kills that session's processe
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -76,7 +77,8 @@ def test_search_submitted_as_ray_job(ray_head, tmp_path):
                  "moasha_rungs.yaml", "pareto.parquet", "hypervolume.png"):
         assert (out / name).is_file(), name
     df = pd.read_parquet(out / "trials.parquet")
-    assert len(df) == 3 and set(df.status) <= {"TERMINATED", "STOPPED"} and df.is_pareto.any()
+    assert len(df) == 3 and set(df.status) <= {"TERMINATED", "STOPPED"}
+    assert json.loads((out / "summary.json").read_text())["matches_optuna_best_trials"]
     rungs = yaml.safe_load((out / "moasha_rungs.yaml").read_text())["rungs"]
     assert set(rungs["1"]) == set(df.trial_id)  # MO-ASHA judged every trial at its first rung
     assert "Pareto front" in logs and "chosen: trial" in logs
