@@ -39,7 +39,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # Light imports only (no torch, no Ray): main() loads torch with the run in a thread while Ray
 # starts in the main thread (regene_ray.cluster.init_ray must run there).
-from regene_ray.cli import Phases, run_main, setup_logging  # noqa: E402
+from regene_ray.cli import (  # noqa: E402
+    Phases,
+    int_list,
+    min_max,
+    positive_int,
+    run_main,
+    setup_logging,
+)
 from regene_ray.cluster import check_shared_folder, init_ray  # noqa: E402
 from regene_ray.mass.plan import CPU_PIPELINE, auto_chunk_size, parse_count  # noqa: E402
 from regene_ray.storage import Storage, StorageError  # noqa: E402
@@ -60,55 +67,11 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _int_list(flag: str):
-    def parse(text: str) -> tuple[int, ...]:
-        try:
-            values = tuple(int(v) for v in text.split(",") if v.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{flag} {text!r}: give whole numbers separated by commas, e.g. 2 or 2,3,5"
-            ) from None
-        if not values:
-            raise argparse.ArgumentTypeError(f"{flag} is empty")
-        return values
-
-    return parse
-
-
-def _workers(flag: str):
-    def parse(text: str) -> tuple[int, int]:
-        try:
-            parts = [int(v) for v in text.split(",")]
-        except ValueError:
-            parts = []
-        if len(parts) == 1:
-            parts *= 2
-        if len(parts) != 2 or parts[0] < 1 or parts[1] < parts[0]:
-            raise argparse.ArgumentTypeError(
-                f"{flag} {text!r}: give N or MIN,MAX with 1 <= MIN <= MAX, e.g. 1,4")
-        return parts[0], parts[1]
-
-    return parse
-
-
-def _positive_int(flag: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = 0
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{flag} {text} must be at least 1")
-        return value
-
-    return parse
-
-
 def _chunk_size(text: str) -> int | str:
     if text == "auto":
         return text
     try:
-        return _positive_int("--chunk-size")(text)
+        return positive_int("--chunk-size")(text)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"--chunk-size {text!r}: give a whole number >= 1 or "
                                          "auto") from None
@@ -138,55 +101,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True,
                    help="output folder: a local path, s3://bucket/prefix or gs://bucket/prefix "
                    "(required)")
-    p.add_argument("--n-parents", type=_int_list("--n-parents"), default=(2,),
-                   help="parents per mix, or a list drawn per candidate such as 2,3,5 (default: 2)")
-    p.add_argument("--weights", default="uniform",
-                   help="uniform, dirichlet:<alpha> or ratios such as 0.3,0.7 (default: uniform)")
-    p.add_argument("--classes", type=_int_list("--classes"), default=None,
-                   help="class indices to generate, e.g. 0,1,2 (default: all)")
-    p.add_argument("--class-counts", choices=["balanced", "train"], default="balanced",
-                   help="how --count is shared among the classes: balanced (equal quotas), or "
-                   "train: in proportion to the run's training split (its latent bank), so the "
-                   "output has the real set's class counts; without --count, exactly them, "
-                   "as a train-on-generated comparison needs (default: balanced)")
-    p.add_argument("--seed", type=int, default=0, help="generation seed (default: 0)")
-    p.add_argument("--png", action="store_true",
-                   help="also write OUT/png/<label>/<shard>/<id>.png (default: off)")
-    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=256,
-                   help="candidates per decoder batch (default: 256, the fastest on a 2-core CPU)"
-                   "; part of the job's identity, since it fixes each batch's make-up")
-    p.add_argument("--chunk-size", type=_chunk_size, default="auto",
-                   help="candidates per chunk, the unit of work, resume and Parquet files; a "
-                   "whole number or auto: at least 8 chunks per class, at most 16 batches "
-                   "(default: auto)")
-    p.add_argument("--workers", type=_workers("--workers"), default=None,
-                   help="actor pool size N or MIN,MAX (default: <CPUs> on CPU, "
-                   "<GPUs / gpus-per-worker> on GPU)")
-    p.add_argument("--gpus-per-worker", type=_positive_float, default=None,
-                   help="GPUs per actor, fractions allowed (default: none, CPU actors)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="where actors run the networks; auto: cuda with --gpus-per-worker, else "
-                   "cpu. cpu with --gpus-per-worker reserves GPUs without using them (fake GPU "
-                   "nodes of cluster/local-fake.yaml) (default: auto)")
-    p.add_argument("--pipeline", choices=["auto", "fused", "split"], default="auto",
-                   help="split: CPU actors mix and write, network actors only decode and "
-                   "classify; fused: one actor does all; auto: split with --gpus-per-worker, "
-                   "else the layout measured faster on CPU (fused; BENCHMARKS.md) (default: auto)")
-    p.add_argument("--cpu-workers", type=_workers("--cpu-workers"), default=None,
-                   help="with the split pipeline: commit (PNG, Parquet) actors N or MIN,MAX "
-                   "(default: the CPUs the network actors and the mixer leave)")
-    p.add_argument("--novelty-quantile", type=float, default=0.0,
-                   help="novelty step: reject a generation whose code is nearer a training "
-                   "code of its class than this quantile of real held-out images are "
-                   "(RUN/novelty.json), e.g. 0.01; kept rows carry nearest_train_id and "
-                   "nearest_train_distance, and summary.json counts the rejections per class "
-                   "(default: 0, no novelty step)")
-    p.add_argument("--precision", choices=["fp32", "tf32", "bf16", "fp16"], default="fp32",
-                   help="fp32 (TF32 off on GPUs), tf32 (TF32 on GPUs), or bf16 / fp16 for the "
-                   "decoder only (the classifier's two filter passes stay fp32); part of the "
-                   "job's identity (default: fp32)")
-    p.add_argument("--torch-threads", type=int, default=1,
-                   help="torch intra-op threads per actor (default: 1)")
+    _generation_flags(p)
+    _execution_flags(p)
     p.add_argument("--address", default=None,
                    help="Ray cluster address, e.g. auto or ray://host:10001 (default: "
                    "$RAY_ADDRESS, else a new local Ray); --out must be on storage every node sees")
@@ -199,6 +115,64 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "first trains a small digits run into OUT/run and generates into OUT/generated")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
+
+
+def _generation_flags(p: argparse.ArgumentParser) -> None:
+    """What to generate: these (and the run) fix the output's bytes."""
+    p.add_argument("--n-parents", type=int_list("--n-parents"), default=(2,),
+                   help="parents per mix, or a list drawn per candidate such as 2,3,5 (default: 2)")
+    p.add_argument("--weights", default="uniform",
+                   help="uniform, dirichlet:<alpha> or ratios such as 0.3,0.7 (default: uniform)")
+    p.add_argument("--classes", type=int_list("--classes"), default=None,
+                   help="class indices to generate, e.g. 0,1,2 (default: all)")
+    p.add_argument("--class-counts", choices=["balanced", "train"], default="balanced",
+                   help="how --count is shared among the classes: balanced (equal quotas), or "
+                   "train: in proportion to the run's training split (its latent bank), so the "
+                   "output has the real set's class counts; without --count, exactly them, "
+                   "as a train-on-generated comparison needs (default: balanced)")
+    p.add_argument("--seed", type=int, default=0, help="generation seed (default: 0)")
+    p.add_argument("--png", action="store_true",
+                   help="also write OUT/png/<label>/<shard>/<id>.png (default: off)")
+    p.add_argument("--novelty-quantile", type=float, default=0.0,
+                   help="novelty step: reject a generation whose code is nearer a training "
+                   "code of its class than this quantile of real held-out images are "
+                   "(RUN/novelty.json), e.g. 0.01; kept rows carry nearest_train_id and "
+                   "nearest_train_distance, and summary.json counts the rejections per class "
+                   "(default: 0, no novelty step)")
+    p.add_argument("--precision", choices=["fp32", "tf32", "bf16", "fp16"], default="fp32",
+                   help="fp32 (TF32 off on GPUs), tf32 (TF32 on GPUs), or bf16 / fp16 for the "
+                   "decoder only (the classifier's two filter passes stay fp32); part of the "
+                   "job's identity (default: fp32)")
+
+
+def _execution_flags(p: argparse.ArgumentParser) -> None:
+    """How to run it on Ray: none of these changes the output (but --batch-size, which fixes
+    each decoder batch's make-up)."""
+    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=256,
+                   help="candidates per decoder batch (default: 256, the fastest on a 2-core CPU)"
+                   "; part of the job's identity, since it fixes each batch's make-up")
+    p.add_argument("--chunk-size", type=_chunk_size, default="auto",
+                   help="candidates per chunk, the unit of work, resume and Parquet files; a "
+                   "whole number or auto: at least 8 chunks per class, at most 16 batches "
+                   "(default: auto)")
+    p.add_argument("--workers", type=min_max("--workers"), default=None,
+                   help="actor pool size N or MIN,MAX (default: <CPUs> on CPU, "
+                   "<GPUs / gpus-per-worker> on GPU)")
+    p.add_argument("--gpus-per-worker", type=_positive_float, default=None,
+                   help="GPUs per actor, fractions allowed (default: none, CPU actors)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where actors run the networks; auto: cuda with --gpus-per-worker, else "
+                   "cpu. cpu with --gpus-per-worker reserves GPUs without using them (fake GPU "
+                   "nodes of cluster/local-fake.yaml) (default: auto)")
+    p.add_argument("--pipeline", choices=["auto", "fused", "split"], default="auto",
+                   help="split: CPU actors mix and write, network actors only decode and "
+                   "classify; fused: one actor does all; auto: split with --gpus-per-worker, "
+                   "else the layout measured faster on CPU (fused; BENCHMARKS.md) (default: auto)")
+    p.add_argument("--cpu-workers", type=min_max("--cpu-workers"), default=None,
+                   help="with the split pipeline: commit (PNG, Parquet) actors N or MIN,MAX "
+                   "(default: the CPUs the network actors and the mixer leave)")
+    p.add_argument("--torch-threads", type=int, default=1,
+                   help="torch intra-op threads per actor (default: 1)")
 
 
 # the job
@@ -418,4 +392,5 @@ def log_phases(phases: Phases, s: Summary) -> None:
 
 
 if __name__ == "__main__":
-    run_main(lambda: main(get_args_parser().parse_args()))
+    run_main(lambda: main(get_args_parser().parse_args()),
+             again="run the same command with --resume to continue")

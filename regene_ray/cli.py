@@ -3,10 +3,13 @@ wall-clock phases of a job from process start."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import signal
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -25,28 +28,147 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
-def run_main(main: Callable[[], object]) -> None:
-    """Run a job's main and exit; a user error prints one line and exits 2 instead of a
-    traceback.
+# argparse types of the jobs' flags; each names its flag in the error
+
+
+def int_list(flag: str):
+    """argparse type: whole numbers separated by commas, e.g. 2 or 2,3,5."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{flag} {text!r}: give whole numbers separated by commas, e.g. 2 or 2,3,5"
+            ) from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"{flag} is empty")
+        return values
+
+    return parse
+
+
+def min_max(flag: str):
+    """argparse type: N or MIN,MAX with 1 <= MIN <= MAX (an actor pool's size)."""
+
+    def parse(text: str) -> tuple[int, int]:
+        try:
+            parts = [int(v) for v in text.split(",")]
+        except ValueError:
+            parts = []
+        if len(parts) == 1:
+            parts *= 2
+        if len(parts) != 2 or parts[0] < 1 or parts[1] < parts[0]:
+            raise argparse.ArgumentTypeError(
+                f"{flag} {text!r}: give N or MIN,MAX with 1 <= MIN <= MAX, e.g. 1,4")
+        return parts[0], parts[1]
+
+    return parse
+
+
+def positive_int(flag: str):
+    """argparse type: a whole number >= 1."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} {text} must be at least 1")
+        return value
+
+    return parse
+
+
+def run_main(main: Callable[[], object], *, again: str = "run the same command again") -> None:
+    """Run a job's main and exit. Whatever ends it, the last line says why in the user's terms:
+    a user error in one line (exit 2); a fault, also one raised inside a Ray worker (a full
+    disk, a lost node), after its traceback, in one line that names the cause and says how to
+    continue (`again`: e.g. "run the same command with --resume to continue"; exit 1); SIGTERM
+    or Ctrl-C stop it cleanly (exit 143 / 130). Ray is always shut down whole first, and a
+    SIGTERM that arrives while it shuts down no longer cuts that short (which left Ray's agents
+    running).
 
     The exit skips interpreter teardown (os._exit after flushing and stopping Ray): native
     threads of torch, pyarrow or Ray still running at that point used to abort the process
     ("terminate called without an active exception", exit 134) after the message was printed,
     and the teardown itself cost the user seconds at the prompt.
     """
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         main()
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        exit_now(USER_ERROR_EXIT)
+    except Stopped as e:
+        print(f"stopped by {e}; {again}: finished output is kept", file=sys.stderr)
+        exit_now(e.code)
+    except KeyboardInterrupt:
+        print(f"interrupted; {again}: finished output is kept", file=sys.stderr)
+        exit_now(130)
+    except SystemExit as e:  # argparse (--help, a bad flag) and sys.exit
+        exit_now(e.code if isinstance(e.code, int) else (0 if e.code is None else 1))
+    except BaseException as e:  # noqa: BLE001 - every failure ends in one line
+        cause = root_cause(e)
+        if isinstance(cause, USER_ERRORS):
+            print(f"error: {cause}", file=sys.stderr)
+            exit_now(USER_ERROR_EXIT)
+        traceback.print_exception(e)
+        where = " (in a Ray worker)" if cause is not e and _from_ray(e) else ""
+        print(f"error{where}: {describe(cause)}; fix that, then {again}: finished output is "
+              "kept", file=sys.stderr)
+        exit_now(1)
     exit_now(0)
 
 
+class Stopped(BaseException):
+    """SIGTERM reached the job (a scheduler or `ray job stop` stopping it)."""
+
+    code = 128 + signal.SIGTERM
+
+    def __str__(self) -> str:
+        return "SIGTERM"
+
+
+def _stop_on_sigterm(signum, frame) -> None:
+    raise Stopped()
+
+
+def _from_ray(e: BaseException) -> bool:
+    return type(e).__module__.startswith("ray")
+
+
+def root_cause(e: BaseException) -> BaseException:
+    """The error a user can act on: through Ray's wrappers (Ray re-raises what a task or
+    actor raised wrapped, with the worker's traceback in its message, and Ray Data wraps that
+    again), down to the first exception that is not Ray's."""
+    seen = {id(e)}
+    while _from_ray(e):
+        nxt = getattr(e, "cause", None)
+        nxt = nxt if isinstance(nxt, BaseException) else e.__cause__
+        if nxt is None or id(nxt) in seen:
+            break
+        seen.add(id(nxt))
+        e = nxt
+    return e
+
+
+def describe(e: BaseException) -> str:
+    """One line for an error: an OSError by its errno's message and the file it names (when
+    it names one), anything else by its type and the first line of its message."""
+    if isinstance(e, OSError) and e.errno:
+        if isinstance(e.strerror, str) and e.strerror.startswith(os.strerror(e.errno)):
+            return e.strerror.splitlines()[0]  # the message already says what and where
+        named = e.filename if isinstance(e.filename, str) and "\n" not in e.filename else None
+        return f"{os.strerror(e.errno)}{f': {named}' if named else ''}"
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
 def exit_now(code: int) -> None:
-    """Flush output and logs, stop a Ray this process started or joined, and exit with
-    `code`."""
+    """Flush output and logs, stop a Ray this process started or joined (whole: a SIGTERM
+    arriving meanwhile is ignored), and exit with `code`."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        if "ray" in sys.modules:
             t = time.perf_counter()
             sys.modules["ray"].shutdown()
             logging.getLogger(__name__).debug("Ray shut down in %.1f s",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import uuid
 from pathlib import Path
@@ -47,12 +48,16 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None,
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if address:
-        ray.init(address=address)
-        return False
-    ray.init(address="local", include_dashboard=False, num_cpus=num_cpus,
-             object_store_memory=object_store_memory)
-    return True
+    on_sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        if address:
+            ray.init(address=address)
+            return False
+        ray.init(address="local", include_dashboard=False, num_cpus=num_cpus,
+                 object_store_memory=object_store_memory)
+        return True
+    finally:  # ray.init sets a SIGTERM handler of its own: keep the job's (regene_ray.cli)
+        signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def alive_nodes() -> list[dict]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -72,6 +73,18 @@ def encode_png(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
+
+
+@contextmanager
+def tf32(allow: bool) -> Iterator[None]:
+    """CUDA convolutions and matmuls may use TF32 tensor cores inside the block (`allow`), or
+    not; the process's previous setting is restored after it."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = allow
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
 # the decoder's precision -> autocast dtype; "tf32" lets CUDA convs and matmuls use TF32 tensor
@@ -164,9 +177,10 @@ class ConvexGenerator:
         decoder: the decoder trained on this classifier's codes.
         thresholds: {"latent": [tau_c], "image": [tau_c]} as in thresholds.json.
         device: where the networks run (mixing runs on CPU, see LatentMixer).
-        precision: 'fp32' (default; on CUDA this turns TF32 off, a process-wide setting), 'tf32'
-            (TF32 on CUDA, fp32 elsewhere), or 'bf16' / 'fp16' for the decoder only (autocast);
-            in those two both classifier passes, and so both filter decisions, stay in fp32.
+        precision: 'fp32' (default; on CUDA TF32 is off while this generator scores, whatever
+            the process's setting), 'tf32' (TF32 on CUDA, fp32 elsewhere), or 'bf16' / 'fp16'
+            for the decoder only (autocast); in those two both classifier passes, and so both
+            filter decisions, stay in fp32.
     """
 
     def __init__(self, bank: LatentBank, classifier: Classifier, decoder: Decoder,
@@ -181,9 +195,6 @@ class ConvexGenerator:
             raise ValueError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
         self.device = torch.device(device)
         self.precision = precision
-        if self.device.type == "cuda":  # TF32 only when asked for (cuDNN's default is on)
-            tf32 = precision == "tf32"
-            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
         self.bank = bank
         self.num_classes = classifier.cfg.num_classes
         self.mixer = LatentMixer(bank, self.num_classes)
@@ -237,10 +248,15 @@ class ConvexGenerator:
         with torch.autocast(self.device.type, dtype=dtype):
             return self.decoder(z).float()
 
-    @torch.inference_mode()
     def score(self, m: Mixes, *, filter: bool = True) -> GenerationBatch:
         """The device half: the latent filter, decoding, the image filter, as one batch (its
-        make-up fixes the float noise of the convs: callers keep it a function of the ids)."""
+        make-up fixes the float noise of the convs: callers keep it a function of the ids).
+        TF32 follows `precision` for the call and is restored after it."""
+        with tf32(self.device.type == "cuda" and self.precision == "tf32"):
+            return self._score(m, filter=filter)
+
+    @torch.inference_mode()
+    def _score(self, m: Mixes, *, filter: bool) -> GenerationBatch:
         B = len(m)
         z = self._to_device(m.z)
         y = self._to_device(m.labels)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,48 @@ def mnist_root() -> Path:
     if not (root / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
         pytest.skip(f"MNIST files not under {root}; set REGENE_DATA_ROOT")
     return root
+
+
+# What a skipped test needed, told by its reason. CI names what it provides in REGENE_REQUIRE
+# (.ci/run: MNIST, Chromium, root for tmpfs mounts, user namespaces); a test skipped for
+# want of one of those fails the run instead of passing quietly.
+CAPABILITIES = {
+    "mnist": re.compile(r"MNIST files not under"),
+    "chromium": re.compile(r"chromium not installed"),
+    "tmpfs": re.compile(r"mount a tmpfs"),
+    "namespaces": re.compile(r"namespaces \(unshare"),
+    "ray-cli": re.compile(r"ray CLI is not installed"),
+    "gpu": re.compile(r"CUDA GPU"),
+}
+_SKIPPED: list[tuple[str, str, str]] = []  # (capability or "", test id, reason)
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and isinstance(report.longrepr, tuple):
+        reason = report.longrepr[2].removeprefix("Skipped: ")
+        cap = next((c for c, pattern in CAPABILITIES.items() if pattern.search(reason)), "")
+        _SKIPPED.append((cap, report.nodeid, reason))
+
+
+def _required() -> set[str]:
+    return {c.strip() for c in os.environ.get("REGENE_REQUIRE", "").split(",") if c.strip()}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _SKIPPED:
+        return
+    terminalreporter.section("skipped tests, by what they need")
+    for cap, nodeid, reason in sorted(_SKIPPED):
+        mark = "  <- required here (REGENE_REQUIRE)" if cap in _required() else ""
+        terminalreporter.write_line(f"[{cap or 'other'}] {nodeid}: {reason}{mark}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    missing = sorted({cap for cap, _, _ in _SKIPPED if cap in _required()})
+    if missing and exitstatus == 0:
+        session.exitstatus = 1  # tests this machine is set up to run were skipped
+        print(f"\nFAILED: tests skipped for want of {', '.join(missing)}, which "
+              "REGENE_REQUIRE says this machine provides")
 
 
 def pytest_collection_modifyitems(config, items):

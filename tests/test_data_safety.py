@@ -481,6 +481,84 @@ def read_only(tmp_path):
     subprocess.run(["umount", str(mount)], check=False)
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (about 250 small files fit); yields (folder, grow) where grow() makes it
+    64 MiB, as a user freeing space would."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("needs permission to mount a tmpfs (root)")
+    yield mount, lambda: subprocess.run(["mount", "-o", "remount,size=64m", str(mount)],
+                                        check=True)
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_in_a_worker_ends_in_one_line_and_resume_finishes(tiny_run, small_disk,
+                                                                      tmp_path):
+    """ENOSPC raised inside a Ray actor (PNG files of a chunk) ends the job with one last line
+    naming the cause and saying how to continue; once there is space, --resume completes the
+    exact output."""
+    disk, grow = small_disk
+    flags = ["--run", tiny_run, "--count", "600", "--png", "--batch-size", "64", "--seed", "3"]
+    p = run_job(JOB, *flags, "--out", disk / "gen")
+    last = p.stderr.strip().splitlines()[-1]
+    assert p.returncode == 1, p.stderr[-3000:]
+    assert last.startswith("error (in a Ray worker): No space left on device: ") and \
+        str(disk / "gen") in last and last.endswith(
+            "run the same command with --resume to continue: finished output is kept"), last
+    grow()
+    p = run_job(JOB, *flags, "--out", disk / "gen", "--resume")
+    assert p.returncode == 0, p.stderr[-3000:]
+    t = read_out(disk / "gen")
+    assert t.num_rows == 600 == len(set(t["id"].to_pylist()))
+    assert len(list((disk / "gen" / "png").rglob("*.png"))) == 600
+
+
+@pytest.mark.parametrize("moment", ["generating", "shutting down"])
+def test_sigterm_leaves_no_process_behind(tiny_run, tmp_path, moment):
+    """A scheduler stopping the job with SIGTERM (mid-job, or as the job finished and its
+    private Ray shuts down) leaves no process of it behind: Ray's DashboardAgent and
+    RuntimeEnvAgent used to survive a SIGTERM that cut the shutdown short."""
+    from raytools import session_pids
+
+    out = tmp_path / "gen"
+    proc = subprocess.Popen([sys.executable, str(JOB), "--run", str(tiny_run), "--count", "400",
+                             "--batch-size", "32", "--chunk-size", "32", "--out", str(out)],
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    ready = (lambda: any((out / mass.CHUNKS_DIR).glob("*.parquet"))) if moment == "generating" \
+        else (lambda: (out / mass.SUMMARY_FILE).exists())
+    deadline = time.time() + 120
+    while not ready() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode in ((143,) if moment == "generating" else (0, 143)), err[-2000:]
+    if proc.returncode == 143:
+        assert err.strip().splitlines()[-1] == (
+            "stopped by SIGTERM; run the same command with --resume to continue: finished "
+            "output is kept")
+    deadline = time.time() + 10
+    while session_pids(proc.pid) and time.time() < deadline:
+        time.sleep(0.2)
+    left = session_pids(proc.pid)
+    assert not left, subprocess.run(["ps", "-o", "pid,args", "-p", ",".join(map(str, left))],
+                                    capture_output=True, text=True).stdout
+
+
+def test_a_truncated_bank_is_named_by_the_run_folder(tiny_run, tmp_path):
+    run = copy_of(tiny_run, tmp_path, "run")
+    bank = run / "latent_bank.parquet"
+    bank.write_bytes(bank.read_bytes()[:5000])
+    p = run_job(JOB, "--run", run, "--count", "10", "--out", tmp_path / "gen")
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: latent bank {bank} is corrupt"), last
+    assert "regene-run-" not in p.stderr and not (tmp_path / "gen").exists()
+
+
 def test_read_only_outputs_fail_before_any_work(tiny_run, read_only, tmp_path):
     ro = read_only()
     procs = {

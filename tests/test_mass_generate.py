@@ -160,13 +160,11 @@ def test_planner_resumes_retries_and_refuses_hopeless_classes():
 
 
 def test_transform_without_ray(tiny_run):
-    threads = torch.get_num_threads()
-    try:
-        stage = mass.GenerateChunks(tiny_run, n_parents=(2, 3), seed=3, chunk_size=48)
-        both = stage({"label": np.array([1, 6]), "chunk": np.array([0, 2])})
-        one = stage({"label": np.array([6]), "chunk": np.array([2])})
-    finally:
-        torch.set_num_threads(threads)
+    before = torch.get_num_threads()
+    stage = mass.GenerateChunks(tiny_run, n_parents=(2, 3), seed=3, chunk_size=48)
+    both = stage({"label": np.array([1, 6]), "chunk": np.array([0, 2])})
+    one = stage({"label": np.array([6]), "chunk": np.array([2])})
+    assert torch.get_num_threads() == before  # one thread while it scores, then as it was
     ids = both["id"]
     assert len(ids) > 48  # most of 2 x 48 candidates pass at these thresholds
     assert set(ids % K) == {1, 6}
@@ -182,14 +180,10 @@ def test_transform_without_ray(tiny_run):
 
 def test_decoder_batches_are_fixed_by_ids(tiny_run):
     """A chunk of 96 decoded in batches of 32 == chunks 0, 1, 2 of 32: same rows, same bytes."""
-    threads = torch.get_num_threads()
-    try:
-        big = mass.GenerateChunks(tiny_run, seed=1, chunk_size=96, batch_size=32)
-        small = mass.GenerateChunks(tiny_run, seed=1, chunk_size=32)
-        a = big.generate(4, 0)[0]
-        b = pa.concat_tables([small.generate(4, k)[0] for k in range(3)])
-    finally:
-        torch.set_num_threads(threads)
+    big = mass.GenerateChunks(tiny_run, seed=1, chunk_size=96, batch_size=32)
+    small = mass.GenerateChunks(tiny_run, seed=1, chunk_size=32)
+    a = big.generate(4, 0)[0]
+    b = pa.concat_tables([small.generate(4, k)[0] for k in range(3)])
     assert a.num_rows > 80 and a.select(["id", "image", "weights"]).equals(
         b.select(["id", "image", "weights"]))
 
@@ -305,13 +299,9 @@ def test_provenance_reproduces(reference, tiny_run):
             assert np.abs(x - stored).max() <= 1
             conf = clf(torch.from_numpy(stored)[None, None].float() / 255).softmax(1)
             assert abs(conf[0, r["label"]].item() - r["image_confidence"]) < 1e-4
-    threads = torch.get_num_threads()
-    try:
-        stage = mass.GenerateChunks(tiny_run, n_parents=(3,), seed=5, chunk_size=40)
-        r = rows[3]
-        again = stage({"label": np.array([r["label"]]), "chunk": np.array([r["id"] // K // 40])})
-    finally:
-        torch.set_num_threads(threads)
+    stage = mass.GenerateChunks(tiny_run, n_parents=(3,), seed=5, chunk_size=40)
+    r = rows[3]
+    again = stage({"label": np.array([r["label"]]), "chunk": np.array([r["id"] // K // 40])})
     pos = list(again["id"]).index(r["id"])
     assert again["image"][pos]["bytes"] == r["image"]["bytes"]
 
@@ -440,33 +430,29 @@ def test_crash_inside_finalize_is_repaired(tiny_run, tmp_path, monkeypatch):
     spec = mass.MassSpec(run=str(tiny_run.resolve()), count=90, classes=(0, 8), chunk_size=24,
                          batch_size=12, png=True)
     identity = mass.job_metadata(spec, mass.run_hashes(spec.run))
-    threads = torch.get_num_threads()
-    try:
-        stage = mass.WriteChunks(spec.run, tmp_path / "a", metadata=identity, png=True,
-                                 chunk_size=24, batch_size=12, torch_threads=threads)
-        clean = tmp_path / "clean"
-        stage.out = clean
-        mass.run_job(spec, clean, mass.serial_runner(stage), identity=identity)
-        crashed = tmp_path / "crashed"
-        stage.out = crashed
-        real_replace, calls = os.replace, []
+    stage = mass.WriteChunks(spec.run, tmp_path / "a", metadata=identity, png=True,
+                             chunk_size=24, batch_size=12, torch_threads=None)
+    clean = tmp_path / "clean"
+    stage.out = clean
+    mass.run_job(spec, clean, mass.serial_runner(stage), identity=identity)
+    crashed = tmp_path / "crashed"
+    stage.out = crashed
+    real_replace, calls = os.replace, []
 
-        def replace_then_crash(src, dst):  # os.replace is shared by every module
-            if Path(dst).parent == crashed / mass.DATA_DIR:
-                calls.append(dst)
-                if len(calls) == 2:
-                    raise KeyboardInterrupt("simulated kill inside finalize")
-            return real_replace(src, dst)
+    def replace_then_crash(src, dst):  # os.replace is shared by every module
+        if Path(dst).parent == crashed / mass.DATA_DIR:
+            calls.append(dst)
+            if len(calls) == 2:
+                raise KeyboardInterrupt("simulated kill inside finalize")
+        return real_replace(src, dst)
 
-        monkeypatch.setattr(os, "replace", replace_then_crash)
-        with pytest.raises(KeyboardInterrupt):
-            mass.run_job(spec, crashed, mass.serial_runner(stage), identity=identity)
-        monkeypatch.setattr(os, "replace", real_replace)
-        assert not (crashed / mass.SUMMARY_FILE).exists()
-        s = mass.run_job(spec, crashed, mass.serial_runner(stage), resume=True,
-                         identity=identity)
-    finally:
-        torch.set_num_threads(threads)
+    monkeypatch.setattr(os, "replace", replace_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        mass.run_job(spec, crashed, mass.serial_runner(stage), identity=identity)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert not (crashed / mass.SUMMARY_FILE).exists()
+    s = mass.run_job(spec, crashed, mass.serial_runner(stage), resume=True,
+                     identity=identity)
     assert s.resumed and s.streams == 0
     assert read_out(crashed).equals(read_out(clean))
     pngs = lambda d: sorted(p.name for p in (d / "png").rglob("*.png"))  # noqa: E731

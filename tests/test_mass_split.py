@@ -15,7 +15,7 @@ import torch
 from masstools import JOB, generate, kill_after_chunks, read_out
 
 from regene_ray import mass
-from regene_ray.mass.ray_stage import Pools, split_pools
+from regene_ray.mass.plan import Pools, split_pools
 
 FLAGS = ["--count", "300", "--n-parents", "2,3", "--batch-size", "40", "--png", "--seed", "7"]
 FAKE_GPU = ["--gpus-per-worker", "0.5", "--device", "cpu"]

@@ -7,9 +7,11 @@ numpy arrays; only ray_stage hands them to Ray.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -36,6 +38,20 @@ JOB_CHECK_TRIES = 3  # reads of job.json before a worker concludes it cannot see
 #   CommitChunks CPU      + PNG encoding, PNG files, one Parquet file -> the chunk's statistics
 # A row holds a whole chunk (arrays with a leading chunk axis), so a chunk is never split
 # between calls and its decoder batches are the same whichever stage layout runs it.
+
+
+@contextmanager
+def threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op thread count is `n` inside the block (None: unchanged), and the
+    process's previous count again after it."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n and n != before:
+            torch.set_num_threads(before)
 
 
 def run_files(run: str | Path | RunFiles) -> RunFiles:
@@ -105,8 +121,9 @@ class ScoreChunks:
         batch_size: candidates per decoder batch (0: the whole chunk at once).
         device: 'cpu' or 'cuda[:i]'.
         precision: decoder precision, 'fp32', 'bf16' or 'fp16' (see ConvexGenerator).
-        torch_threads: intra-op threads (1 per actor: many single-threaded actors parallelise
-            the Python and PNG work too).
+        torch_threads: intra-op threads while it scores (1 per actor: many single-threaded
+            actors parallelise the Python and PNG work too); None leaves torch's setting. The
+            process's setting is restored after each call.
         runtime: the job's runtime identity; a worker whose device kind or torch differs
             refuses to start (its bytes would differ).
         novelty: per-class novelty thresholds (the job identity's novelty.thresholds) to run
@@ -116,8 +133,7 @@ class ScoreChunks:
     def __init__(self, run: str | Path | RunFiles, *, batch_size: int = 0,
                  device: str = "cpu", precision: str = "fp32", torch_threads: int | None = 1,
                  runtime: dict | None = None, novelty: Sequence[float] | None = None):
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
+        self.torch_threads = torch_threads
         self.gen = ConvexGenerator.from_files(run_files(run), device=device, precision=precision)
         # channels_last: oneDNN's NHWC convs ran 1.4x faster here (benchmarks/RESULTS-mass-
         # generate.md). It changes float noise, not results, and is the same on every worker.
@@ -135,7 +151,8 @@ class ScoreChunks:
 
     def score_chunk(self, m: Mixes) -> GenerationBatch:
         size = self.batch_size or len(m)
-        parts = [self.gen.score(m.rows(i, i + size)) for i in range(0, len(m), size)]
+        with threads(self.torch_threads):
+            parts = [self.gen.score(m.rows(i, i + size)) for i in range(0, len(m), size)]
         return GenerationBatch(**{f.name: np.concatenate([getattr(p, f.name) for p in parts])
                                   for f in fields(GenerationBatch)})
 
@@ -215,12 +232,18 @@ class CommitChunks:
         (atomically, after checking the folder is still this job's)."""
         table, info = chunk_table(g, label, chunk, self.num_classes)
         self._check_job()
-        if self.png:
-            image = table.column("image").combine_chunks()
-            self.out.write_many(list(zip(image.field("path").to_pylist(),
-                                         image.field("bytes").to_pylist(), strict=True)))
-        meta = {**self.metadata, "chunk": _info_dict(info)}
-        write_parquet_atomic(table, f"{CHUNKS_DIR}/{chunk_name(label, chunk)}", meta, self.out)
+        rel = f"{CHUNKS_DIR}/{chunk_name(label, chunk)}"
+        try:
+            if self.png:
+                image = table.column("image").combine_chunks()
+                self.out.write_many(list(zip(image.field("path").to_pylist(),
+                                             image.field("bytes").to_pylist(), strict=True)))
+            meta = {**self.metadata, "chunk": _info_dict(info)}
+            write_parquet_atomic(table, rel, meta, self.out)
+        except OSError as e:  # a full disk, a lost mount: say which output (pyarrow may not;
+            # the path goes into the message, which Ray Data's retry wrapper leaves alone)
+            where = e.filename if isinstance(e.filename, str) else self.out.display(rel)
+            raise OSError(e.errno, f"{os.strerror(e.errno) if e.errno else e}: {where}") from e
         return info
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -9,6 +9,7 @@ C = the chunk size. See regene_ray.mass for the whole design.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Sequence
@@ -19,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from regene_ray.storage import Storage
+
+log = logging.getLogger(__name__)
 
 # The stage layouts regene_ray.mass.ray_stage runs: fused (one actor pool does everything) or
 # split (CPU mixing -> network actors, the only ones given GPUs -> CPU commit actors). --pipeline
@@ -276,3 +279,56 @@ def cutoffs(done: dict[tuple[int, int], ChunkInfo], quota: dict[int, int]
             got += info.accepted
             chunk += 1
     return cut
+
+
+# sizing the split pipeline's actor pools (ray_stage.split_pools_here reads the cluster)
+
+
+MIX_CPUS = 0.5  # CPUs reserved by the mixing actor of the split pipeline (light work)
+
+
+# How long Ray Data waits for an actor pool's first actors (its default: forever). Actors that
+# no node can hold, and no autoscaler adds, then fail the job instead of hanging it.
+ACTOR_WAIT_S = 600
+
+
+@dataclass(frozen=True)
+class Pools:
+    """Actor pools of a job: the network stage's (fused, or score in the split) and, in the
+    split, the CPU commit stage's; mixing is one or two light actors."""
+
+    workers: tuple[int, int]  # network-stage actors, MIN..MAX
+    cpu_workers: tuple[int, int] = (1, 1)  # commit actors (split only)
+    commit_cpus: float = 1.0  # CPUs reserved per commit actor
+    mix_cpus: float = MIX_CPUS
+
+
+def split_pools(cpus: float, workers: tuple[int, int], cpu_workers: tuple[int, int] | None = None,
+                *, network_cpus: float | None = None) -> Pools:
+    """Size the split pipeline on `cpus` CPUs: each network actor reserves one CPU (it feeds its
+    GPU), `network_cpus` of them out of `cpus` (default: all, workers[1]), the mixer MIX_CPUS,
+    and commit actors (PNG, Parquet) take what is left, one CPU each, or one actor on the
+    fraction left on a small box.
+
+    Raises:
+        ValueError: when nothing is left for the commit stage.
+    """
+    taken = workers[1] if network_cpus is None else network_cpus
+    left = cpus - taken - MIX_CPUS
+    if cpu_workers is not None:
+        if 0 < left < cpu_workers[1]:  # share what is left (a small box)
+            return Pools(workers, cpu_workers, commit_cpus=left / cpu_workers[1])
+        if left <= 0:
+            log.warning("no CPU is free for the %d..%d commit actors now: they wait up to "
+                        "%d s for nodes an autoscaler launches for them", *cpu_workers,
+                        ACTOR_WAIT_S)
+        return Pools(workers, cpu_workers, commit_cpus=1.0)
+    if left <= 0:
+        raise ValueError(
+            f"the split pipeline needs CPUs besides the {taken:g} its network actors take (one "
+            f"per actor) and the mixer's {MIX_CPUS:g}, but the cluster has {cpus:g} now; lower "
+            "--workers, pass --cpu-workers MIN,MAX on an autoscaling cluster (CPU nodes are "
+            "launched for them), or use --pipeline fused")
+    if left >= 1:
+        return Pools(workers, (1, int(left)), commit_cpus=1.0)
+    return Pools(workers, (1, 1), commit_cpus=left)

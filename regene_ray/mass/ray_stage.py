@@ -25,7 +25,7 @@ import math
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -39,19 +39,19 @@ from regene_ray.mass.chunks import (
 )
 from regene_ray.mass.identity import MassSpec, runtime_identity
 from regene_ray.mass.job import Runner
-from regene_ray.mass.plan import PIPELINES, WAIT, ChunkInfo, ChunkPlanner
+from regene_ray.mass.plan import (
+    ACTOR_WAIT_S,
+    PIPELINES,
+    WAIT,
+    ChunkInfo,
+    ChunkPlanner,
+    Pools,
+    split_pools,
+)
 from regene_ray.run_files import RunFiles
 from regene_ray.storage import Storage
 
 log = logging.getLogger(__name__)
-
-MIX_CPUS = 0.5  # CPUs reserved by the mixing actor of the split pipeline (light work)
-
-
-# How long Ray Data waits for an actor pool's first actors (its default: forever). Actors that
-# no node can hold, and no autoscaler adds, then fail the job instead of hanging it.
-ACTOR_WAIT_S = 600
-
 
 PLACED = "placed_"  # columns that say where each stage of a chunk ran
 
@@ -177,48 +177,6 @@ class CommitOnRay(_OnRay, CommitChunks):
     RECORDS = True
 
 
-@dataclass(frozen=True)
-class Pools:
-    """Actor pools of a job: the network stage's (fused, or score in the split) and, in the
-    split, the CPU commit stage's; mixing is one or two light actors."""
-
-    workers: tuple[int, int]  # network-stage actors, MIN..MAX
-    cpu_workers: tuple[int, int] = (1, 1)  # commit actors (split only)
-    commit_cpus: float = 1.0  # CPUs reserved per commit actor
-    mix_cpus: float = MIX_CPUS
-
-
-def split_pools(cpus: float, workers: tuple[int, int], cpu_workers: tuple[int, int] | None = None,
-                *, network_cpus: float | None = None) -> Pools:
-    """Size the split pipeline on `cpus` CPUs: each network actor reserves one CPU (it feeds its
-    GPU), `network_cpus` of them out of `cpus` (default: all, workers[1]), the mixer MIX_CPUS,
-    and commit actors (PNG, Parquet) take what is left, one CPU each, or one actor on the
-    fraction left on a small box.
-
-    Raises:
-        ValueError: when nothing is left for the commit stage.
-    """
-    taken = workers[1] if network_cpus is None else network_cpus
-    left = cpus - taken - MIX_CPUS
-    if cpu_workers is not None:
-        if 0 < left < cpu_workers[1]:  # share what is left (a small box)
-            return Pools(workers, cpu_workers, commit_cpus=left / cpu_workers[1])
-        if left <= 0:
-            log.warning("no CPU is free for the %d..%d commit actors now: they wait up to "
-                        "%d s for nodes an autoscaler launches for them", *cpu_workers,
-                        ACTOR_WAIT_S)
-        return Pools(workers, cpu_workers, commit_cpus=1.0)
-    if left <= 0:
-        raise ValueError(
-            f"the split pipeline needs CPUs besides the {taken:g} its network actors take (one "
-            f"per actor) and the mixer's {MIX_CPUS:g}, but the cluster has {cpus:g} now; lower "
-            "--workers, pass --cpu-workers MIN,MAX on an autoscaling cluster (CPU nodes are "
-            "launched for them), or use --pipeline fused")
-    if left >= 1:
-        return Pools(workers, (1, int(left)), commit_cpus=1.0)
-    return Pools(workers, (1, 1), commit_cpus=left)
-
-
 def split_pools_here(workers: tuple[int, int], gpus_per_worker: float | None,
                      cpu_workers: tuple[int, int] | None = None) -> Pools:
     """split_pools on the Ray cluster as it is now. With GPUs, network actors take their CPUs
@@ -289,10 +247,10 @@ def ray_runner(spec: MassSpec, files: RunFiles, out: Storage, identity: dict, *,
         actor = ray.remote(num_cpus=0, max_restarts=0)(PlannerOnRay).remote(planner)
         try:
             slots = slot_count(planner, workers[1])
-            ds = ray.data.from_items([{"slot": i} for i in range(slots)],
-                                     override_num_blocks=slots)
-            ray.data.DataContext.get_current().wait_for_min_actors_s = ACTOR_WAIT_S
-            ds = build(ds, planner=actor, slots=slots, **kw)
+            with data_context(**DATA_CONTEXT):  # a dataset keeps a copy of the context
+                ds = ray.data.from_items([{"slot": i} for i in range(slots)],
+                                         override_num_blocks=slots)
+                ds = build(ds, planner=actor, slots=slots, **kw)
             for row in ds.iter_rows():
                 yield _info(row)  # run_job records it in `planner` before the next row
                 if planner.complete() and \
@@ -305,6 +263,33 @@ def ray_runner(spec: MassSpec, files: RunFiles, out: Storage, identity: dict, *,
             ray.kill(actor)
 
     return run
+
+
+# Ray Data settings of a stream (set while its dataset is built, then restored):
+DATA_CONTEXT = dict(
+    # how long Ray Data waits for an actor pool's first actors (its default: forever): actors no
+    # node can hold, and no autoscaler adds, then fail the job instead of hanging it
+    wait_for_min_actors_s=ACTOR_WAIT_S,
+    # a stage's own exception (a full disk, a foreign chunk) reaches the driver as itself, not
+    # as "UDF failed to process a data block" with the cause lost on the way
+    raise_original_map_exception=True,
+)
+
+
+@contextmanager
+def data_context(**settings) -> Iterator[None]:
+    """Ray Data's current DataContext with `settings`, restored after the block."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    before = {k: getattr(ctx, k) for k in settings}
+    for k, v in settings.items():
+        setattr(ctx, k, v)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            setattr(ctx, k, v)
 
 
 # max_restarts / max_task_retries have no named parameter in Ray 2.60: they travel as
