@@ -71,12 +71,12 @@ def test_judge_features_come_from_the_judge_not_the_classifier():
     x_hat = torch.rand_like(x, requires_grad=True)
     d = perc(x_hat, x)
     d.backward()
-    assert float(d) > 0.01 and x_hat.grad.abs().sum() > 0
+    assert float(d.detach()) > 0.01 and x_hat.grad.abs().sum() > 0
     # the classifier's weights do not enter: changing them leaves the distance alone
     with torch.no_grad():
         for p in clf.parameters():
             p.add_(1.0)
-    assert float(perc(x_hat, x)) == pytest.approx(float(d), rel=1e-6)
+    assert float(perc(x_hat, x).detach()) == pytest.approx(float(d.detach()), rel=1e-6)
     # stem + 3 stages, shallow to deep, at 16, 16, 8, 4 pixels
     assert [f.shape[-1] for f in judge.stage_features(x)] == [16, 16, 8, 4]
 
@@ -127,6 +127,7 @@ def test_ssim_known_answers_on_differing_images():
 def test_the_loss_is_the_weighted_sum_of_its_terms():
     torch.manual_seed(1)
     clf = Classifier(ClassifierConfig(image_size=16, depth=2, base_channels=8, latent_dim=8))
+    clf.requires_grad_(False)  # frozen, as in training: the terms are plain numbers
     cfg = LossConfig(perceptual="classifier", mae_weight=2.0, ssim_weight_start=0.7,
                      ssim_weight_end=0.1, perceptual_weight_start=0.3, perceptual_weight_end=0.05)
     perc, _ = build_perceptual(cfg, clf)
