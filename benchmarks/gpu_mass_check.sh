@@ -9,8 +9,10 @@
 #                  the measured matmul peak of the same GPU
 #   ray_100k.txt   the split pipeline through Ray with 2 and 4 GPU actors, and the fused stage:
 #                  identical outputs
-#   ray_1m.txt     1e6 images, split pipeline, 4 actors x 0.25 GPU; Ray Data's per-operator
-#                  statistics (the stage that limits it) in ray_1m_stats.txt
+#   ray_1m.txt     1e6 images, split pipeline, 4 actors x 0.25 GPU: job wall, prompt to prompt
+#                  (Elapsed), the start-up timeline, the runtime identity the worker probe
+#                  reported (GPU model, cuDNN); Ray Data's per-operator statistics (the stage
+#                  that limits it) in ray_1m_stats.txt
 #   dmon.txt       nvidia-smi dmon -s u samples (1 s) during the Ray runs
 # Carried beside the repo (both git-ignored):
 #   .whl/                   ../shared/tools/device-bundle.sh: Ray without its jars + missing wheels
@@ -54,7 +56,7 @@ echo "== 3. split pipeline, identical output for 2 and 4 GPU actors (100k, --gpu
 for w in 2 4; do
   timeout 65 /usr/bin/time -v python3 jobs/mass_generate.py --run /tmp/run --count 100000 \
     --batch-size 4096 --gpus-per-worker 0.25 --workers $w --out /tmp/gen_w$w > /dev/null 2> /tmp/gen_w$w.log
-  grep -E "mass_generate:.*(img/s|pipeline)|Elapsed|Maximum resident" /tmp/gen_w$w.log | tee -a "$OUT/ray_100k.txt"
+  grep -E "mass_generate:.*(img/s|pipeline|timeline)|Elapsed|Maximum resident" /tmp/gen_w$w.log | tee -a "$OUT/ray_100k.txt"
 done
 echo "-- the fused stage, 4 actors x 0.25 GPU, same job" | tee -a "$OUT/ray_100k.txt"
 timeout 65 /usr/bin/time -v python3 jobs/mass_generate.py --run /tmp/run --count 100000 \
@@ -74,7 +76,8 @@ timeout 110 /usr/bin/time -v python3 jobs/mass_generate.py --run /tmp/run --coun
   --batch-size 4096 --gpus-per-worker 0.25 --workers 4 --out /tmp/gen_1m > /tmp/gen_1m.out 2> /tmp/gen_1m.log
 echo "exit $?" >> "$OUT/ray_1m.txt"
 echo "dmon line at 1e6 end: $(wc -l < "$OUT/dmon.txt")" >> "$OUT/ray_1m.txt"
-grep -E "mass_generate:.*(img/s|pipeline)|wave|Elapsed|Maximum resident" /tmp/gen_1m.log | tee -a "$OUT/ray_1m.txt"
+grep -E "mass_generate:.*(img/s|pipeline|timeline)|stream|Elapsed|Maximum resident" /tmp/gen_1m.log | tee -a "$OUT/ray_1m.txt"
+python3 -c "import json; print('runtime identity (from the worker probe):', json.load(open('/tmp/gen_1m/job.json'))['runtime'])" 2>&1 | tee -a "$OUT/ray_1m.txt"
 sed -n '/per-operator statistics/,/^[0-9][0-9]:[0-9][0-9]:[0-9][0-9] /p' /tmp/gen_1m.log > "$OUT/ray_1m_stats.txt"
 grep -E "^Operator|Remote wall time|Remote cpu time|UDF time" "$OUT/ray_1m_stats.txt" | head -40
 cp /tmp/gen_1m/summary.json "$OUT/summary_1m.json" 2>/dev/null
