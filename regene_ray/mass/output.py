@@ -17,6 +17,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from regene_ray.generated import (  # noqa: F401 - the layout, re-exported by regene_ray.mass
+    CHUNK_RE,
+    DATA_DIR,
+    JOB_FILE,
+    PNG_DIR,
+    SUMMARY_FILE,
+    chunk_name,
+)
 from regene_ray.mass.identity import differences, same_job
 from regene_ray.mass.plan import ChunkInfo
 from regene_ray.mass.sinks import read_metadata
@@ -31,22 +39,7 @@ from regene_ray.storage import Storage
 
 log = logging.getLogger(__name__)
 
-JOB_FILE = "job.json"
-
-
-SUMMARY_FILE = "summary.json"
-
-
 CHUNKS_DIR = "_chunks"  # staging: complete chunks, before trimming to the exact count
-
-
-DATA_DIR = "data"  # the final Parquet files
-
-
-PNG_DIR = "png"
-
-
-CHUNK_RE = re.compile(r"^c(\d+)-k(\d+)\.parquet$")
 
 
 PNG_RE = re.compile(r"^(\d{5})/(\d+)\.png$")  # png/<label>/ + <shard>/<id>.png (sinks.png_relpath)
@@ -55,10 +48,6 @@ PNG_RE = re.compile(r"^(\d{5})/(\d+)\.png$")  # png/<label>/ + <shard>/<id>.png 
 # what a mass generation writes directly inside OUT (--overwrite deletes these, and only these)
 # (in the order --overwrite deletes them: what marks the output complete and whose it is first)
 MASS_ARTEFACTS = [SUMMARY_FILE, JOB_FILE, DATA_DIR, CHUNKS_DIR, PNG_DIR]
-
-
-def chunk_name(label: int, chunk: int) -> str:
-    return f"c{label:03d}-k{chunk:07d}.parquet"
 
 
 def inspect_output(out: Storage, identity: dict, *, resume: bool, overwrite: bool,
