@@ -10,8 +10,9 @@ Org vs Gen / Org vs Recon / Recon vs Gen (mean +- std over --seeds; Inception fe
 weights are on disk, otherwise the neutral classifier's, named beside every number), novelty
 (closest training images by MSE, SSIM and features; copy flags; near-duplicates) and pictures.
 The neutral classifier is cached in OUT/neutral/ (or --neutral-cache) and reused when its config
-matches; the run folder is only read. --generated must be a finished mass generation of --run
-(summary.json, matching checkpoint hashes) unless --allow-partial / --allow-other-run.
+matches; the run folder is only read. --generated is what jobs/mass_generate.py --out wrote
+(regene_ray.generated: its rows are OUT/data/*.parquet), and must be a finished mass generation
+of --run (summary.json, matching checkpoint hashes) unless --allow-partial / --allow-other-run.
 Output: OUT/report.html (self-contained, opens from disk), OUT/metrics.json, OUT/figures/*.png.
 """
 
@@ -46,8 +47,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, help="run folder from jobs/train.py (required unless "
                    "--smoke-test)")
-    p.add_argument("--generated", type=Path, help="output folder of jobs/mass_generate.py: every "
-                   "*.parquet under it is read (default: sample generations in-process)")
+    p.add_argument("--generated", help="output folder of jobs/mass_generate.py (local, s3://, "
+                   "gs://): its data/*.parquet rows are read (default: sample generations "
+                   "in-process)")
     p.add_argument("--out", type=Path, required=True, help="report folder to write (required)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder that "
                    "is not an earlier report (default: off; nothing is deleted either way)")
@@ -90,6 +92,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help=f"rows read from --generated (default: {d.max_generated})")
     p.add_argument("--novelty-samples", type=int, default=d.novelty_samples,
                    help=f"generations in the copy analysis (default: {d.novelty_samples})")
+    p.add_argument("--autoencoder-epochs", type=int, default=d.autoencoder_epochs,
+                   help="epochs of Fig. 3's contrasting autoencoder; 0 leaves it out "
+                   f"(default: {d.autoencoder_epochs})")
     p.add_argument("--embedding", default=d.embedding, choices=["pca", "tsne"],
                    help=f"latent-space picture (default: {d.embedding})")
     p.add_argument("--data-root", help="folder with the run's dataset files (default: the run "
@@ -110,7 +115,8 @@ def build_config(args: argparse.Namespace) -> EvalConfig:
         n_parents=args.n_parents, num_generated=args.num_generated,
         dirichlet_alpha=args.dirichlet_alpha,
         max_generated=args.max_generated, novelty_samples=args.novelty_samples,
-        embedding=args.embedding, data_root=args.data_root, seed=args.seed)
+        autoencoder_epochs=args.autoencoder_epochs, embedding=args.embedding,
+        data_root=args.data_root, seed=args.seed)
     return cfg.smoke() if args.smoke_test else cfg
 
 

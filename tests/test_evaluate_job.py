@@ -1,9 +1,12 @@
 """jobs/evaluate.py as users run it: a subprocess on a trained run, the report it writes, the
-generated-Parquet reader, error messages, and the HTML rendered by headless Chromium."""
+generated-folder reader (regene_ray.generated), error messages, and the HTML rendered by
+headless Chromium."""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
+import importlib.util
 import io
 import json
 import re
@@ -21,11 +24,22 @@ from PIL import Image
 
 from regene_ray.evaluation.evaluate import REPORT_KIND, prepare_report_dir
 from regene_ray.evaluation.neutral import NeutralClassifier
-from regene_ray.evaluation.stages import read_generated
+from regene_ray.evaluation.streams import STREAMS, stage_seed
+from regene_ray.generated import JOB_FILE, SUMMARY_FILE, GeneratedFolder
 from regene_ray.generator import ConvexGenerator, encode_png
+from regene_ray.mass import sinks
+from regene_ray.run_files import run_hashes
 
 JOB = [sys.executable, str(REPO / "jobs" / "evaluate.py")]
 FAST = ["--smoke-test", "--threads", "1", "--device", "cpu"]
+
+
+def load_job(name: str):
+    """jobs/<name>.py as a module, to call its main() in this process."""
+    spec = importlib.util.spec_from_file_location(f"{name}_job", REPO / "jobs" / f"{name}.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    return job
 
 
 def run(*args, check=True):
@@ -45,19 +59,28 @@ def neutral_cache(tmp_path_factory):
 def report(tiny_run, tmp_path_factory, neutral_cache):
     base = tmp_path_factory.mktemp("eval")
     real_only = base / "tog-real"  # a jobs/train_on_generated.py result for the CAS table
-    subprocess.run([sys.executable, str(REPO / "jobs" / "train_on_generated.py"), "--run",
-                    str(tiny_run), "--real-only", "--out", str(real_only), "--depth", "8",
-                    "--width", "4", "--epochs", "1", "--threads", "1", "--device", "cpu"],
-                   check=True, capture_output=True, cwd=REPO, timeout=300)
+    tog = load_job("train_on_generated")
+    threads = torch.get_num_threads()
+    try:
+        tog.main(tog.get_args_parser().parse_args([
+            "--run", str(tiny_run), "--real-only", "--out", str(real_only), "--depth", "8",
+            "--width", "4", "--epochs", "1", "--threads", "1", "--device", "cpu"]))
+    finally:
+        torch.set_num_threads(threads)
     out = base / "report"
     p = run("--run", tiny_run, "--out", out, "--neutral-cache", neutral_cache,
             "--train-on-generated", real_only, *FAST)
     return out, p
 
 
+def read_generated(folder, **kw):
+    return GeneratedFolder(folder).read(**kw)
+
+
 def write_generated(folder, gen: ConvexGenerator, n: int, *, seed: int = 0, n_parents=(2, 3),
                     with_n_column: bool = True):
-    """A small Parquet file in mass generation's schema (without its metadata)."""
+    """A small Parquet file in mass generation's schema (without its metadata) in `folder`
+    (a generated folder's data/)."""
     b = gen(np.arange(n) % gen.num_classes, n_parents=list(n_parents), seed=seed).accepted_only()
     k = b.n_parents
     cols = {
@@ -89,33 +112,46 @@ def test_report_is_written_and_every_embedded_image_decodes(report):
     m = json.loads((out / "metrics.json").read_text())
     assert m["kind"] == REPORT_KIND and m["generated"]["source"] == "in-process"
     assert set(m["generation_accuracy"]["per_n"]) == {"2", "3", "5"}
-    assert 0 <= m["generation_accuracy"]["overall"] <= 1
+    # accepted generations pass the run's own classifier twice: the judge recognises them at
+    # least as the paper reports (>= 0.9 on MNIST)
+    assert m["generation_accuracy"]["overall"] > 0.9
     assert m["neutral"]["test_accuracy"] > 0.8
+    # every sampling stage drew from its own stream (no --generated: no subset was drawn)
+    streams = m["random_streams"]
+    assert set(streams) == set(STREAMS) - {"subset"}
+    assert streams == {k: stage_seed(0, k) for k in streams}
+    assert len(set(streams.values())) == len(streams)
     rows = m["fid"]["rows"]
     # Table 1's rows on the n = 2 generations, and one extra Org vs Gen row per other n
     assert set(rows) == {"org_vs_gen", "org_vs_recon", "recon_vs_gen", "org_vs_org",
                          "org_vs_gen_n3", "org_vs_gen_n5", "org_vs_gen_dirichlet"}
     for r in rows.values():
         assert r["features"] == m["fid"]["features"] != "" and len(r["values"]) == 3
-        assert np.isfinite(r["mean"]) and r["std"] >= 0
+        assert np.isfinite(r["mean"]) and r["std"] > 0  # another sample per seed
+    floor = rows["org_vs_org"]["mean"]  # two samples of real images: no Org vs X goes below
+    assert all(r["mean"] > floor for k, r in rows.items() if k.startswith("org_vs_")
+               and k != "org_vs_org")
     # MiFID where the real side is the training images: every Org vs Gen row and the floor
     assert {k for k, r in rows.items() if "mifid_mean" in r} == set(rows) - {"org_vs_recon",
                                                                            "recon_vs_gen"}
-    for space in ("pixel", "feature"):
-        assert 0 <= m["novelty"][space]["copy_fraction"] <= 1
+    for space in ("pixel", "feature"):  # convex mixes are new images: flagged about by chance
+        assert m["novelty"][space]["copy_fraction"] <= 0.15, space
     # Fig. 7b: one row per ratio; r = 0 is real vs real, so its FID is the lowest and its
     # neutral accuracy is the judge's accuracy on those real test images
     blends = m["blends"]["rows"]
     assert [r["ratio"] for r in blends] == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert blends[0]["fid"] == min(r["fid"] for r in blends)
     assert blends[-1]["fid"] > blends[0]["fid"]
-    assert all(0 <= r["neutral_accuracy"] <= 1 and r["images"] == 150 for r in blends)
-    # Fig. 3's contrast: the autoencoder (same encoder + decoder, MAE + SSIM only) trained
+    assert all(r["neutral_accuracy"] > 0.85 and r["images"] == 150 for r in blends)
+    # Fig. 3's contrast: the autoencoder (same encoder + decoder, MAE + SSIM only) learned
     ae = m["autoencoder"]
-    assert ae["images"] == 500 and ae["epochs"] == 2 and 0 < ae["test_mae"] < 0.5
+    assert ae["images"] == 500 and ae["epochs"] == 2
+    assert ae["test_mae"] < 0.8 * ae["initial_test_mae"] and ae["test_ssim"] > 0.4
     assert {"latent_spaces", "blends"} <= set(m["figures"])
     (tog,) = m["train_on_generated"]
-    assert tog["name"] == "tog-real" and tog["real_only"] and 0 <= tog["test_accuracy"] <= 1
+    tog_metrics = json.loads((out.parent / "tog-real" / "metrics.json").read_text())
+    assert tog["name"] == "tog-real" and tog["real_only"]
+    assert tog["test_accuracy"] == tog_metrics["test_accuracy"]  # tabulated as measured
     html = (out / "report.html").read_text()
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", html), "external resource"
     assert "<script" not in html and "<link" not in html
@@ -189,22 +225,30 @@ def test_user_errors_are_one_line(tmp_path):
 def test_read_generated_reads_the_mass_generation_schema(tiny_run, tmp_path):
     gen = ConvexGenerator.from_run(tiny_run)
     b0 = write_generated(tmp_path / "gen" / "data", gen, 60, seed=0)
-    b1 = write_generated(tmp_path / "gen" / "data" / "more", gen, 40, seed=1, with_n_column=False)
+    b1 = write_generated(tmp_path / "gen" / "data", gen, 40, seed=1, with_n_column=False)
+    # not data: other folders, nested folders, temporaries, the folder's root
+    write_generated(tmp_path / "gen" / "data" / "more", gen, 20, seed=2)
+    write_generated(tmp_path / "gen", gen, 20, seed=3)
     (tmp_path / "gen" / "_chunks").mkdir()
-    (tmp_path / "gen" / "_chunks" / "x.parquet").write_bytes(b"not parquet")  # skipped
-    (tmp_path / "gen" / "data" / ".part-9.parquet.tmp1.parquet").write_bytes(b"half")  # skipped
-    g = read_generated(tmp_path / "gen")  # files in sorted path order: data/more/ first
+    (tmp_path / "gen" / "_chunks" / "x.parquet").write_bytes(b"not parquet")
+    (tmp_path / "gen" / "data" / ".part-9.parquet.tmp1.parquet").write_bytes(b"half")
+    folder = GeneratedFolder(tmp_path / "gen")
+    assert folder.data_files() == ["data/part-0.parquet", "data/part-1.parquet"]
+    assert folder.count_rows() == len(b0) + len(b1)
+    g = folder.read()  # files in sorted order
     assert len(g) == len(b0) + len(b1) == g.total_rows
-    assert torch.equal(g.images, torch.from_numpy(np.concatenate([b1.images, b0.images])))
-    assert g.labels.tolist() == b1.labels.tolist() + b0.labels.tolist()
-    assert g.n_parents.tolist() == b1.n_parents.tolist() + b0.n_parents.tolist()
+    assert torch.equal(g.images, torch.from_numpy(np.concatenate([b0.images, b1.images])))
+    assert g.labels.tolist() == b0.labels.tolist() + b1.labels.tolist()
+    assert g.n_parents.tolist() == b0.n_parents.tolist() + b1.n_parents.tolist()
     assert [len(p) for p in g.parent_ids] == g.n_parents.tolist()
-    sub = read_generated(tmp_path / "gen", max_images=25, seed=3)
+    sub = folder.read(max_images=25, seed=3)
     assert len(sub) == 25 and sub.total_rows == len(g)
+    keep = np.sort(np.random.default_rng(3).permutation(len(g))[:25])  # seeded, in file order
+    assert torch.equal(sub.images, g.images[torch.from_numpy(keep)])
+    assert sub.labels.tolist() == g.labels[keep].tolist()
 
 
 def test_read_generated_reads_files_from_the_mass_generation_writer(tiny_run, tmp_path):
-    sinks = pytest.importorskip("regene_ray.mass.sinks")
     gen = ConvexGenerator.from_run(tiny_run)
     b = gen(np.arange(50) % 10, n_parents=[2, 3, 5], seed=4).accepted_only()
     table = sinks.rows_table(b, [encode_png(im) for im in b.images], [""] * len(b))
@@ -217,29 +261,47 @@ def test_read_generated_reads_files_from_the_mass_generation_writer(tiny_run, tm
 def test_read_generated_errors(tiny_run, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_generated(tmp_path / "missing")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no Parquet files"):
+    (tmp_path / "empty" / "data").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"has no data/\*\.parquet"):
         read_generated(tmp_path / "empty")
-    (tmp_path / "cols").mkdir()
-    pq.write_table(pa.table({"id": [1, 2]}), tmp_path / "cols" / "a.parquet")
+    (tmp_path / "cols" / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"id": [1, 2]}), tmp_path / "cols" / "data" / "a.parquet")
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['image', 'label'\]"):
         read_generated(tmp_path / "cols")
-    (tmp_path / "png").mkdir()
+    (tmp_path / "png" / "data").mkdir(parents=True)
     img = pa.StructArray.from_arrays([pa.array([b"junk"]), pa.array(["x"])],
                                      names=["bytes", "path"])
     pq.write_table(pa.table({"label": pa.array([1], pa.int16()), "image": img}),
-                   tmp_path / "png" / "a.parquet")
-    with pytest.raises(ValueError, match="not a readable PNG"):
+                   tmp_path / "png" / "data" / "a.parquet")
+    with pytest.raises(ValueError, match=r"data/a.parquet row 0: image bytes are not a readable PNG"):
         read_generated(tmp_path / "png")
+
+
+def test_a_finished_folder_of_the_run_passes_the_check_and_others_are_named(tiny_run, tmp_path):
+    gen = ConvexGenerator.from_run(tiny_run)
+    rows = len(write_generated(tmp_path / "gen" / "data", gen, 40))
+    folder = GeneratedFolder(tmp_path / "gen")
+    (tmp_path / "gen" / JOB_FILE).write_text(json.dumps(
+        {"checkpoint_sha256": run_hashes(tiny_run)}))
+    with pytest.raises(ValueError, match="has no summary.json.*--allow-partial"):
+        folder.check(tiny_run)
+    folder.check(tiny_run, allow_partial=True)  # partial, but from this run
+    (tmp_path / "gen" / SUMMARY_FILE).write_text(json.dumps({"requested": rows + 1}))
+    with pytest.raises(ValueError, match=f"holds {rows} rows where its summary.json promises "
+                                         f"{rows + 1}"):
+        folder.check(tiny_run)
+    (tmp_path / "gen" / SUMMARY_FILE).write_text(json.dumps({"requested": rows}))
+    folder.check(tiny_run)  # finished, this run's: accepted without flags
+    (tmp_path / "gen" / JOB_FILE).write_text(json.dumps(
+        {"checkpoint_sha256": {"classifier/weights.pt": "0" * 64}}))
+    with pytest.raises(ValueError, match="made from other checkpoints than --run"):
+        folder.check(tiny_run)
+    folder.check(tiny_run, allow_other_run=True)
 
 
 def _smoke_config(run_dir):
     """The EvalConfig that `jobs/evaluate.py --smoke-test` uses (so the cached neutral fits)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("evaluate_job", REPO / "jobs" / "evaluate.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
+    job = load_job("evaluate")
     args = job.get_args_parser().parse_args(["--run", str(run_dir), "--out", "x", *FAST])
     return job.build_config(args)
 
@@ -255,16 +317,17 @@ def test_training_images_passed_as_generations_are_flagged_as_copies(report, tin
     img = pa.StructArray.from_arrays(
         [pa.array([encode_png(data.train_x[i].numpy()) for i in rows], pa.binary()),
          pa.array([None] * len(rows), pa.string())], names=["bytes", "path"])
-    (tmp_path / "gen").mkdir()
+    (tmp_path / "gen" / "data").mkdir(parents=True)
     pq.write_table(pa.table({
         "id": pa.array(rows, pa.int64()),
         "label": pa.array(data.train_y[rows].numpy().astype(np.int16), pa.int16()),
         "parent_ids": pa.array([[int(i), int(i)] for i in rows], pa.list_(pa.int64())),
-        "image": img}), tmp_path / "gen" / "copies.parquet")
+        "image": img}), tmp_path / "gen" / "data" / "copies.parquet")
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        m = evaluate(tiny_run, tmp_path / "report", _smoke_config(tiny_run),
+        cfg = dataclasses.replace(_smoke_config(tiny_run), autoencoder_epochs=0)
+        m = evaluate(tiny_run, tmp_path / "report", cfg,
                      generated=tmp_path / "gen", device="cpu", neutral_cache=neutral_cache,
                      allow_partial=True, allow_other_run=True)
     finally:
@@ -280,22 +343,22 @@ def test_training_images_passed_as_generations_are_flagged_as_copies(report, tin
 
 def test_job_evaluates_a_generated_folder(report, tiny_run, tmp_path, neutral_cache):
     gen = ConvexGenerator.from_run(tiny_run)
-    write_generated(tmp_path / "gen", gen, 200, n_parents=(2, 3, 5))
+    write_generated(tmp_path / "gen" / "data", gen, 200, n_parents=(2, 3, 5))
     out = tmp_path / "report"
     # hand-written Parquet: no summary.json and no provenance, so it must be accepted knowingly
+    # (GeneratedFolder.check's every refusal: test_a_finished_folder_of_the_run_passes...)
     p = run("--run", tiny_run, "--generated", tmp_path / "gen", "--out", out, *FAST,
             check=False)
     assert p.returncode == 2 and "no summary.json" in p.stderr and "--allow-partial" in p.stderr
     assert not out.exists()
-    p = run("--run", tiny_run, "--generated", tmp_path / "gen", "--out", out, "--allow-partial",
-            *FAST, check=False)
-    assert p.returncode == 2 and "--allow-other-run" in p.stderr and not out.exists()
     run("--run", tiny_run, "--generated", tmp_path / "gen", "--out", out, "--allow-partial",
-        "--allow-other-run", "--neutral-cache", neutral_cache, *FAST)
+        "--allow-other-run", "--neutral-cache", neutral_cache, "--autoencoder-epochs", "0",
+        *FAST)
     m = json.loads((out / "metrics.json").read_text())
     assert m["generated"]["source"] == f"parquet:{tmp_path / 'gen'}"
     assert m["neutral"]["cached"]  # trained by the first job, reused
     assert set(m["generation_accuracy"]["per_n"]) == {"2", "3", "5"}
+    assert m["autoencoder"] is None and "latent_spaces" not in m["figures"]  # asked: none
     bad = run("--run", tiny_run, "--generated", tmp_path / "nowhere", "--out", tmp_path / "r2",
               *FAST, check=False)
     assert bad.returncode == 2 and "--generated" in bad.stderr

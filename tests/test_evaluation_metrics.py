@@ -33,6 +33,9 @@ from regene_ray.evaluation.novelty import (
     nearest_ssim,
     novelty,
 )
+from regene_ray.evaluation.stages import fid_row_name, fid_sets
+from regene_ray.evaluation.streams import STREAMS, Streams, stage_rng, stage_seed
+from regene_ray.generated import GeneratedSet
 
 TINY = ResNetConfig(depth=8, width=16)  # 3 epochs on digits reach ~0.95 in about 15 s on 2 cores
 TINY_TRAIN = NeutralTrainConfig(epochs=3, batch_size=32, lr=3e-3)
@@ -254,8 +257,6 @@ def test_copy_report_and_near_duplicates_known_answers():
 
 
 def test_table1_gen_side_holds_the_two_parent_mixes_and_other_n_get_extra_rows():
-    from regene_ray.evaluation.stages import GeneratedSet, fid_row_name, fid_sets
-
     n = np.array([2, 3, 2, 5, 2, 3, 5, 5])
     images = torch.arange(8, dtype=torch.uint8).view(8, 1, 1, 1).expand(8, 1, 4, 4).contiguous()
     gset = GeneratedSet(images=images, labels=np.zeros(8, np.int64), n_parents=n,
@@ -308,3 +309,27 @@ def test_a_corrupt_inception_weights_file_is_named(neutral, tmp_path, monkeypatc
     assert str(weights) in net.note
     with pytest.raises(ValueError, match="--inception-weights .* cannot be loaded.*FID Inception"):
         choose_feature_net(model, weights)  # asked for explicitly: an error, not a fallback
+
+
+# random streams
+
+
+def test_every_sampling_stage_draws_from_its_own_stream():
+    """A generator candidate is keyed by (seed, id): two stages with one seed would draw the same
+    candidates for the same ids (as the in-process sample's n = 3 ids once met the
+    interpolation rows'). Every stage's seed differs from every other stage's, for every
+    evaluation seed, and none is a small number such as a run's or a mass generation's seed."""
+    assert len(set(STREAMS.values())) == len(STREAMS)
+    seeds = [stage_seed(s, k) for s in range(100) for k in STREAMS]
+    assert len(set(seeds)) == len(seeds) and min(seeds) > 10_000
+    firsts = [stage_rng(0, k).integers(2**62) for k in STREAMS]
+    assert len(set(firsts)) == len(firsts)
+    # pinned: renumbering a stream changes that stage's samples
+    assert stage_seed(0, "sample") == 2617721224
+    assert stage_rng(0, "fid").integers(100) == np.random.default_rng([0, 1]).integers(100)
+    streams = Streams(7)
+    streams.rng("novelty")
+    assert streams.seed("sample") == stage_seed(7, "sample")
+    assert set(streams.used) == {"novelty", "sample"}
+    with pytest.raises(KeyError, match="add it to STREAMS"):
+        streams.seed("a new stage")

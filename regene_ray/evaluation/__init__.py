@@ -1,13 +1,21 @@
-"""Evaluation as in the paper: a neutral judge, FID, novelty, pictures and a report. No Ray.
+"""Evaluation as in the paper: a neutral judge, FID, novelty, pictures and a report.
 
-Modules, in the order an evaluation uses them:
+Modules, in the order an evaluation uses them (only stream.py imports Ray):
 
-    neutral.py   the neutral ResNet v1 judge: trained once, cached, scores generations
-    fid.py       FID (torchmetrics) on Inception or the neutral model's features
-    novelty.py   nearest training images by pixels, SSIM and features; copy flags
-    stages.py    one function per stage (inputs, judge, generations, scores, FID, novelty),
-                 typed results, each sampling stage with its own random stream
-    figures.py   the report's pictures (matplotlib)
-    report.py    report.html: the prose, tables and captions around the numbers
-    evaluate.py  the orchestrator jobs/evaluate.py calls: the stages in order, then the files
+    inputs.py       the run (data, generator, metrics) and the generations: a --generated
+                    folder (read by regene_ray.generated) or an in-process sample
+    streams.py      every sampling stage's own random stream, derived in one place
+    neutral.py      the neutral judge (the shared ResNet, regene_ray.resnet): cached, scores
+    fid.py          FID (torchmetrics) on Inception or the neutral model's features
+    novelty.py      nearest training images by pixels, SSIM and features; copy flags
+    stages.py       the measurements, one function each with a typed result: judge, scores,
+                    acceptance, FID (Table 1), blends (Fig. 7b), novelty (Fig. 6)
+    autoencoder.py  Fig. 3's contrast: an autoencoder trained through regene_ray.loop
+    figure_data.py  what the other pictures show: interpolation strips, parents overlays, the
+                    latent space in 2-D (embed_2d, the one embedding)
+    figures.py      drawing (matplotlib): arrays in, PNG bytes out
+    report.py       report.html: tables, figures and captions from the computed results
+    evaluate.py     the orchestrator jobs/evaluate.py calls: the stages in order, then the files
+    stream.py       Ray Data: generated folders streamed as training batches
+                    (jobs/train_on_generated.py)
 """

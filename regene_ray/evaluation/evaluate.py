@@ -1,14 +1,17 @@
 """Evaluation of a run's generations, the way the paper measures them, into one report folder.
 
-    run folder (+ generated Parquet, or an in-process sample)
+    run folder (+ a --generated folder, or an in-process sample)            (evaluation.inputs)
       -> neutral classifier (ResNet v1, trained from scratch, cached in OUT/neutral/ or
-         --neutral-cache; the run folder is only read)
+         --neutral-cache; the run folder is only read)                     (evaluation.stages)
       -> neutral accuracy of generations overall / per class / per n      (paper Fig. 4a)
       -> FID Org vs Gen, Org vs Recon, Recon vs Gen, mean +- std over seeds (paper Table 1)
       -> novelty: nearest training images, copy flags, near-duplicates     (paper Fig. 6)
-      -> pictures: interpolation strips (Fig. 5), parents overlays, closest matches,
-         latent embedding with convex paths (Fig. 3), acceptance per class and step
+      -> acceptance per class and step; original:reconstruction blends     (paper Fig. 7b)
+      -> the autoencoder contrast                       (paper Fig. 3, evaluation.autoencoder)
+      -> the pictures' data: interpolation strips (Fig. 5), parents overlays, latent
+         embedding with convex paths (Fig. 3)                          (evaluation.figure_data)
       -> REPORT_DIR/metrics.json, REPORT_DIR/report.html (self-contained), REPORT_DIR/figures/
+         (evaluation.report draws and writes what the stages computed)
 
 Terms: Org = real training images; Recon = decoder(encoder(real training images));
 Gen = accepted convex generations.
@@ -27,20 +30,26 @@ from pathlib import Path
 import torch
 
 from regene_ray.config import ConfigError, save_json, to_dict
+from regene_ray.evaluation.autoencoder import AutoencoderResult, autoencoder_stage
+from regene_ray.evaluation.figure_data import FigureData, figure_data_stage
+from regene_ray.evaluation.inputs import Inputs, generations_stage, load_inputs
 from regene_ray.evaluation.neutral import NEUTRAL_DIR
-from regene_ray.evaluation.report import intro, render_html, report_figures, tables
+from regene_ray.evaluation.report import Figure, intro, render_html, report_figures, tables
 from regene_ray.evaluation.stages import (
-    acceptance_per_class,
-    autoencoder_stage,
+    BlendResult,
+    FidResult,
+    NeutralResult,
+    NoveltyResult,
+    Scores,
+    acceptance_stage,
     blend_stage,
-    check_generated,
     fid_stage,
-    generations_stage,
-    load_inputs,
     neutral_stage,
     novelty_stage,
     score_stage,
 )
+from regene_ray.evaluation.streams import Streams
+from regene_ray.generated import GeneratedFolder, GeneratedSet
 from regene_ray.run import METRICS_FILE, RUN_CONFIG_FILE
 from regene_ray.storage import atomic_write_bytes
 from regene_ray.train import resolve_device
@@ -75,6 +84,7 @@ class EvalConfig:
     blend_ratios: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])  # Fig. 7b
     autoencoder_epochs: int = 3  # Fig. 3's contrast: end-to-end autoencoder epochs (0: none)
     autoencoder_images: int = 10000  # its training images (a seeded subset of the train split)
+    autoencoder_batch_size: int = 128  # its images per step
     fid_features: str = "auto"  # auto (Inception if its weights are local), neutral, inception
     inception_weights: str | None = None  # explicit FID Inception weights file
     data_root: str | None = None  # overrides the run config's data_root
@@ -91,7 +101,8 @@ class EvalConfig:
             novelty_samples=min(self.novelty_samples, 150), match_samples=4,
             acceptance_per_class=20, embedding_points=500,
             autoencoder_epochs=min(self.autoencoder_epochs, 2),
-            autoencoder_images=min(self.autoencoder_images, 500))
+            autoencoder_images=min(self.autoencoder_images, 500),
+            autoencoder_batch_size=32)  # 32 steps rather than 8: codes worth embedding
 
     def __post_init__(self):
         if self.dirichlet_alpha < 0:
@@ -113,22 +124,19 @@ class EvalConfig:
             raise ConfigError(f"autoencoder_epochs {self.autoencoder_epochs} must be >= 0 (0 "
                               f"leaves the contrast out) and autoencoder_images "
                               f"{self.autoencoder_images} >= 2")
+        if self.seed < 0:
+            raise ConfigError(f"seed {self.seed} must be >= 0")
         if any(n < 2 for n in self.n_parents) or not self.n_parents:
             raise ConfigError(f"n_parents {self.n_parents}: every convex mix needs >= 2 parents")
         for name in ("num_generated", "max_generated", "novelty_samples", "match_samples",
                      "acceptance_per_class", "interpolation_classes", "overlay_per_n",
-                     "embedding_points", "neutral_epochs", "neutral_batch_size"):
+                     "embedding_points", "neutral_epochs", "neutral_batch_size",
+                     "autoencoder_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} {getattr(self, name)} must be >= 1")
 
 
-# generated images
-
-
-# measurements
-
-
-# report folder
+# the report folder
 
 
 def read_train_results(folders: list[str | Path]) -> list[dict]:
@@ -166,6 +174,120 @@ def prepare_report_dir(out: Path, *, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+# the stages, in order
+
+
+@dataclass
+class Results:
+    """Every stage's result, in the order `measure` computes them."""
+
+    inputs: Inputs
+    neutral: NeutralResult
+    generations: GeneratedSet
+    scores: Scores
+    fid: FidResult
+    novelty: NoveltyResult
+    acceptance: dict  # n -> per-class acceptance of each filter step
+    blends: BlendResult
+    autoencoder: AutoencoderResult | None  # None with autoencoder_epochs 0
+    pictures: FigureData
+    streams: dict[str, int]  # stage -> the seed of its random stream
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+
+
+class Laps:
+    """Seconds per stage: `laps("fid_s")` ends the stage running since the last call."""
+
+    def __init__(self):
+        self.start = self.t0 = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name], self.t0 = round(now - self.t0, 3), now
+
+    def total(self) -> float:
+        return round(time.perf_counter() - self.start, 3)
+
+
+def measure(run_dir: Path, cfg: EvalConfig, generated: str | Path | None, dev: torch.device,
+            neutral_folder: Path) -> Results:
+    """Every stage of the evaluation, in order, each drawing from its own random stream."""
+    streams, lap = Streams(cfg.seed), Laps()
+    inp = load_inputs(run_dir, cfg.data_root, dev)  # the run, its data and generator
+    lap("load_s")
+    neutral = neutral_stage(inp, cfg, dev, neutral_folder)  # the neutral judge
+    lap("neutral_s")
+    gset = generations_stage(inp, cfg, generated, streams)
+    lap("generations_s")
+    scores = score_stage(neutral, gset, inp, dev)  # neutral accuracy (Fig. 4a)
+    lap("neutral_scoring_s")
+    fid = fid_stage(neutral, inp, gset, cfg, dev, streams)  # FID (Table 1)
+    lap("fid_s")
+    nov = novelty_stage(neutral, inp, gset, cfg, dev, streams)  # novelty (Fig. 6)
+    lap("novelty_s")
+    ns = sorted({int(n) for n in gset.n_parents}) if gset.n_parents is not None else []
+    acceptance = acceptance_stage(inp.gen, ns or cfg.n_parents, cfg.acceptance_per_class,
+                                  streams)
+    lap("acceptance_s")
+    blends = blend_stage(neutral, inp, fid, cfg, dev, streams)  # blends (Fig. 7b)
+    lap("blends_s")
+    ae = autoencoder_stage(inp, cfg, dev, streams) if cfg.autoencoder_epochs else None
+    lap("autoencoder_s")
+    pictures = figure_data_stage(inp.gen, inp.data, gset, cfg, streams)
+    lap("figure_data_s")
+    return Results(inp, neutral, gset, scores, fid, nov, acceptance, blends, ae, pictures,
+                   streams.used, lap.seconds)
+
+
+def metrics_of(r: Results, cfg: EvalConfig, dev: torch.device, trained: list[dict],
+               figures: list[Figure], warnings: list[str]) -> dict:
+    """metrics.json: what every stage measured, with the evaluation's config and machine."""
+    inp, gset, ae = r.inputs, r.generations, r.autoencoder
+    return {
+        "kind": REPORT_KIND,
+        "run": str(inp.run_dir.resolve()),
+        "dataset": inp.data_cfg.dataset,
+        "class_names": inp.data.class_names,
+        "generated": {"source": gset.source, "evaluated": len(gset), "available": gset.total_rows},
+        "device": str(dev),
+        "machine": f"{platform.node()} {platform.machine()} {platform.processor()}".strip(),
+        "torch_threads": torch.get_num_threads(),
+        "config": to_dict(cfg),
+        "random_streams": r.streams,
+        "neutral": {"architecture": f"ResNet-{cfg.neutral_depth} v1 (width {cfg.neutral_width})",
+                    "folder": str(r.neutral.folder.resolve()), **r.neutral.metrics},
+        "generation_accuracy": r.scores.generations,
+        "reference_accuracy": r.scores.reference,
+        "fid": {"features": r.fid.features.name, "features_note": r.fid.features.note,
+                "rows": r.fid.rows},
+        "novelty": r.novelty.summary | {"closest_matches": r.novelty.matches,
+                                        "copy_quantile": cfg.copy_quantile},
+        "acceptance": {"per_class": r.acceptance,
+                       "run_metrics": inp.run_metrics.get("acceptance", {})},
+        "blends": {"features": r.blends.features, "rows": r.blends.rows},
+        "train_on_generated": trained,
+        "autoencoder": None if ae is None else {
+            "test_mae": ae.test_mae, "test_ssim": ae.test_ssim,
+            "initial_test_mae": ae.initial_test_mae, "images": ae.images,
+            "epochs": ae.epochs, "seconds": round(ae.seconds, 3),
+            "run_test_mae": inp.run_metrics.get("recon_test_mae"),
+            "run_test_ssim": inp.run_metrics.get("recon_test_ssim")},
+        "warnings": warnings,
+        "timings": r.timings,
+        "figures": [f.key for f in figures],
+    }
+
+
+def write_report(out: Path, metrics: dict, figures: list[Figure], title: str) -> None:
+    """figures/<key>.png, report.html and (last) metrics.json into `out`."""
+    (out / FIGURES_DIR).mkdir(exist_ok=True)
+    for f in figures:
+        atomic_write_bytes(out / FIGURES_DIR / f"{f.key}.png", f.png)
+    atomic_write_bytes(out / REPORT_FILE, render_html(
+        title, intro(metrics), tables(metrics), figures, metrics["warnings"],
+        footer=f"{REPORT_KIND}; timings (s) {metrics['timings']}"))
+    save_json(metrics, out / METRICS_FILE)
 
 
 # the whole evaluation
@@ -182,13 +304,14 @@ def evaluate(run_dir: str | Path, out: str | Path, cfg: EvalConfig | None = None
         run_dir: a jobs/train.py run folder (only read).
         out: the report folder.
         cfg: what to measure and how much.
-        generated: jobs/mass_generate.py output; None samples generations in-process.
+        generated: a jobs/mass_generate.py output folder (local, s3://, gs://); None samples
+            generations in-process.
         device: 'auto', 'cpu' or 'cuda[:i]'.
         overwrite: write into a non-empty folder that is not an earlier report.
         neutral_cache: folder caching the neutral classifier (default: OUT/neutral; share one
             between reports to train it once).
         allow_partial, allow_other_run: accept a --generated folder without summary.json, or
-            made from other checkpoints (see stages.check_generated).
+            made from other checkpoints (regene_ray.generated.GeneratedFolder.check).
         train_results: jobs/train_on_generated.py result folders to tabulate (CAS, low data).
     Returns:
         The metrics written to out/metrics.json.
@@ -200,88 +323,27 @@ def evaluate(run_dir: str | Path, out: str | Path, cfg: EvalConfig | None = None
             f"--run {run_dir} is not a run folder (no {RUN_CONFIG_FILE}); train one with "
             f"jobs/train.py --out {run_dir}")
     if generated is not None:
-        check_generated(generated, run_dir, allow_partial=allow_partial,
-                        allow_other_run=allow_other_run)
+        GeneratedFolder(generated).check(run_dir, allow_partial=allow_partial,
+                                         allow_other_run=allow_other_run)
     trained = read_train_results(train_results or [])
     prepare_report_dir(out, overwrite=overwrite)
     dev = resolve_device(device)
-    t_start = t0 = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    def lap(name: str) -> None:
-        nonlocal t0
-        timings[name] = round(time.perf_counter() - t0, 3)
-        t0 = time.perf_counter()
-
-    inp = load_inputs(run_dir, cfg.data_root, dev)  # 0. the run, its data and generator
-    lap("load_s")
-    neutral = neutral_stage(inp, cfg, dev, Path(neutral_cache) if neutral_cache is not None
-                            else out / NEUTRAL_DIR)  # 1. the neutral judge
-    lap("neutral_s")
-    gset = generations_stage(inp, cfg, generated)  # 2. the generations
-    lap("generations_s")
-    scores = score_stage(neutral, gset, inp, dev)  # 3. neutral accuracy (Fig. 4a)
-    lap("neutral_scoring_s")
-    fid = fid_stage(neutral, inp, gset, cfg, dev)  # 4. FID (Table 1)
-    lap("fid_s")
-    nov = novelty_stage(neutral, inp, gset, cfg, dev)  # 5. novelty (Fig. 6)
-    lap("novelty_s")
-    ns = sorted({int(n) for n in gset.n_parents}) if gset.n_parents is not None else []
-    acceptance = acceptance_per_class(inp.gen, ns or cfg.n_parents, cfg.acceptance_per_class,
-                                      cfg.seed)  # 6. acceptance per class and step
-    lap("acceptance_s")
-    blends = blend_stage(neutral, inp, fid, cfg, dev)  # 7. blends (Fig. 7b)
-    lap("blends_s")
-    ae = autoencoder_stage(inp, cfg, dev) if cfg.autoencoder_epochs else None  # 8. (Fig. 3)
-    lap("autoencoder_s")
-    figures, figure_warnings = report_figures(cfg, inp, gset, scores, nov, acceptance,
-                                              blends, ae)  # 9.
-    lap("figures_s")
-    warnings = [w for w in (neutral.warning, fid.warning) if w] + figure_warnings
+    r = measure(run_dir, cfg, generated, dev,
+                Path(neutral_cache) if neutral_cache is not None else out / NEUTRAL_DIR)
+    t0 = time.perf_counter()
+    figures, figure_warnings = report_figures(cfg, r)
+    r.timings["figures_s"] = round(time.perf_counter() - t0, 3)
+    r.timings["total_s"] = round(sum(r.timings.values()), 3)
+    warnings = [w for w in (r.neutral.warning, r.fid.warning) if w] + figure_warnings
     for w in warnings:
         log.warning(w)
-    timings["total_s"] = round(time.perf_counter() - t_start, 3)
-    metrics = {  # 10. metrics.json and report.html
-        "kind": REPORT_KIND,
-        "run": str(run_dir.resolve()),
-        "dataset": inp.data_cfg.dataset,
-        "class_names": inp.data.class_names,
-        "generated": {"source": gset.source, "evaluated": len(gset), "available": gset.total_rows},
-        "device": str(dev),
-        "machine": f"{platform.node()} {platform.machine()} {platform.processor()}".strip(),
-        "torch_threads": torch.get_num_threads(),
-        "config": to_dict(cfg),
-        "neutral": {"architecture": f"ResNet-{cfg.neutral_depth} v1 (width {cfg.neutral_width})",
-                    "folder": str(neutral.folder.resolve()), **neutral.metrics},
-        "generation_accuracy": scores.generations,
-        "reference_accuracy": scores.reference,
-        "fid": {"features": fid.features.name, "features_note": fid.features.note,
-                "rows": fid.rows},
-        "novelty": nov.summary | {"closest_matches": nov.matches,
-                                  "copy_quantile": cfg.copy_quantile},
-        "acceptance": {"per_class": acceptance,
-                       "run_metrics": inp.run_metrics.get("acceptance", {})},
-        "blends": {"features": blends.features, "rows": blends.rows},
-        "train_on_generated": trained,
-        "autoencoder": None if ae is None else {
-            "test_mae": ae.test_mae, "test_ssim": ae.test_ssim, "images": ae.images,
-            "epochs": ae.epochs, "seconds": round(ae.seconds, 3),
-            "run_test_mae": inp.run_metrics.get("recon_test_mae"),
-            "run_test_ssim": inp.run_metrics.get("recon_test_ssim")},
-        "warnings": warnings,
-        "timings": timings,
-        "figures": [f.key for f in figures],
-    }
-    (out / FIGURES_DIR).mkdir(exist_ok=True)
-    for f in figures:
-        atomic_write_bytes(out / FIGURES_DIR / f"{f.key}.png", f.png)
-    atomic_write_bytes(out / REPORT_FILE, render_html(
-        f"ReGene evaluation: {run_dir.name} ({inp.data_cfg.dataset})", intro(metrics),
-        tables(metrics), figures, warnings, footer=f"{REPORT_KIND}; timings (s) {timings}"))
-    save_json(metrics, out / METRICS_FILE)
+    metrics = metrics_of(r, cfg, dev, trained, figures, warnings)
+    write_report(out, metrics, figures,
+                 f"ReGene evaluation: {run_dir.name} ({r.inputs.data_cfg.dataset})")
+    fid = r.fid.rows["org_vs_gen"]
     log.info("evaluation: neutral test acc %.4f, generations %.4f; FID org-gen %.3g +- %.2g (%s); "
-             "copies %.3f (pixel); report %s in %.0fs", neutral.metrics["test_accuracy"],
-             scores.generations["overall"], fid.rows["org_vs_gen"]["mean"],
-             fid.rows["org_vs_gen"]["std"], fid.features.name,
-             nov.summary["pixel"]["copy_fraction"], out / REPORT_FILE, timings["total_s"])
+             "copies %.3f (pixel); report %s in %.0fs", r.neutral.metrics["test_accuracy"],
+             r.scores.generations["overall"], fid["mean"], fid["std"], r.fid.features.name,
+             r.novelty.summary["pixel"]["copy_fraction"], out / REPORT_FILE,
+             r.timings["total_s"])
     return metrics

@@ -46,6 +46,16 @@ def _show(ax, img: np.ndarray | None, title: str = "", colour: str | None = None
         ax.set_title(title, fontsize=fontsize)
 
 
+def _scatter_classes(ax, points: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+                     alpha: float) -> None:
+    """(N, 2) points on `ax`, one colour and legend entry per class."""
+    cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
+    for c, name in enumerate(class_names):
+        m = labels == c
+        ax.scatter(points[m, 0], points[m, 1], s=5, alpha=alpha, color=cmap(c % cmap.N),
+                   label=str(name)[:12])
+
+
 # image figures
 
 
@@ -135,11 +145,7 @@ def latent_embedding(points: np.ndarray, labels: np.ndarray, class_names: Sequen
         vertices: per path, the rows that are parents (default: first and last).
     """
     fig, ax = plt.subplots(figsize=(6.4, 5.2))
-    cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
-    for c, name in enumerate(class_names):
-        m = labels == c
-        ax.scatter(points[m, 0], points[m, 1], s=5, alpha=0.45, color=cmap(c % cmap.N),
-                   label=str(name)[:12])
+    _scatter_classes(ax, points, labels, class_names, alpha=0.45)
     for i, p in enumerate(paths):
         v = vertices[i] if vertices is not None else np.array([0, len(p) - 1])
         ax.plot(p[:, 0], p[:, 1], "-", color="black", lw=1.2)
@@ -227,15 +233,12 @@ def latent_spaces_side_by_side(points: dict[str, np.ndarray], labels: np.ndarray
     Args:
         points: panel title -> (N, 2) embedded codes of the same N images.
         labels: (N,) their classes.
+        method: the embedding's name ("PCA", "t-SNE").
     """
     fig, axes = plt.subplots(1, len(points), figsize=(5.2 * len(points), 4.6), squeeze=False)
-    cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
     for ax, (title, pts) in zip(axes[0], points.items(), strict=True):
-        for c, name in enumerate(class_names):
-            m = labels == c
-            ax.scatter(pts[m, 0], pts[m, 1], s=5, alpha=0.5, color=cmap(c % cmap.N),
-                       label=str(name)[:12])
-        ax.set_title(f"{title} codes ({method.upper()})", fontsize=9)
+        _scatter_classes(ax, pts, labels, class_names, alpha=0.5)
+        ax.set_title(f"{title} codes ({method})", fontsize=9)
     axes[0][0].legend(fontsize=7, markerscale=2, loc="best", ncol=2)
     fig.tight_layout()
     return _png(fig)

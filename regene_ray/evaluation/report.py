@@ -1,6 +1,7 @@
-"""A self-contained HTML report: inline CSS, images as base64 data URIs, no external resources.
-
-It opens from disk in any browser with no server and no network.
+"""The report: what the evaluation's stages computed, as tables, figures and one self-contained
+HTML page (inline CSS, images as base64 data URIs, no external resources: it opens from disk in
+any browser with no server and no network). Nothing here measures or samples; the figures are
+drawn by evaluation.figures from the stages' results (evaluation.evaluate.Results).
 """
 
 from __future__ import annotations
@@ -10,8 +11,12 @@ import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from regene_ray.evaluation.stages import fid_row_name
+from regene_ray.evaluation import figures as figs
+
+if TYPE_CHECKING:
+    from regene_ray.evaluation.evaluate import EvalConfig, Results
 
 CSS = """
 body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 24px auto;
@@ -109,176 +114,233 @@ def intro(m: dict) -> list[str]:
 
 
 def tables(m: dict) -> list[Table]:
+    """The report's tables, from metrics.json's content (those with nothing to show left out)."""
+    made = (_accuracy_table(m), _fid_table(m), _novelty_table(m), _trained_table(m),
+            _blend_table(m), _autoencoder_table(m), _run_acceptance_table(m))
+    return [t for t in made if t is not None]
+
+
+def _accuracy_table(m: dict) -> Table:
     s, ref = m["generation_accuracy"], m["reference_accuracy"]
-    acc_rows = [[f"generations, n = {n}", v] for n, v in sorted(s["per_n"].items(), key=lambda
-                                                                   kv: int(kv[0]))]
-    acc_rows += [["generations, all", s["overall"]], ["real test images", ref["real_test"]],
-                 ["reconstructed test images", ref["reconstructed_test"]]]
+    rows = [[f"generations, n = {n}", v]
+            for n, v in sorted(s["per_n"].items(), key=lambda kv: int(kv[0]))]
+    rows += [["generations, all", s["overall"]], ["real test images", ref["real_test"]],
+             ["reconstructed test images", ref["reconstructed_test"]]]
+    return Table("Neutral classifier accuracy (paper Fig. 4a)", ["images", "accuracy"], rows,
+                 "Fraction assigned to the intended label. The paper reports >= 0.9 on MNIST.")
+
+
+def _fid_table(m: dict) -> Table:
     fid = m["fid"]
-    fid_rows = [[fid_row_name(k), r["mean"], r["std"], r.get("mifid_mean", ""),
-                 r.get("mifid_std", ""), r["seeds"], r["sample_size"], r["features"]]
-                for k, r in fid["rows"].items()]
-    nov_rows = [[name, v["copy_fraction"], v["expected_fraction"], v["near_duplicate_fraction"],
-                 v["test_near_duplicate_fraction"], v["median_ratio"], v["threshold"]]
-                for name, v in ((k, m["novelty"][k]) for k in ("pixel", "feature"))]
-    acc = m["acceptance"]["run_metrics"]
-    run_rows = [[f"n = {n}", a.get("latent_step", float("nan")),
-                 a.get("image_step_given_latent", float("nan")), a.get("accepted", float("nan"))]
-                for n, a in sorted(acc.items(), key=lambda kv: int(kv[0]))]
-    tables = [
-        Table("Neutral classifier accuracy (paper Fig. 4a)", ["images", "accuracy"], acc_rows,
-              "Fraction assigned to the intended label. The paper reports >= 0.9 on MNIST."),
-        Table("FID (paper Table 1)", ["pair", "mean", "std", "MiFID mean", "MiFID std", "seeds",
-                                      "images per side", "feature network"], fid_rows,
-              f"Feature choice: {fid['features_note']}. The Org vs Org row compares two "
-              "disjoint samples of real images: no FID at this sample size can go below it. "
-              "Paper (MNIST, Inception): Org vs Gen 16.3, Org vs Recon 13.9, Recon vs Gen 3.03. "
-              "MiFID (torchmetrics, cosine eps 0.1) is FID divided by a memorisation distance: "
-              "the mean cosine distance from each generation's features to its nearest "
-              "training image's, when that mean is below eps (else 1, and MiFID = FID); copies "
-              "drive it towards 0 and MiFID up. Its Org vs Org value (two disjoint halves of the "
-              "training images) is the reference for images that are not copies."),
-        Table("Novelty and memorisation (paper Fig. 6)",
-              ["space", "flagged as copies", "expected by chance", "near-duplicates among gens",
-               "same among test images", "median NN distance gen / test", "copy threshold (all classes)"],
-              nov_rows,
-              "A generation is flagged when it is closer to its nearest training image than "
-              f"the closest {m['novelty']['copy_quantile']:g} of real test images of its class "
-              "are (copy threshold: the same over all classes); novel "
-              "generations are flagged at about the chance rate, copies all are. A near-duplicate "
-              "is a generation whose nearest other generation is closer than that threshold; "
-              "the same fraction among as many real test images is the chance level."),
-    ]
+    rows = [[r["name"], r["mean"], r["std"], r.get("mifid_mean", ""), r.get("mifid_std", ""),
+             r["seeds"], r["sample_size"], r["features"]] for r in fid["rows"].values()]
+    return Table(
+        "FID (paper Table 1)", ["pair", "mean", "std", "MiFID mean", "MiFID std", "seeds",
+                                "images per side", "feature network"], rows,
+        f"Feature choice: {fid['features_note']}. The Org vs Org row compares two "
+        "disjoint samples of real images: no FID at this sample size can go below it. "
+        "Paper (MNIST, Inception): Org vs Gen 16.3, Org vs Recon 13.9, Recon vs Gen 3.03. "
+        "MiFID (torchmetrics, cosine eps 0.1) is FID divided by a memorisation distance: "
+        "the mean cosine distance from each generation's features to its nearest "
+        "training image's, when that mean is below eps (else 1, and MiFID = FID); copies "
+        "drive it towards 0 and MiFID up. Its Org vs Org value (two disjoint halves of the "
+        "training images) is the reference for images that are not copies.")
+
+
+def _novelty_table(m: dict) -> Table:
+    rows = [[name, v["copy_fraction"], v["expected_fraction"], v["near_duplicate_fraction"],
+             v["test_near_duplicate_fraction"], v["median_ratio"], v["threshold"]]
+            for name, v in ((k, m["novelty"][k]) for k in ("pixel", "feature"))]
+    return Table(
+        "Novelty and memorisation (paper Fig. 6)",
+        ["space", "flagged as copies", "expected by chance", "near-duplicates among gens",
+         "same among test images", "median NN distance gen / test",
+         "copy threshold (all classes)"], rows,
+        "A generation is flagged when it is closer to its nearest training image than "
+        f"the closest {m['novelty']['copy_quantile']:g} of real test images of its class "
+        "are (copy threshold: the same over all classes); novel "
+        "generations are flagged at about the chance rate, copies all are. A near-duplicate "
+        "is a generation whose nearest other generation is closer than that threshold; "
+        "the same fraction among as many real test images is the chance level.")
+
+
+def _trained_table(m: dict) -> Table | None:
     trained = m.get("train_on_generated")
-    if trained:
-        tables.append(Table(
-            "Trained on generated images (Classification Accuracy Score, Ravuri & Vinyals 2019)",
-            ["result", "generated images", "real images", "real share of each batch",
-             "network", "epochs", "real test accuracy"],
-            [[t["name"], t["generated_rows"], t["real_images"], t["real_fraction"], t["network"],
-              t["epochs"], t["test_accuracy"]] for t in trained],
-            "Each row is a jobs/train_on_generated.py result: a classifier trained from scratch "
-            "on the images named, tested on the real test set. Generated-only rows against the "
-            "real-only row give CAS; a small real subset with and without generations gives the "
-            "low-data gain."))
+    if not trained:
+        return None
+    return Table(
+        "Trained on generated images (Classification Accuracy Score, Ravuri & Vinyals 2019)",
+        ["result", "generated images", "real images", "real share of each batch",
+         "network", "epochs", "real test accuracy"],
+        [[t["name"], t["generated_rows"], t["real_images"], t["real_fraction"], t["network"],
+          t["epochs"], t["test_accuracy"]] for t in trained],
+        "Each row is a jobs/train_on_generated.py result: a classifier trained from scratch "
+        "on the images named, tested on the real test set. Generated-only rows against the "
+        "real-only row give CAS; a small real subset with and without generations gives the "
+        "low-data gain.")
+
+
+def _blend_table(m: dict) -> Table | None:
     blends = m.get("blends")
-    if blends:
-        tables.append(Table(
-            "Original : reconstruction blends (paper Fig. 7b)",
-            ["reconstruction share r", "FID vs real", "neutral accuracy", "images"],
-            [[r["ratio"], r["fid"], r["neutral_accuracy"], r["images"]] for r in blends["rows"]],
-            f"(1 - r) x + r dec(enc(x)) of real test images against real training images, in "
-            f"{blends['features']} features; r = 0 is the real-vs-real floor at this size."))
+    if not blends:
+        return None
+    return Table(
+        "Original : reconstruction blends (paper Fig. 7b)",
+        ["reconstruction share r", "FID vs real", "neutral accuracy", "images"],
+        [[r["ratio"], r["fid"], r["neutral_accuracy"], r["images"]] for r in blends["rows"]],
+        f"(1 - r) x + r dec(enc(x)) of real test images against real training images, in "
+        f"{blends['features']} features; r = 0 is the real-vs-real floor at this size.")
+
+
+def _autoencoder_table(m: dict) -> Table | None:
     ae = m.get("autoencoder")
-    if ae:
-        tables.append(Table(
-            "The classifier's code against an autoencoder's (paper Fig. 3)",
-            ["code", "test MAE", "test SSIM", "trained on"],
-            [["classifier + decoder (this run)", ae["run_test_mae"], ae["run_test_ssim"],
-              "labels, then reconstruction"],
-             ["autoencoder, same encoder and decoder", ae["test_mae"], ae["test_ssim"],
-              f"reconstruction only ({ae['images']} images, {ae['epochs']} epochs)"]],
-            "The autoencoder keeps what reconstruction needs; the classifier keeps what "
-            "separates classes, so its classes form the convex clusters the generator mixes in "
-            "(figure latent_spaces)."))
-    if run_rows:
-        tables.append(Table("Filter acceptance measured by jobs/train.py",
-                            ["n", "latent step", "image step given latent", "both steps"],
-                            run_rows))
-    return tables
+    if not ae:
+        return None
+    return Table(
+        "The classifier's code against an autoencoder's (paper Fig. 3)",
+        ["code", "test MAE", "test SSIM", "trained on"],
+        [["classifier + decoder (this run)", ae["run_test_mae"], ae["run_test_ssim"],
+          "labels, then reconstruction"],
+         ["autoencoder, same encoder and decoder", ae["test_mae"], ae["test_ssim"],
+          f"reconstruction only ({ae['images']} images, {ae['epochs']} epochs)"]],
+        "The autoencoder keeps what reconstruction needs; the classifier keeps what "
+        "separates classes, so its classes form the convex clusters the generator mixes in "
+        "(figure latent_spaces).")
+
+
+def _run_acceptance_table(m: dict) -> Table | None:
+    acc = m["acceptance"]["run_metrics"]
+    if not acc:
+        return None
+    return Table("Filter acceptance measured by jobs/train.py",
+                 ["n", "latent step", "image step given latent", "both steps"],
+                 [[f"n = {n}", a.get("latent_step", float("nan")),
+                   a.get("image_step_given_latent", float("nan")),
+                   a.get("accepted", float("nan"))]
+                  for n, a in sorted(acc.items(), key=lambda kv: int(kv[0]))])
 
 
 # the pictures, with their captions
 
 
-def report_figures(cfg, inp, gset, scores, nov, acceptance: dict, blends=None, ae=None
-                   ) -> tuple[list[Figure], list[str]]:
-    """The report's figures (PNG bytes + title + caption) from the stages' results, and the
-    warnings about figures left out. Arguments are evaluation.stages results."""
-    from regene_ray.evaluation import figures as figs
-    from regene_ray.evaluation.stages import (
-        INTERPOLATION_RATIOS,
-        interpolation_rows,
-        latent_embedding,
-        overlay_groups,
-    )
+def report_figures(cfg: EvalConfig, r: Results) -> tuple[list[Figure], list[str]]:
+    """The report's figures (PNG bytes + title + caption), drawn from the stages' results, and
+    the warnings about figures left out."""
+    made = [_accuracy_figure(cfg, r), _interpolation_figure(r), _overlay_figure(cfg, r),
+            *_match_figures(cfg, r), _distance_figure(cfg, r), _embedding_figure(r),
+            _latent_spaces_figure(r), _blend_figure(r), _acceptance_figure(cfg, r)]
+    warnings = [] if r.pictures.overlays else [
+        "the generated set has no parent_ids; the parents overlay is left out"]
+    return [f for f in made if f is not None], warnings
 
-    data, gen, warnings = inp.data, inp.gen, []
-    figures = [
-        Figure("neutral_accuracy", "Neutral classifier accuracy on generations (paper Fig. 4a)",
-               f"Fraction of {len(gset)} generations that the neutral ResNet-{cfg.neutral_depth} "
-               "assigns to their intended class, per class and number of parents n; the dashed "
-               "line is its accuracy on real test images.",
-               figs.neutral_accuracy_bars(scores.generations, data.class_names,
-                                          scores.reference["real_test"])),
-    ]
-    interp = interpolation_rows(gen, data, cfg.interpolation_classes, cfg.seed)
-    if interp:
-        figures.append(Figure(
-            "interpolation", "Interpolation strips (paper Fig. 5)",
-            "Left and right: two real training images of one class. Between them: decoded "
-            "convex mixes (1 - r) z_A + r z_B of their codes for r = 0.1 ... 0.9, unfiltered; "
-            "the frame says whether the mix passes both filter steps.",
-            figs.interpolation_strips(interp, INTERPOLATION_RATIOS)))
-    groups = overlay_groups(gset, data.train_x, cfg.overlay_per_n)
-    if groups:
-        figures.append(Figure(
-            "parents_overlay", "Generations beside an overlay of their parents",
-            "Each framed generation is followed by the pixel-wise mean of its n parents' real "
-            "training images: a generation that is just the blend of its parents would look "
-            "like the overlay.", figs.parents_overlay(groups, cfg.overlay_per_n)))
-    else:
-        warnings.append("the generated set has no parent_ids; the parents overlay is left out")
-    for key, title, what in (
-            ("closest_matches", "Closest training images (paper Fig. 6)",
+
+def _accuracy_figure(cfg: EvalConfig, r: Results) -> Figure:
+    return Figure(
+        "neutral_accuracy", "Neutral classifier accuracy on generations (paper Fig. 4a)",
+        f"Fraction of {len(r.generations)} generations that the neutral "
+        f"ResNet-{cfg.neutral_depth} assigns to their intended class, per class and number of "
+        "parents n; the dashed line is its accuracy on real test images.",
+        figs.neutral_accuracy_bars(r.scores.generations, r.inputs.data.class_names,
+                                   r.scores.reference["real_test"]))
+
+
+def _interpolation_figure(r: Results) -> Figure | None:
+    if not r.pictures.interpolation:
+        return None
+    from regene_ray.evaluation.figure_data import INTERPOLATION_RATIOS
+
+    return Figure(
+        "interpolation", "Interpolation strips (paper Fig. 5)",
+        "Left and right: two real training images of one class. Between them: decoded "
+        "convex mixes (1 - r) z_A + r z_B of their codes for r = 0.1 ... 0.9, unfiltered; "
+        "the frame says whether the mix passes both filter steps.",
+        figs.interpolation_strips(r.pictures.interpolation, INTERPOLATION_RATIOS))
+
+
+def _overlay_figure(cfg: EvalConfig, r: Results) -> Figure | None:
+    if not r.pictures.overlays:
+        return None
+    return Figure(
+        "parents_overlay", "Generations beside an overlay of their parents",
+        "Each framed generation is followed by the pixel-wise mean of its n parents' real "
+        "training images: a generation that is just the blend of its parents would look "
+        "like the overlay.", figs.parents_overlay(r.pictures.overlays, cfg.overlay_per_n))
+
+
+def _match_figures(cfg: EvalConfig, r: Results) -> list[Figure]:
+    train_x, out = r.inputs.data.train_x, []
+    for key, pick, title, what in (
+            ("closest_matches", "random", "Closest training images (paper Fig. 6)",
              "randomly chosen generations"),
-            ("closest_matches_nearest", "Closest training images of the least novel generations",
+            ("closest_matches_nearest", "closest",
+             "Closest training images of the least novel generations",
              "the generations nearest to the training set in pixels (where copies would show)")):
-        ms = nov.matches["random" if key == "closest_matches" else "closest"]
+        ms = r.novelty.matches[pick]
         columns = [
-            ("MSE", data.train_x[[m["mse"]["train_index"] for m in ms]].numpy(),
+            ("MSE", train_x[[m["mse"]["train_index"] for m in ms]].numpy(),
              [f"mse {m['mse']['distance']:.4f}" for m in ms]),
-            ("SSIM", data.train_x[[m["ssim"]["train_index"] for m in ms]].numpy(),
+            ("SSIM", train_x[[m["ssim"]["train_index"] for m in ms]].numpy(),
              [f"ssim {m['ssim']['ssim']:.3f}" for m in ms]),
             (f"features (ResNet-{cfg.neutral_depth})",
-             data.train_x[[m["feature"]["train_index"] for m in ms]].numpy(),
+             train_x[[m["feature"]["train_index"] for m in ms]].numpy(),
              [f"d {m['feature']['distance']:.3g}" for m in ms]),
         ]
-        figures.append(Figure(
+        out.append(Figure(
             key, title,
-            f"Each of {len(ms)} {what} (first column) beside the training image nearest by pixel "
-            "MSE, most similar by SSIM (exhaustive search) and nearest in the neutral "
+            f"Each of {len(ms)} {what} (first column) beside the training image nearest by "
+            "pixel MSE, most similar by SSIM (exhaustive search) and nearest in the neutral "
             "classifier's features; a red frame marks a likely copy.",
-            figs.closest_matches(nov.generations[[m["position"] for m in ms]].numpy(), columns,
-                                 [m["flagged"] for m in ms])))
-    figures.append(Figure(
+            figs.closest_matches(r.novelty.generations[[m["position"] for m in ms]].numpy(),
+                                 columns, [m["flagged"] for m in ms])))
+    return out
+
+
+def _distance_figure(cfg: EvalConfig, r: Results) -> Figure:
+    nov = r.novelty
+    return Figure(
         "nn_distances", "Nearest-neighbour distances: generations vs real test images",
         f"Distance from each of {len(nov.generations)} generations and {nov.test_count} real "
         "test images to its nearest training image. Real test images are novel by "
         f"construction; the red line is their {cfg.copy_quantile:g} quantile over all classes "
         "(generations are flagged against the same quantile of their own class).",
-        figs.distance_histograms({k: nov.raw[k] for k in ("pixel", "feature")})))
-    figures.append(Figure(
+        figs.distance_histograms({k: nov.raw[k] for k in ("pixel", "feature")}))
+
+
+def _embedding_figure(r: Results) -> Figure:
+    e = r.pictures.embedding
+    return Figure(
         "latent_embedding", "Latent space (paper Fig. 3)",
-        f"{cfg.embedding.upper()} of {min(cfg.embedding_points, len(gen.bank))} training codes "
-        "coloured by class; black lines are convex paths between two same-class codes, and one "
-        "triangle is the hull of three (n = 3).",
-        latent_embedding(gen, data.class_names, cfg.embedding_points, cfg.embedding, cfg.seed)))
-    if ae is not None:
-        figures.append(Figure(
-            "latent_spaces", "Classifier codes beside autoencoder codes (paper Fig. 3)",
-            f"{cfg.embedding.upper()} of the codes of the same real test images: left, the run's "
-            "classifier; right, an autoencoder with the same encoder architecture and code width "
-            "trained for reconstruction only.", ae.figure))
-    if blends is not None:
-        figures.append(Figure(
-            "blends", "Original : reconstruction blends (paper Fig. 7b)",
-            "FID against real training images (left axis) and neutral accuracy (right axis) of "
-            "(1 - r) x + r dec(enc(x)) for real test images x.",
-            figs.blend_curves(blends.rows, blends.features)))
-    figures.append(Figure(
+        f"{e.method} of {len(e.points)} training codes coloured by class; black lines are "
+        "convex paths between two same-class codes, and one triangle is the hull of three "
+        "(n = 3).",
+        figs.latent_embedding(e.points, e.labels, r.inputs.data.class_names, e.paths, e.method,
+                              e.vertices))
+
+
+def _latent_spaces_figure(r: Results) -> Figure | None:
+    ae = r.autoencoder
+    if ae is None:
+        return None
+    return Figure(
+        "latent_spaces", "Classifier codes beside autoencoder codes (paper Fig. 3)",
+        f"{ae.method} of the codes of the same real test images: left, the run's "
+        "classifier; right, an autoencoder with the same encoder architecture and code width "
+        "trained for reconstruction only.",
+        figs.latent_spaces_side_by_side(ae.embedding, ae.labels, r.inputs.data.class_names,
+                                        ae.method))
+
+
+def _blend_figure(r: Results) -> Figure:
+    return Figure(
+        "blends", "Original : reconstruction blends (paper Fig. 7b)",
+        "FID against real training images (left axis) and neutral accuracy (right axis) of "
+        "(1 - r) x + r dec(enc(x)) for real test images x.",
+        figs.blend_curves(r.blends.rows, r.blends.features))
+
+
+def _acceptance_figure(cfg: EvalConfig, r: Results) -> Figure:
+    return Figure(
         "acceptance", "Acceptance per class and filter step",
         f"{cfg.acceptance_per_class} candidates per class and n; left: kept by the latent "
         "filter, right: kept by both steps.",
-        figs.acceptance_bars(acceptance, data.class_names)))
-    return figures, warnings
+        figs.acceptance_bars(r.acceptance, r.inputs.data.class_names))
