@@ -46,6 +46,7 @@ from regene_ray.cli import (  # noqa: E402
     positive_int,
     run_main,
     setup_logging,
+    smoke_run,
 )
 from regene_ray.cluster import check_shared_folder, init_ray  # noqa: E402
 from regene_ray.mass.plan import CPU_PIPELINE, auto_chunk_size, parse_count  # noqa: E402
@@ -178,17 +179,12 @@ def _execution_flags(p: argparse.ArgumentParser) -> None:
 # the job
 
 
-def smoke_run(out: Storage) -> Path:
-    """Train a small digits run into OUT/run (tens of seconds), unless it is already there."""
-    from regene_ray.run import smoke_run_config, train_run
-
+def smoke_input(out: Storage) -> Path:
+    """--smoke-test without --run: a small digits run trained into OUT/run (tens of seconds)."""
     if not out.is_local:
         raise StorageError(f"--smoke-test without --run trains into --out, which must then be "
                            f"a local folder (not {out}); pass --run RUN_DIR as well")
-    run = out.local_path("run")
-    if not (run / "thresholds.json").is_file():
-        train_run(smoke_run_config(), run, device="cpu")
-    return run
+    return smoke_run(out.local_path("run"))
 
 
 def read_run(run: str) -> RunFiles:
@@ -296,7 +292,7 @@ def read_inputs(args: argparse.Namespace, out: Storage) -> tuple[RunFiles, MassS
     trained first into OUT/run); every input is checked here, nothing is written to --out."""
     run_arg = args.run
     if args.smoke_test and run_arg is None:
-        run_arg = smoke_run(out)
+        run_arg = smoke_input(out)
         out = out.child("generated")
     files = read_run(str(run_arg))
     return files, build_spec(args, Storage(run_arg), files, smoke=args.smoke_test), out

@@ -12,6 +12,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 # ValueError covers ConfigError, CheckpointError and StorageError; FileExistsError covers
 # OwnershipError and LeaseError; PermissionError is a folder the user cannot write (said in one
@@ -179,6 +180,20 @@ def exit_now(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def smoke_run(out: str | os.PathLike, *, device: str = "cpu", epochs: int = 6,
+              grid_n_parents: tuple[int, ...] = (2, 3)) -> Path:
+    """The run a job's --smoke-test without --run works on: regene_ray.run.smoke_run_config
+    trained into `out`, or reused when it is already there (its trainings are finished)."""
+    from regene_ray.latent_bank import THRESHOLDS_FILE
+    from regene_ray.run import smoke_run_config, train_run
+
+    out = Path(out)
+    if not (out / THRESHOLDS_FILE).is_file():
+        train_run(smoke_run_config(epochs=epochs, grid_n_parents=grid_n_parents), out,
+                  device=device)
+    return out
 
 
 def process_start_time() -> float:
