@@ -9,8 +9,11 @@ real test set: the Classification Accuracy Score (Ravuri & Vinyals 2019) and its
     python jobs/train_on_generated.py --run runs/mnist-1pct --generated gen/mnist-1pct \\
         --real-images 540 --real-fraction 0.5 --out cas/1pct-mixed
 
-The generated images stream from local or s3:// / gs:// folders through Ray Data
-(`read_parquet` -> PNG decoding -> `iter_torch_batches` with a seeded local shuffle). The network
+--generated is what jobs/mass_generate.py --out wrote (regene_ray.generated), local or s3:// /
+gs://: a finished output (summary.json) of --run's checkpoints, unless --allow-partial /
+--allow-other-run. Its OUT/data/*.parquet rows stream through Ray Data every epoch
+(`read_parquet` -> PNG decoding -> `iter_torch_batches` with a seeded local shuffle buffer), so
+memory stays flat however many rows there are (benchmarks/stream_memory.py). The network
 is the evaluation's neutral architecture (a CIFAR-style ResNet v1), trained from scratch with
 the same recipe as the neutral judge; --run names the real data (its dataset, split and data
 root), whose test split scores it. Output: OUT/metrics.json (test accuracy, what it trained on,
@@ -31,16 +34,17 @@ import torch  # noqa: E402
 from regene_ray.cli import run_main, setup_logging  # noqa: E402
 from regene_ray.cluster import init_ray  # noqa: E402
 from regene_ray.config import ConfigError, to_dict  # noqa: E402
-from regene_ray.data import load_data  # noqa: E402
-from regene_ray.evaluation.neutral import (  # noqa: E402
-    NeutralClassifier,
-    NeutralTrainConfig,
-    ResNetConfig,
-    accuracy,
-    fit_classifier,
-)
+from regene_ray.data import DataSplits, iterate_batches, load_data  # noqa: E402
+from regene_ray.generated import GeneratedFolder  # noqa: E402
 from regene_ray.ownership import claim_for_overwrite, inspect_owned, write_marker  # noqa: E402
-from regene_ray.run import RUN_CONFIG_FILE, load_run_config  # noqa: E402
+from regene_ray.resnet import (  # noqa: E402
+    ResNet,
+    ResNetConfig,
+    ResNetTrainConfig,
+    accuracy,
+    fit_resnet,
+)
+from regene_ray.run import RUN_CONFIG_FILE, RunConfig, load_run_config  # noqa: E402
 from regene_ray.storage import Storage  # noqa: E402
 from regene_ray.train import resolve_device  # noqa: E402
 
@@ -50,13 +54,17 @@ MODEL_DIR = "model"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    d = NeutralTrainConfig()
+    d = ResNetTrainConfig()
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True, help="the jobs/train.py run whose data "
                    "(dataset, split, data root) gives the real images and the test set")
     p.add_argument("--generated", nargs="+", default=[], help="output folders of "
                    "jobs/mass_generate.py (local, s3://, gs://): their data/*.parquet stream")
+    p.add_argument("--allow-partial", action="store_true", help="train on a --generated folder "
+                   "without summary.json (an unfinished mass generation) (default: refuse)")
+    p.add_argument("--allow-other-run", action="store_true", help="train on --generated images "
+                   "made from other checkpoints than --run, or of unknown origin (default: refuse)")
     p.add_argument("--out", type=Path, required=True, help="result folder (metrics.json, model/)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier result in --out")
     p.add_argument("--real-only", action="store_true", help="train on the real training images "
@@ -99,19 +107,13 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--threads {args.threads} must be >= 1")
 
 
-def main(args: argparse.Namespace) -> dict:
-    setup_logging(args.verbose)
-    check_args(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def real_images(args: argparse.Namespace) -> tuple[RunConfig, DataSplits, tuple]:
+    """--run's config and data (missing data fails here, before --out is touched), and the
+    real training images used: all, or a seeded subset of --real-images."""
     run_cfg = load_run_config(args.run / RUN_CONFIG_FILE)
     if args.data_root is not None:
         run_cfg.data.data_root = args.data_root
-    data = load_data(run_cfg.data)  # missing data fails here, before --out is touched
-    model_cfg = ResNetConfig(depth=args.depth, width=args.width, in_channels=data.channels,
-                             num_classes=data.num_classes)
-    train_cfg = NeutralTrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                   seed=args.seed)
+    data = load_data(run_cfg.data)
     real_x, real_y = data.train_x, data.train_y
     if args.real_images is not None:
         if args.real_images > len(real_x):
@@ -119,11 +121,43 @@ def main(args: argparse.Namespace) -> dict:
                               f"{len(real_x)} training images")
         pick = torch.randperm(len(real_x), generator=torch.Generator().manual_seed(args.seed))
         real_x, real_y = real_x[pick[:args.real_images]], real_y[pick[:args.real_images]]
-    files, fs = [], None
-    if args.generated:
-        from regene_ray.evaluation.stream import parquet_files
+    return run_cfg, data, (real_x, real_y)
 
-        files, fs = parquet_files(args.generated)
+
+def batch_source(args: argparse.Namespace, folders: list[GeneratedFolder], real: tuple):
+    """(epoch, generator) -> batches, and the generated rows each epoch streams: the real
+    images alone (--real-only), or the generated folders streamed by Ray Data, mixed with
+    real images at --real-fraction of every batch."""
+    if args.real_only:
+        def batches(epoch, gen):
+            return iterate_batches(*real, args.batch_size, shuffle=True, generator=gen)
+
+        return batches, 0
+    import ray
+
+    from regene_ray.evaluation.stream import generated_batches
+
+    init_ray()  # $RAY_ADDRESS under `ray job submit`, else a private local Ray
+    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+    return generated_batches(folders, batch_size=args.batch_size, seed=args.seed,
+                             real=real if args.real_fraction else None,
+                             real_fraction=args.real_fraction, max_rows=args.max_generated)
+
+
+def main(args: argparse.Namespace) -> dict:
+    setup_logging(args.verbose)
+    check_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run_cfg, data, real = real_images(args)
+    model_cfg = ResNetConfig(depth=args.depth, width=args.width, in_channels=data.channels,
+                             num_classes=data.num_classes)
+    train_cfg = ResNetTrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                  seed=args.seed)
+    folders = [GeneratedFolder(g) for g in args.generated]
+    for folder in folders:  # a wrong or unfinished folder fails before --out is touched
+        folder.check(args.run, allow_partial=args.allow_partial,
+                     allow_other_run=args.allow_other_run)
     out = Storage(args.out)
     action = inspect_owned(out, KIND, overwrite=args.overwrite,
                            what="a jobs/train_on_generated.py result")
@@ -131,41 +165,21 @@ def main(args: argparse.Namespace) -> dict:
         raise FileExistsError(f"--out {args.out} holds an earlier result; pass --overwrite to "
                               "replace it, or choose another --out")
     dev = resolve_device(args.device)
-
-    if args.real_only:
-        from regene_ray.data import iterate_batches
-
-        def batches(epoch, gen):
-            return iterate_batches(real_x, real_y, args.batch_size, shuffle=True, generator=gen)
-
-        streamed = 0
-    else:
-        import ray
-
-        from regene_ray.evaluation.stream import generated_batches
-
-        init_ray()  # $RAY_ADDRESS under `ray job submit`, else a private local Ray
-        ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
-        batches, streamed = generated_batches(
-            files, fs, batch_size=args.batch_size, seed=args.seed,
-            real=(real_x, real_y) if args.real_fraction else None,
-            real_fraction=args.real_fraction, max_rows=args.max_generated)
+    batches, streamed = batch_source(args, folders, real)
     if action == "overwrite":
         claim_for_overwrite(out, KIND)
     out.makedirs()
     write_marker(out, KIND, [METRICS_FILE, MODEL_DIR], {})
     torch.manual_seed(args.seed)
-    model = NeutralClassifier(model_cfg)
-    history = fit_classifier(model, batches, train_cfg, dev, what="train-on-generated",
-                             val=(data.holdout_x, data.holdout_y))
-    test_acc = accuracy(model, data.test_x, data.test_y, dev)
+    model = ResNet(model_cfg)
+    history = fit_resnet(model, batches, train_cfg, dev, what="train-on-generated",
+                         val=(data.holdout_x, data.holdout_y))
     metrics = {
         "kind": KIND,
-        "test_accuracy": test_acc,
-        "trained_on": {"generated": [str(g) for g in args.generated],
-                       "generated_rows": streamed, "real_only": args.real_only,
-                       "real_fraction": args.real_fraction,
-                       "real_images": len(real_x) if (args.real_only or args.real_fraction)
+        "test_accuracy": accuracy(model, data.test_x, data.test_y, dev),
+        "trained_on": {"generated": [str(f) for f in folders], "generated_rows": streamed,
+                       "real_only": args.real_only, "real_fraction": args.real_fraction,
+                       "real_images": len(real[0]) if (args.real_only or args.real_fraction)
                        else 0},
         "network": f"ResNet-{args.depth} v1 (width {args.width})",
         "model": to_dict(model_cfg), "training": to_dict(train_cfg),
@@ -174,7 +188,7 @@ def main(args: argparse.Namespace) -> dict:
     }
     model.save(args.out / MODEL_DIR, extra={"training": to_dict(train_cfg)})
     out.write_json(METRICS_FILE, metrics)
-    print(json.dumps({"test_accuracy": test_acc, **metrics["trained_on"]}))
+    print(json.dumps({"test_accuracy": metrics["test_accuracy"], **metrics["trained_on"]}))
     return metrics
 
 

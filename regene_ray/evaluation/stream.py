@@ -1,82 +1,80 @@
-"""Training batches streamed from generated Parquet with Ray Data (the evaluation's one Ray
+"""Training batches streamed from generated folders with Ray Data (the evaluation's one Ray
 module): `ray.data.read_parquet` -> PNG decoding in `map_batches` -> `iter_torch_batches` with a
-seeded local shuffle, optionally mixed with real images at a fixed share of every batch.
+seeded local shuffle buffer, optionally mixed with real images at a fixed share of every batch.
+
+Every epoch streams the folders again: at no point are all decoded images in memory, only the
+blocks in flight and the shuffle buffer (SHUFFLE_BUFFER rows), so memory does not grow with the
+number of rows (benchmarks/stream_memory.py measures it). Ray Data keeps the order of the rows
+(`preserve_order`), and the shuffle buffer is seeded per epoch, so the batches are the same on
+every run, and the same from a local folder as from its copy on s3:// / gs://.
 
 Used by jobs/train_on_generated.py, which the Classification Accuracy Score and the low-data
-numbers come from; works on local folders and on s3:// / gs:// outputs alike.
+numbers come from.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
+import pyarrow as pa
+import ray
 import torch
-from PIL import Image
 
-from regene_ray.storage import Storage
+from regene_ray.generated import GeneratedFolder, decode_png, image_bytes
 
-SHUFFLE_BUFFER = 8192  # rows in Ray Data's local shuffle buffer
+SHUFFLE_BUFFER = 8192  # rows in Ray Data's local shuffle buffer: the only rows held for mixing
 
 
-def parquet_files(sources: Sequence[str]) -> tuple[list[str], object]:
-    """The Parquet files (OUT/data/*.parquet) of mass-generation outputs, local or s3:// /
-    gs://, and the pyarrow filesystem they are on; fails naming a source with none, or sources
-    on different filesystems."""
+def parquet_files(folders: Sequence[GeneratedFolder]) -> tuple[list[str], object]:
+    """The data files (OUT/data/*.parquet) of generated folders and the one pyarrow filesystem
+    they are on; fails naming a folder with none, or folders on different filesystems."""
     files: list[str] = []
     fs = None
-    for src in sources:
-        st = Storage(src)
-        names = [n for n in st.list("data") if n.endswith(".parquet")]
-        if not names:
-            raise FileNotFoundError(f"--generated {src} has no data/*.parquet; pass the --out "
-                                    "folder of a finished jobs/mass_generate.py run")
-        if fs is not None and type(st.fs) is not type(fs):
+    for folder in folders:
+        if fs is not None and type(folder.storage.fs) is not type(fs):
             raise ValueError("--generated folders must all be local or all on one object store")
-        fs = st.fs
-        files += [st.path(f"data/{n}") for n in names]
+        fs = folder.storage.fs
+        files += folder.files()
     return files, fs
 
 
-def _decode(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """PNG bytes -> uint8 (B, C, H, W); labels -> int64."""
-    images = []
-    for im in batch["image"]:
-        a = np.asarray(Image.open(io.BytesIO(im["bytes"])))
-        images.append(a[None] if a.ndim == 2 else np.transpose(a, (2, 0, 1)))
-    return {"x": np.stack(images).astype(np.uint8), "label": batch["label"].astype(np.int64)}
+def decode_batch(batch: pa.Table) -> dict[str, np.ndarray]:
+    """A Ray Data batch of Parquet rows -> {"x": uint8 (B, C, H, W), "label": int64 (B,)}."""
+    images = [decode_png(b, "--generated: a data file's row")
+              for b in image_bytes(batch.column("image"))]
+    return {"x": np.stack(images).astype(np.uint8),
+            "label": batch.column("label").to_numpy().astype(np.int64)}
 
 
-def generated_batches(files: Sequence[str], filesystem, *, batch_size: int, seed: int,
+def generated_batches(folders: Sequence[GeneratedFolder], *, batch_size: int, seed: int,
                       real: tuple[torch.Tensor, torch.Tensor] | None = None,
                       real_fraction: float = 0.0, max_rows: int | None = None
                       ) -> tuple[Callable[[int, torch.Generator], Iterator], int]:
-    """A batch source for evaluation.neutral.fit_classifier, and the generated rows it streams.
+    """A batch source for resnet.fit_resnet that streams the generated rows every epoch, and
+    how many rows each epoch streams.
 
     Args:
-        files, filesystem: Parquet files of generated images and their filesystem
-            (parquet_files).
+        folders: the generated folders whose OUT/data/*.parquet rows stream.
         batch_size: images per batch, generated and real together.
         seed: the shuffle seed (each epoch shuffles differently, reproducibly).
         real: (uint8 images, labels) to mix in, or None.
-        real_fraction: share of every batch drawn (with a seeded generator, without
+        real_fraction: share of every batch drawn (with the epoch's seeded generator, without
             replacement within an epoch where possible) from `real`.
         max_rows: stream only the first this many generated rows.
     """
-    import ray
-
     if not 0 <= real_fraction < 1:
         raise ValueError(f"--real-fraction {real_fraction} must be in [0, 1)")
     if real_fraction and real is None:
         raise ValueError("--real-fraction needs real images to mix in")
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # the same rows in the same order every time
-    ds = ray.data.read_parquet(list(files), columns=["image", "label"], filesystem=filesystem)
-    if max_rows is not None:
-        ds = ds.limit(max_rows)
-    ds = ds.map_batches(_decode, batch_format="numpy").materialize()  # decoded once, reused
-    rows = ds.count()
+    files, fs = parquet_files(folders)
+    ds = ray.data.read_parquet(files, filesystem=fs).select_columns(["image", "label"])
+    rows = sum(f.count_rows() for f in folders)
+    if max_rows is not None and max_rows < rows:
+        ds, rows = ds.limit(max_rows), max_rows
+    ds = ds.map_batches(decode_batch, batch_format="pyarrow")  # lazy: runs as each epoch reads
     n_real = int(round(batch_size * real_fraction))
     n_gen = batch_size - n_real
 
