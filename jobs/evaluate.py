@@ -42,7 +42,6 @@ def _int_list(text: str) -> list[int]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    d = EvalConfig()
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, help="run folder from jobs/train.py (required unless "
@@ -64,6 +63,18 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "share one between reports to train it once (default: OUT/neutral)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (default: auto)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--data-root", help="folder with the run's dataset files (default: the run "
+                   "config's, else $REGENE_DATA_ROOT)")
+    p.add_argument("--smoke-test", action="store_true", help="shrink everything to run in "
+                   "seconds; without --run, train a tiny digits run inside --out first")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_measurement_flags(p)
+    return p
+
+
+def add_measurement_flags(p: argparse.ArgumentParser) -> None:
+    """What to measure and how much: EvalConfig's flags, with its defaults."""
+    d = EvalConfig()
     p.add_argument("--neutral-depth", type=int, default=d.neutral_depth,
                    help=f"neutral ResNet depth, 6n+2 (default: {d.neutral_depth}; paper: 56)")
     p.add_argument("--neutral-width", type=int, default=d.neutral_width,
@@ -97,13 +108,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    f"(default: {d.autoencoder_epochs})")
     p.add_argument("--embedding", default=d.embedding, choices=["pca", "tsne"],
                    help=f"latent-space picture (default: {d.embedding})")
-    p.add_argument("--data-root", help="folder with the run's dataset files (default: the run "
-                   "config's, else $REGENE_DATA_ROOT)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"sampling seed (default: {d.seed})")
-    p.add_argument("--smoke-test", action="store_true", help="shrink everything to run in "
-                   "seconds; without --run, train a tiny digits run inside --out first")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return p
 
 
 def build_config(args: argparse.Namespace) -> EvalConfig:
