@@ -27,18 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from regene_ray.cli import run_main, setup_logging  # noqa: E402
+from regene_ray.cli import int_list, run_main, setup_logging, smoke_run  # noqa: E402
 from regene_ray.config import ConfigError  # noqa: E402
 from regene_ray.evaluation.evaluate import REPORT_FILE, EvalConfig, evaluate  # noqa: E402
 
 SMOKE_RUN = "smoke-run"  # with --smoke-test and no --run: a tiny run trained inside --out
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give whole numbers like 2,3,5") from None
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -92,7 +85,7 @@ def add_measurement_flags(p: argparse.ArgumentParser) -> None:
                    f"neutral classifier (default: {d.fid_features})")
     p.add_argument("--inception-weights", help="path of the FID Inception weights file "
                    "(default: $TORCH_HOME/hub/checkpoints, if present)")
-    p.add_argument("--n-parents", type=_int_list, default=d.n_parents,
+    p.add_argument("--n-parents", type=int_list("--n-parents"), default=d.n_parents,
                    help="n of the in-process sample (default: 2,3,5)")
     p.add_argument("--dirichlet-alpha", type=float, default=d.dirichlet_alpha,
                    help="extra FID row of n = 2 mixes with Dirichlet(alpha) weights; 0 leaves "
@@ -125,15 +118,6 @@ def build_config(args: argparse.Namespace) -> EvalConfig:
     return cfg.smoke() if args.smoke_test else cfg
 
 
-def smoke_run(out: Path, device: str) -> Path:
-    """Train (or reuse) a tiny digits run in OUT/smoke-run."""
-    from regene_ray.run import smoke_run_config, train_run
-
-    run = out / SMOKE_RUN
-    train_run(smoke_run_config(epochs=4, grid_n_parents=(2, 3, 5)), run, device=device)
-    return run
-
-
 def main(args: argparse.Namespace) -> dict:
     setup_logging(args.verbose)
     if args.threads is not None:
@@ -148,7 +132,8 @@ def main(args: argparse.Namespace) -> dict:
         from regene_ray.evaluation.evaluate import prepare_report_dir
 
         prepare_report_dir(args.out, overwrite=args.overwrite)
-        run = smoke_run(args.out, args.device)
+        run = smoke_run(args.out / SMOKE_RUN, device=args.device, epochs=4,
+                        grid_n_parents=(2, 3, 5))
     metrics = evaluate(run, args.out, cfg, generated=args.generated, device=args.device,
                        overwrite=args.overwrite or args.run is None,
                        neutral_cache=args.neutral_cache, allow_partial=args.allow_partial,

@@ -146,4 +146,5 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    run_main(lambda: main(get_args_parser().parse_args()))
+    run_main(lambda: main(get_args_parser().parse_args()),
+             again="run the same command again (the sweep resumes; finished trials are kept)")

@@ -15,7 +15,6 @@ import re
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from regene_ray.generated import (  # noqa: F401 - the layout, re-exported by regene_ray.mass
     CHUNK_RE,
@@ -23,6 +22,7 @@ from regene_ray.generated import (  # noqa: F401 - the layout, re-exported by re
     JOB_FILE,
     PNG_DIR,
     SUMMARY_FILE,
+    GeneratedFolder,
     chunk_name,
 )
 from regene_ray.mass.identity import differences, same_job
@@ -168,5 +168,4 @@ def scan(out: Storage, key: str) -> dict[tuple[int, int], ChunkInfo]:
 def count_rows(out: str | Path | Storage) -> int:
     """Rows in OUT/data (reads only the footers)."""
     out = out if isinstance(out, Storage) else Storage(out)
-    return sum(pq.read_metadata(out.path(f"{DATA_DIR}/{n}"), filesystem=out.fs).num_rows
-               for n in out.list(DATA_DIR) if CHUNK_RE.match(n))
+    return GeneratedFolder(out.root if out.is_local else out.uri, "--out").count_rows()
