@@ -138,7 +138,7 @@ def test_planner_hands_out_chunks_until_the_quotas_are_reached():
     big = mass.ChunkPlanner({0: 100_000}, 1000, prior=0.9)
     taken = [big.take() for _ in range(113)]
     assert taken[:112] == [(0, k) for k in range(112)] and taken[112] == mass.WAIT
-    assert big.expected_chunks() == 112
+    assert big.expected_chunks() == 112 and big.work_slots(2) == 2 * 112 + 2 * 2 + 2
 
 
 def test_planner_resumes_retries_and_refuses_hopeless_classes():

@@ -257,6 +257,16 @@ class ChunkPlanner:
                     "thresholds are out of reach for this run (check thresholds.json, retrain, or "
                     "leave the class out with --classes)")
 
+    SLOT_MARGIN = 2.0  # work slots per chunk expected to be needed (slots left once the job
+    # is complete are never run: a stream ends when the last chunk taken has landed)
+
+    def work_slots(self, workers: int) -> int:
+        """Work slots for a stream of `workers` actors: the chunks expected to be needed, with
+        a margin for rates below the estimate, and a few per actor. A stream whose slots run
+        out before the job is complete (acceptance below half the estimate) is followed by
+        another (run_job)."""
+        return math.ceil(self.expected_chunks() * self.SLOT_MARGIN) + 2 * workers + 2
+
     def expected_chunks(self) -> int:
         """Chunks the unfinished classes still need at their current rates (for sizing the
         stream of work slots)."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 import warnings
 from collections.abc import Iterator
@@ -208,17 +207,6 @@ def _info(r: dict) -> ChunkInfo:
                      taken_at=float(r[f"{PLACED}taken_at"]))
 
 
-SLOT_MARGIN = 2.0  # work slots per chunk the planner expects to need (slots left once the job
-# is complete are never run: the stream ends when the last chunk taken has landed)
-
-
-def slot_count(planner: ChunkPlanner, workers: int) -> int:
-    """Work slots of a stream: the chunks the planner expects to need, with a margin for rates
-    below its estimate, and a few per actor. A stream whose slots run out before the job is
-    complete (acceptance below half the estimate) is followed by another (run_job)."""
-    return math.ceil(planner.expected_chunks() * SLOT_MARGIN) + 2 * workers + 2
-
-
 def ray_runner(spec: MassSpec, files: RunFiles, out: Storage, identity: dict, *,
                workers: tuple[int, int], gpus_per_worker: float | None, device: str,
                torch_threads: int, pipeline: str = "fused", pools: Pools | None = None,
@@ -246,7 +234,7 @@ def ray_runner(spec: MassSpec, files: RunFiles, out: Storage, identity: dict, *,
     def run(planner: ChunkPlanner) -> Iterator[ChunkInfo]:
         actor = ray.remote(num_cpus=0, max_restarts=0)(PlannerOnRay).remote(planner)
         try:
-            slots = slot_count(planner, workers[1])
+            slots = planner.work_slots(workers[1])
             with data_context(**DATA_CONTEXT):  # a dataset keeps a copy of the context
                 ds = ray.data.from_items([{"slot": i} for i in range(slots)],
                                          override_num_blocks=slots)
