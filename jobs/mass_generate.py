@@ -282,7 +282,7 @@ def workers_runtime(started: bool, device: str, gpus_per_worker: float | None) -
         from regene_ray.mass.identity import runtime_identity
 
         return runtime_identity(device)
-    from regene_ray.mass.ray_stage import probed_runtime, start_probe
+    from regene_ray.cluster import probed_runtime, start_probe
 
     return probed_runtime(start_probe(device, gpus_per_worker), device)
 

@@ -10,6 +10,9 @@ stages never start Ray.
   does not see: the driver writes a marker file into it and a zero-CPU task pinned to every alive
   node reads it back. Nodes that join later (autoscaling) are covered by the job's own workers,
   which check the folder before writing (regene_ray.mass.chunks.CommitChunks).
+* `start_probe` / `probed_runtime`: one task with a network actor's resources reports the
+  runtime the workers run (device kind, torch, GPU model, cuDNN), which is part of a mass
+  generation job's identity; the driver may have no GPU, or another torch, than the workers.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import socket
 import uuid
 from pathlib import Path
 
+from regene_ray.mass.identity import runtime_identity
 from regene_ray.storage import MARKER_PREFIX, StorageError
 
 log = logging.getLogger(__name__)
@@ -128,3 +132,39 @@ def check_shared_folder(folder: str | Path, flag: str, timeout_s: float = 120.0)
             "storage, which needs no check")
     log.info("%s %s is shared by all %d nodes", flag, folder, len(nodes))
     return len(nodes)
+
+
+def _runtime_here(device: str) -> dict:
+    import torch
+
+    kind = str(device).split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        return {"device": "cuda requested, but this torch sees no GPU", "torch": torch.__version__}
+    return runtime_identity(kind)
+
+
+def start_probe(device: str, gpus_per_worker: float | None):
+    """One task with a network actor's resources, started now (it returns an object-store
+    reference): the runtime a worker runs (device kind, torch, GPU model, cuDNN), which fixes
+    the output's bytes and so becomes part of the job's identity. The driver may have no GPU,
+    or another torch, than the workers."""
+    import ray
+
+    gpu = {"num_gpus": gpus_per_worker} if gpus_per_worker else {}  # never num_gpus=0
+    return ray.remote(num_cpus=1, max_retries=0, **gpu)(_runtime_here).remote(device)
+
+
+def probed_runtime(probe, device: str) -> dict:
+    """The runtime start_probe's task reported.
+
+    Raises:
+        ValueError: when the workers cannot run the device kind asked for.
+    """
+    import ray
+
+    here = ray.get(probe)
+    if here["device"] != str(device).split(":")[0]:
+        raise ValueError(f"--device {device}, but the workers run {here}; on a GPU cluster pass "
+                         "--gpus-per-worker (Ray hides GPUs from actors that did not ask for "
+                         "one), else use --device cpu")
+    return here

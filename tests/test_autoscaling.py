@@ -96,7 +96,7 @@ def _generate(address: str, env: dict, run: Path, out: Path, *flags: str) -> Non
     proc = subprocess.run(
         [sys.executable, "jobs/mass_generate.py", "--run", str(run), "--count", "120",
          "--out", str(out), "--address", address, "--chunk-size", "24", "--batch-size", "12",
-         *flags], env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
+         *flags], env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-5000:]
 
 

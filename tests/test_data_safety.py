@@ -395,7 +395,7 @@ def test_the_workers_runtime_enters_the_identity_and_another_is_refused(ray_clus
     """The identity carries the runtime a worker reports (the driver may run another torch, or
     no GPU); an output made under another runtime is refused before anything is touched, and
     a worker asked for a device it cannot run says so."""
-    from regene_ray.mass.ray_stage import probed_runtime, start_probe
+    from regene_ray.cluster import probed_runtime, start_probe
 
     here = probed_runtime(start_probe("cpu", None), "cpu")
     assert here == mass.runtime_identity("cpu")

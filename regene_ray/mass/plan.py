@@ -294,7 +294,8 @@ def cutoffs(done: dict[tuple[int, int], ChunkInfo], quota: dict[int, int]
 # sizing the split pipeline's actor pools (ray_stage.split_pools_here reads the cluster)
 
 
-MIX_CPUS = 0.5  # CPUs reserved by the mixing actor of the split pipeline (light work)
+MIX_CPUS = 0.5  # CPUs reserved by a mixing actor of the split pipeline (light work)
+MIX_ACTORS = 2  # the most mixing actors (Ray Data grows the pool from one as needed)
 
 
 # How long Ray Data waits for an actor pool's first actors (its default: forever). Actors that

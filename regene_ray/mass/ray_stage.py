@@ -36,10 +36,11 @@ from regene_ray.mass.chunks import (
     WriteChunks,
     novelty_of,
 )
-from regene_ray.mass.identity import MassSpec, runtime_identity
+from regene_ray.mass.identity import MassSpec
 from regene_ray.mass.job import Runner
 from regene_ray.mass.plan import (
     ACTOR_WAIT_S,
+    MIX_ACTORS,
     PIPELINES,
     WAIT,
     ChunkInfo,
@@ -320,14 +321,15 @@ def _split(ds, *, planner, slots: int, spec: MassSpec, files_ref, out: Storage, 
            gpus_per_worker: float | None, device: str, torch_threads: int, pools: Pools,
            commit_stage: type[CommitChunks] | None, **_):
     gpu = {"num_gpus": gpus_per_worker} if gpus_per_worker else {}  # never num_gpus=0
+    cpu_stage = _cpu_stage_placement(pools) if gpus_per_worker else {}
     score_kw = dict(_score_kw(spec, device, torch_threads), novelty=novelty_of(identity),
                     runtime=identity.get("runtime"))
     with warnings.catch_warnings():  # RETRY travels as the deprecated ray_remote_args
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         ds = ds.map_batches(MixOnRay, fn_constructor_args=(files_ref,),
                             fn_constructor_kwargs=dict(_mix_kw(spec), planner=planner),
-                            compute=_pool(1, 2, slots), batch_size=1, num_cpus=pools.mix_cpus,
-                            **RETRY)
+                            compute=_pool(1, MIX_ACTORS, slots), batch_size=1, num_cpus=pools.mix_cpus,
+                            **RETRY, **cpu_stage)
         ds = ds.map_batches(ScoreOnRay, fn_constructor_args=(files_ref,),
                             fn_constructor_kwargs=score_kw, compute=_pool(*pools.workers, slots),
                             batch_size=1, num_cpus=1, **RETRY, **gpu)
@@ -336,7 +338,24 @@ def _split(ds, *, planner, slots: int, spec: MassSpec, files_ref, out: Storage, 
             fn_constructor_kwargs=dict(metadata=identity, png=spec.png, planner=planner,
                                        num_classes=len(identity["thresholds"]["latent"])),
             compute=_pool(*pools.cpu_workers, slots), batch_size=1, num_cpus=pools.commit_cpus,
-            **RETRY)
+            **RETRY, **cpu_stage)
+
+
+def _cpu_stage_placement(pools: Pools) -> dict:
+    """Where the CPU stages (mixer, commit) of a GPU job start. Ray Data's default for actors,
+    SPREAD, puts them on GPU nodes, whose CPUs the network actors need: on nodes with one CPU
+    per GPU a network actor then waits for a node the autoscaler may not add. So: on the
+    driver's node when both pools fit there at full size (soft node affinity), else Ray's
+    default policy, which fills nodes in turn rather than spreading."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    cpus = next((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["NodeID"] == here), 0)
+    need = MIX_ACTORS * pools.mix_cpus + pools.cpu_workers[1] * pools.commit_cpus
+    if 0 < need <= cpus:
+        return {"scheduling_strategy": NodeAffinitySchedulingStrategy(here, soft=True)}
+    return {"scheduling_strategy": "DEFAULT"}
 
 
 def default_workers(gpus_per_worker: float | None, pipeline: str = "fused") -> tuple[int, int]:
@@ -358,39 +377,3 @@ def default_workers(gpus_per_worker: float | None, pipeline: str = "fused") -> t
     cpus = int(res.get("CPU", 1))
     n = max(1, cpus // 2 if pipeline == "split" else cpus)
     return n, n
-
-
-def _runtime_here(device: str) -> dict:
-    import torch
-
-    kind = str(device).split(":")[0]
-    if kind == "cuda" and not torch.cuda.is_available():
-        return {"device": "cuda requested, but this torch sees no GPU", "torch": torch.__version__}
-    return runtime_identity(kind)
-
-
-def start_probe(device: str, gpus_per_worker: float | None):
-    """One task with a network actor's resources, started now (it returns an object-store
-    reference): the runtime a worker runs (device kind, torch, GPU model, cuDNN), which fixes
-    the output's bytes and so becomes part of the job's identity. The driver may have no GPU,
-    or another torch, than the workers."""
-    import ray
-
-    gpu = {"num_gpus": gpus_per_worker} if gpus_per_worker else {}  # never num_gpus=0
-    return ray.remote(num_cpus=1, max_retries=0, **gpu)(_runtime_here).remote(device)
-
-
-def probed_runtime(probe, device: str) -> dict:
-    """The runtime start_probe's task reported.
-
-    Raises:
-        ValueError: when the workers cannot run the device kind asked for.
-    """
-    import ray
-
-    here = ray.get(probe)
-    if here["device"] != str(device).split(":")[0]:
-        raise ValueError(f"--device {device}, but the workers run {here}; on a GPU cluster pass "
-                         "--gpus-per-worker (Ray hides GPUs from actors that did not ask for "
-                         "one), else use --device cpu")
-    return here
