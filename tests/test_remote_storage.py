@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from raytools import REPO, free_ports, kill_session, wait_for_port
+from test_search_resume import LAST, resume_space, saved_trials
 
 from regene_ray import mass
 from regene_ray.storage import Storage, StorageError, resolve
@@ -204,17 +205,11 @@ def test_mass_generation_refuses_existing_s3_output(s3, tiny_run):
     assert "--out s3://regene/taken is a non-empty folder without a regene-ray ownership marker" in proc.stderr
 
 
-def _s3_trial_states(fs: pafs.S3FileSystem, exp: str) -> dict[str, str]:
-    """trial id -> status from Tune's latest experiment state file on S3."""
+def _s3_trial_states(fs: pafs.S3FileSystem, exp: str) -> dict[str, tuple[str, int]]:
+    """trial id -> (status, last training_iteration) in Tune's latest experiment state on S3."""
     files = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(exp, allow_not_found=True))
                    if Path(i.path).name.startswith("experiment_state-"))
-    if not files:
-        return {}
-    try:
-        data = json.loads(fs.open_input_stream(files[-1]).read())
-    except (OSError, ValueError):
-        return {}
-    return {json.loads(t)["trial_id"]: json.loads(t)["status"] for t, _ in data["trial_data"]}
+    return saved_trials(_s3_read(fs, files[-1]) or b"") if files else {}
 
 
 def _s3_trial_dirs(fs: pafs.S3FileSystem, exp: str) -> dict[str, str]:
@@ -231,9 +226,18 @@ def _s3_read(fs: pafs.S3FileSystem, path: str) -> bytes | None:
         return None
 
 
-def _kill_when_one_finished_and_one_checkpointed(args, env, fs, exp: str, log_path: Path):
+def _s3_iterations(fs: pafs.S3FileSystem, trial_dir: str) -> int:
+    """The trial's reports so far, from its newest checkpoint on S3 (checkpoint_00000k is the
+    (k + 1)-th report; trials upload them as they report, the driver its files only later)."""
+    names = [Path(i.path).name for i in fs.get_file_info(pafs.FileSelector(trial_dir))]
+    return max((int(n.split("_")[1]) + 1 for n in names if n.startswith("checkpoint_")),
+               default=0)
+
+
+def _kill_mid_sweep_on_s3(args, env, fs, exp: str, log_path: Path):
     """Run the first driver and SIGKILL it once a trial has finished (its result.json on S3)
-    and the next one has an epoch checkpoint there. Returns the finished trials' result.json
+    and the next one is part-way: Tune's saved state holds a result of it, and its newest
+    checkpoint leaves three epochs or more to run. Returns the finished trials' result.json
     bytes and the interrupted trial's id."""
     with open(log_path, "w") as log:
         first = subprocess.Popen(args, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
@@ -242,14 +246,14 @@ def _kill_when_one_finished_and_one_checkpointed(args, env, fs, exp: str, log_pa
             deadline = time.time() + 240
             while time.time() < deadline and first.poll() is None:
                 states, dirs = _s3_trial_states(fs, exp), _s3_trial_dirs(fs, exp)
-                done = {t: _s3_read(fs, f"{dirs[t]}/result.json") for t, s in states.items()
-                        if s == "TERMINATED" and t in dirs}
-                running = [t for t, s in states.items() if s == "RUNNING" and t in dirs and any(
-                    Path(i.path).name.startswith("checkpoint_")
-                    for i in fs.get_file_info(pafs.FileSelector(dirs[t])))]
-                if done and all(done.values()) and running:
+                done = {t: _s3_read(fs, f"{dirs[t]}/result.json") or b"" for t, (s, _)
+                        in states.items() if s == "TERMINATED" and t in dirs}
+                running = [t for t, (s, saved) in states.items() if s == "RUNNING" and saved >= 1
+                           and t in dirs and _s3_iterations(fs, dirs[t]) <= LAST - 3]
+                # a finished trial's result.json on S3 whole (the driver uploads it later)
+                if done and all(r.count(b"\n") == LAST for r in done.values()) and running:
                     return done, running[0]
-                time.sleep(0.3)
+                time.sleep(0.2)
         finally:
             try:
                 os.killpg(first.pid, signal.SIGKILL)
@@ -267,12 +271,11 @@ def test_search_to_s3_killed_and_resumed_on_another_machine(s3, tmp_path):
     endpoint, env = s3
     env = {**{k: v for k, v in env.items() if k != "RAY_ADDRESS"},
            "REGENE_CACHE_DIR": str(tmp_path / "cache-a"), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
-    args = [sys.executable, "jobs/search.py", "--space", "search_spaces/digits.yaml",
-            "--smoke-test", "--num-samples", "2", "--max-concurrent", "1", "--storage-path",
+    args = [sys.executable, "jobs/search.py", "--space", str(resume_space(tmp_path)),
+            "--num-samples", "2", "--max-concurrent", "1", "--storage-path",
             uri(endpoint, "search"), "--name", "sw", "--num-cpus", "2"]
     fs, exp = s3fs(endpoint), "regene/search/sw"
-    done, in_flight = _kill_when_one_finished_and_one_checkpointed(args, env, fs, exp,
-                                                                   tmp_path / "first.log")
+    done, in_flight = _kill_mid_sweep_on_s3(args, env, fs, exp, tmp_path / "first.log")
     assert in_flight is not None, (tmp_path / "first.log").read_text()[-3000:]
     assert fs.get_file_info(f"{exp}/trials.parquet").type == pafs.FileType.NotFound
     assert fs.get_file_info(f"{exp}/optuna.sqlite").type == pafs.FileType.File
@@ -289,13 +292,14 @@ def test_search_to_s3_killed_and_resumed_on_another_machine(s3, tmp_path):
     dirs = _s3_trial_dirs(fs, exp)
     for t, before in done.items():  # the finished trial was not run again
         assert _s3_read(fs, f"{dirs[t]}/result.json") == before, t
-    # the interrupted trial continued: a report made after the restore (iterations since it
-    # < Tune's iteration count) and every report's epoch is Tune's iteration count - 1, which
-    # a restart from epoch 0 under the restored counter would break
+    # the interrupted trial continued from a checkpoint (the driver that uploads its
+    # result.json may have missed the reports before the kill): a report after the restore
+    # counts fewer iterations since it than in all, and every epoch is Tune's iteration
+    # count - 1, which a restart from epoch 0 under the restored count would break
     rows = [json.loads(x) for x in _s3_read(fs, f"{dirs[in_flight]}/result.json").splitlines()]
-    assert rows[-1]["epoch"] == 3 and any(
+    assert rows[-1]["epoch"] == LAST - 1 and any(
         r["iterations_since_restore"] < r["training_iteration"] for r in rows)
-    assert all(r["training_iteration"] == r["epoch"] + 1 for r in rows)
+    assert all(r["epoch"] == min(r["training_iteration"], LAST) - 1 for r in rows)
     summary = Storage(uri(endpoint, "search/sw")).read_json("summary.json")
     assert summary["resumed"] is True and summary["matches_optuna_best_trials"] is True
     # the study that went back to S3 holds every trial, told with both objectives

@@ -301,3 +301,22 @@ def test_moasha_adaptors_keep_their_own_sweeps_rungs(tmp_path):
     # t3 is dominated by t1, which the restored scheduler read back from a's file: stopped
     assert restored.on_trial_result(None, SimpleNamespace(trial_id="t3"), {
         **result, "val_accuracy": 0.8}) == "STOP"
+
+
+def test_searcher_tells_optuna_of_a_restored_trial_it_never_asked_for(tmp_path):
+    """Tune uploads the searcher's state and its trial list apart: a driver killed between the
+    two resumes a trial the restored searcher never asked for. Its result still reaches the
+    study, with the config it ran with."""
+    from regene_ray.search.space import load_search_space
+    from regene_ray.search.tuner import StudySearch
+    from regene_ray.storage import Storage
+
+    space = load_search_space(REPO / "search_spaces" / "digits.yaml")
+    searcher = StudySearch(space, Storage(tmp_path), "s", num_samples=4)
+    config = {k: d.extremes()[1] for k, d in space.search.items()}
+    searcher.on_trial_complete("never-asked", {"config": config, "val_accuracy": 0.9,
+                                               "val_mae": 0.1})
+    searcher.on_trial_complete("no-config", None, error=True)  # nothing to tell: left out
+    study = optuna.load_study(study_name="s", storage=study_url(tmp_path))
+    assert [(t.params, t.values, t.state) for t in study.trials] == \
+        [(config, [0.9, 0.1], optuna.trial.TrialState.COMPLETE)]

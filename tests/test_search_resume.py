@@ -18,33 +18,69 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+CLF_EPOCHS, DEC_EPOCHS = 2, 6  # a trial reports CLF_EPOCHS + DEC_EPOCHS times
+LAST = CLF_EPOCHS + DEC_EPOCHS  # its last training_iteration
 
 
-def _trial_states(exp: Path) -> dict[str, str]:
-    """trial id -> status from Tune's latest experiment state file."""
-    files = sorted(glob.glob(str(exp / "experiment_state-*.json")))
-    if not files:
-        return {}
+def resume_space(tmp_path: Path) -> Path:
+    """digits.yaml at the smoke test's sizes, with 6 decoder epochs instead of 2: the trial
+    interrupted below still has a few epochs to go when the kill lands, however busy the
+    machine, and each costs a fraction of a second."""
+    doc = yaml.safe_load((REPO / "search_spaces" / "digits.yaml").read_text())
+    base = doc["base"]
+    base["data"].update(max_train=600, max_test=200)
+    base["classifier"].update(base_channels=8, max_channels=32)
+    base["classifier_training"]["epochs"] = CLF_EPOCHS
+    base["decoder_training"]["epochs"] = DEC_EPOCHS
+    doc["search"]["classifier.latent_dim"] = {"choices": [16, 32]}
+    doc["final"] = {}
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def saved_trials(state: str | bytes) -> dict[str, tuple[str, int]]:
+    """trial id -> (status, its last training_iteration) in a Tune experiment state file's
+    text: what a resume starts from ({} for a file being rewritten)."""
     try:
-        data = json.loads(Path(files[-1]).read_text())
-    except (OSError, ValueError):  # being rewritten
+        data = json.loads(state)
+    except ValueError:
         return {}
-    return {json.loads(t)["trial_id"]: json.loads(t)["status"] for t, _ in data["trial_data"]}
+    out = {}
+    for trial, meta in data["trial_data"]:
+        trial, meta = json.loads(trial), json.loads(meta)
+        out[trial["trial_id"]] = (trial["status"],
+                                  meta["last_result"].get("training_iteration") or 0)
+    return out
+
+
+def _trial_states(exp: Path) -> dict[str, tuple[str, int]]:
+    files = sorted(glob.glob(str(exp / "experiment_state-*.json")))
+    try:
+        return saved_trials(Path(files[-1]).read_text()) if files else {}
+    except OSError:  # being replaced
+        return {}
 
 
 def _trial_dirs(exp: Path) -> dict[str, Path]:
     return {p.name.split("_")[2]: p for p in exp.glob("train_trial_*") if p.is_dir()}
 
 
+def _reports(trial_dir: Path) -> list[str]:
+    """The trial's result.json lines written so far (whole lines only)."""
+    path = trial_dir / "result.json"
+    text = path.read_text() if path.is_file() else ""
+    return text.splitlines()[:text.count("\n")]
+
+
 def _digest(p: Path) -> str:
     return hashlib.sha256((p / "result.json").read_bytes()).hexdigest()
 
 
-def _cmd(root: Path, scheduler: str, n: int) -> list[str]:
-    return [sys.executable, str(REPO / "jobs" / "search.py"), "--space",
-            str(REPO / "search_spaces" / "digits.yaml"), "--storage-path", str(root), "--name",
-            "resume", "--smoke-test", "--num-samples", str(n), "--max-concurrent", "1",
-            "--num-cpus", "2", "--scheduler", scheduler]
+def _cmd(space: Path, root: Path, scheduler: str, n: int) -> list[str]:
+    return [sys.executable, str(REPO / "jobs" / "search.py"), "--space", str(space),
+            "--storage-path", str(root), "--name", "resume", "--num-samples", str(n),
+            "--max-concurrent", "1", "--num-cpus", "2", "--scheduler", scheduler]
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -56,51 +92,49 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
-# (scheduler, trials, finished before the kill): FIFO needs one finished trial and one
-# interrupted; MO-ASHA four, so that a trial also starts after the resume and is judged on disk
-CASES = [("none", 2, 1), ("moasha", 4, 2)]
-
-
 def _kill_mid_sweep(cmd: list[str], exp: Path, env: dict, log: Path, n_done: int
                     ) -> tuple[dict[str, str], str | None, list[str]]:
-    """Start the driver and SIGKILL it once `n_done` trials finished and another one running
-    has an epoch checkpoint. Returns the finished trials' result.json digests, the interrupted
-    trial and its result.json lines at the kill."""
+    """Start the driver and SIGKILL it once `n_done` trials finished and another one is part-way:
+    Tune's saved state holds a result (and so a checkpoint) of it, and its result.json shows at
+    least three epochs still to run. Returns the finished trials' result.json digests, the
+    interrupted trial and its result.json lines at the kill."""
     with open(log, "w") as out:
         first = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                  start_new_session=True)
         try:
             deadline = time.time() + 240
             while time.time() < deadline and first.poll() is None:
-                states = _trial_states(exp)
-                done = [t for t, s in states.items() if s in ("TERMINATED", "STOPPED")]
-                dirs = _trial_dirs(exp)
-                ckpt = [t for t, s in states.items() if s == "RUNNING" and t in dirs
-                        and any(dirs[t].glob("checkpoint_*"))
-                        and (dirs[t] / "result.json").is_file()]
-                if len(done) >= n_done and ckpt:
-                    text = (dirs[ckpt[0]] / "result.json").read_text()
-                    lines = text.splitlines()[:text.count("\n")]  # whole lines only
-                    return {t: _digest(dirs[t]) for t in done}, ckpt[0], lines
-                time.sleep(0.1)
+                states, dirs = _trial_states(exp), _trial_dirs(exp)
+                done = [t for t, (s, _) in states.items() if s in ("TERMINATED", "STOPPED")]
+                for t, (status, saved) in states.items():
+                    lines = _reports(dirs[t]) if t in dirs else []
+                    if len(done) >= n_done and status == "RUNNING" and saved >= 1 and \
+                            len(lines) <= LAST - 3:
+                        return {d: _digest(dirs[d]) for d in done}, t, lines
+                time.sleep(0.05)
         finally:
             _kill_group(first)
     return {}, None, []
+
+
+# (scheduler, trials, finished before the kill): FIFO needs one finished trial and one
+# interrupted; MO-ASHA four, so that a trial also starts after the resume and is judged on disk
+CASES = [("none", 2, 1), ("moasha", 4, 2)]
 
 
 @pytest.mark.parametrize("scheduler, n, n_done", CASES, ids=[c[0] for c in CASES])
 def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, scheduler, n, n_done):
     exp = tmp_path / "resume"
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
-    finished, in_flight, lines = _kill_mid_sweep(_cmd(tmp_path, scheduler, n), exp, env,
-                                                 tmp_path / "first.log", n_done)
+    cmd = _cmd(resume_space(tmp_path), tmp_path, scheduler, n)
+    finished, in_flight, lines = _kill_mid_sweep(cmd, exp, env, tmp_path / "first.log", n_done)
     assert in_flight is not None, (tmp_path / "first.log").read_text()[-3000:]
     assert not (exp / "trials.parquet").exists()  # the first driver did not finish
     rungs = exp / "moasha_rungs.yaml"
     before = yaml.safe_load(rungs.read_text())["decisions"] if scheduler == "moasha" else []
 
-    second = subprocess.run(_cmd(tmp_path, scheduler, n), capture_output=True, text=True,
-                            timeout=300, env=env, start_new_session=True)
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env,
+                            start_new_session=True)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     summary = json.loads((exp / "summary.json").read_text())
     assert summary["resumed"] and summary["matches_optuna_best_trials"]
@@ -121,12 +155,14 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, sched
     assert len(dirs) == n  # no trial was added twice
     for t, digest in finished.items():  # finished trials were not run again
         assert _digest(dirs[t]) == digest, t
-    # the interrupted trial continued in its own folder: the reports made before the kill are
-    # still there, and its epoch counter never went back to 0 (a report whose checkpoint was
-    # not saved yet may be made again, so epochs can repeat)
-    rows = (dirs[in_flight] / "result.json").read_text().splitlines()
-    epochs = [json.loads(line)["epoch"] for line in rows]
+    # the interrupted trial continued from a checkpoint, in its own folder: its reports from
+    # before the kill are kept; one after the restore counts fewer iterations since the restore
+    # than in all; and every epoch is Tune's iteration count - 1 (a restart from epoch 0 under
+    # the restored count would break that; a trial restored after its last epoch repeats it)
+    rows = _reports(dirs[in_flight])
     assert rows[:len(lines)] == lines and len(rows) > len(lines)
-    assert epochs[0] == 0 and all(b >= a for a, b in zip(epochs, epochs[1:], strict=False))
+    rows = [json.loads(r) for r in rows]
+    assert any(r["iterations_since_restore"] < r["training_iteration"] for r in rows)
+    assert all(r["epoch"] == min(r["training_iteration"], LAST) - 1 for r in rows)
     stopped = df.status[df.trial_id == in_flight].item() == "STOPPED"
-    assert stopped or epochs[-1] == 3  # 2 classifier + 2 decoder epochs (the smoke test)
+    assert stopped or rows[-1]["epoch"] == LAST - 1

@@ -128,6 +128,21 @@ class StudySearch(OptunaSearch):
         storage = study.open_storage(driver_folder(self.exp))
         self.__dict__.update(study.load_state(checkpoint_path, storage))
 
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        if trial_id not in self._ot_trials and trial_id not in self._completed_trials:
+            # Tune keeps this state and its list of trials in separate files, each uploaded on
+            # its own: a driver killed between the two uploads resumes a trial that this state
+            # never asked for. Ask again, for the config the trial ran with.
+            config = (result or {}).get("config")
+            if config is None:
+                log.warning("trial %s is unknown to the restored Optuna study and reported no "
+                            "config: it is left out of optuna.sqlite", trial_id)
+                return
+            self._ot_study.enqueue_trial(config)
+            self._ot_trials[trial_id] = self._ot_study.ask(fixed_distributions=self._space)
+        super().on_trial_complete(trial_id, result, error)
+
     def suggest(self, trial_id: str):
         if self._ot_study is None:  # Tune logged why restore() failed and went on without it
             raise RuntimeError(
