@@ -49,7 +49,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="replace an earlier run with a different config in --out (default: off; "
                    "the same config resumes)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (default: auto)")
-    p.add_argument("--seed", type=int, help="seed for data split, init and sampling (default: 0)")
+    p.add_argument("--seed", type=int, help="model seed: initialisation, shuffling and sampling; "
+                   "the data split stays the config's, so runs that differ only in --seed share "
+                   "one split and one neutral judge (default: 0)")
+    p.add_argument("--data-seed", type=int, help="seed of the train/holdout split and of the "
+                   "--max-train/--max-test subsets (default: 0)")
     p.add_argument("--dataset", help="digits, mnist, fashion-mnist, cifar10, celeba[:Attr] or "
                    "folder:<path> (default: digits)")
     p.add_argument("--data-root", help="folder with the dataset files (default: $REGENE_DATA_ROOT)")
@@ -92,7 +96,9 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         for s in sections:
             d[s][key] = value
     if args.seed is not None:
-        d["seed"] = d["data"]["seed"] = args.seed
+        d["seed"] = args.seed
+    if args.data_seed is not None:
+        d["data"]["seed"] = args.data_seed
     if args.perceptual is not None:
         d["decoder_training"]["loss"]["perceptual"] = args.perceptual
     if args.upsample is not None:

@@ -3,7 +3,6 @@ test's Ray cluster, and reading its output back with pyarrow."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from conftest import load_job
 
 from regene_ray import mass
 
@@ -19,14 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 JOB = REPO / "jobs" / "mass_generate.py"
 
 
-def load_job():
-    spec = importlib.util.spec_from_file_location("mass_generate_job", JOB)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-job = load_job()
+job = load_job("mass_generate")
 
 
 def generate(run: Path, out: Path, *flags: str) -> mass.Summary:

@@ -55,8 +55,11 @@ def head_command(prefix: str, *extra: str, num_cpus: int | None = 2
 
 
 def session_pids(sid: int) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
-    return [int(p) for p, s in (line.split() for line in out.splitlines()) if int(s) == sid]
+    """The live processes of session `sid` (zombies left out: they have exited, and the session
+    leader stays one until the test reaps it)."""
+    out = subprocess.run(["ps", "-eo", "pid=,sid=,stat="], capture_output=True, text=True).stdout
+    return [int(p) for p, s, stat in (line.split() for line in out.splitlines())
+            if int(s) == sid and not stat.startswith("Z")]
 
 
 def kill_session(sid: int) -> None:

@@ -4,14 +4,13 @@ job's own main runs in this process (the import of torch is paid once) on the mo
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 
 import pytest
 import torch
 import yaml
-from conftest import REPO, tiny_run_config
+from conftest import REPO, load_job, tiny_run_config
 from masstools import generate, read_out
 from PIL import Image
 
@@ -19,13 +18,6 @@ from regene_ray.classifier import ArchConfig, Classifier
 from regene_ray.config import to_dict
 from regene_ray.decoder import Decoder
 from regene_ray.search.space import load_search_space
-
-
-def load_job(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_job", REPO / "jobs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

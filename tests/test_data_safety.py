@@ -436,18 +436,19 @@ def test_a_dead_drivers_lease_is_taken_over(tmp_path):
 # honest exits
 
 
-def test_twenty_bad_inputs_exit_2_with_one_line(tiny_run, tmp_path):
+def test_bad_inputs_exit_2_with_one_line_every_time(tiny_run, tmp_path):
     """Bad inputs found after the run is read, some after Ray started: exit 2 every time, one
-    error line, no traceback, no abort (exit 134 used to hit 3 in 10)."""
+    error line, no traceback, no abort (exit 134 used to hit 3 in 10; 12 runs would all pass
+    such a flake 1.4% of the time)."""
     cases = [
         (["--count", "10", "--weights", "0.3,0.7", "--n-parents", "3"], "gives 2 ratios"),
         (["--count", "10", "--classes", "3,12"], "[12] not in 0..9"),
         (["--count", "10", "--gpus-per-worker", "1"], "the Ray cluster has 0"),
         (["--count", "10", "--n-parents", "400"], "fewer eligible parents"),
     ]
-    runs = [(i, *cases[i % len(cases)]) for i in range(20)]
+    runs = [(i, *cases[i % len(cases)]) for i in range(12)]
     env = {**os.environ, "RAY_ADDRESS": ""}
-    for start in range(0, len(runs), 4):
+    for start in range(0, len(runs), 4):  # more at a time is no faster: each start is CPU-bound
         procs = [(subprocess.Popen([sys.executable, str(JOB), "--run", str(tiny_run), "--out",
                                     str(tmp_path / f"o{i}"), *flags], env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import importlib.util
 import io
 import json
 import re
@@ -19,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, load_job
 from PIL import Image
 
 from regene_ray.evaluation.evaluate import REPORT_KIND, prepare_report_dir
@@ -33,13 +32,6 @@ from regene_ray.run_files import run_hashes
 JOB = [sys.executable, str(REPO / "jobs" / "evaluate.py")]
 FAST = ["--smoke-test", "--threads", "1", "--device", "cpu"]
 
-
-def load_job(name: str):
-    """jobs/<name>.py as a module, to call its main() in this process."""
-    spec = importlib.util.spec_from_file_location(f"{name}_job", REPO / "jobs" / f"{name}.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
-    return job
 
 
 def run(*args, check=True):
@@ -134,6 +126,15 @@ def test_report_is_written_and_every_embedded_image_decodes(report):
     # MiFID where the real side is the training images: every Org vs Gen row and the floor
     assert {k for k, r in rows.items() if "mifid_mean" in r} == set(rows) - {"org_vs_recon",
                                                                            "recon_vs_gen"}
+    # realism and diversity apart: accepted mixes lie where real images are (precision), but
+    # reach less of the real distribution than real images do (recall below the floor's)
+    fidelity = m["fidelity"]["rows"]
+    assert set(fidelity) == set(rows) - {"org_vs_recon", "recon_vs_gen"}
+    floor = fidelity.pop("org_vs_org")
+    assert min(floor["precision"], floor["recall"], floor["coverage"]) > 0.8
+    for k, r in fidelity.items():
+        assert r["real"] == 150 and r["generated"] == (150 if "dirichlet" in k else 100)
+        assert r["precision"] >= 0.8 and r["recall"] < floor["recall"], k
     for space in ("pixel", "feature"):  # convex mixes are new images: flagged about by chance
         assert m["novelty"][space]["copy_fraction"] <= 0.15, space
     # Fig. 7b: one row per ratio; r = 0 is real vs real, so its FID is the lowest and its
@@ -164,7 +165,8 @@ def test_report_is_written_and_every_embedded_image_decodes(report):
     for key in m["figures"]:
         assert (out / "figures" / f"{key}.png").is_file()
     for name in ("Org vs Gen", "Org vs Recon", "Recon vs Gen", "Org vs Gen, n = 5 (extra row)",
-                 "Org vs Gen, n = 2, Dirichlet weights (extra row)", m["fid"]["features"], "paper Fig. 7b", "autoencoder, same encoder and decoder"):
+                 "Org vs Gen, n = 2, Dirichlet weights (extra row)", m["fid"]["features"], "paper Fig. 7b", "autoencoder, same encoder and decoder",
+                 "Fidelity and diversity apart"):
         assert name in html
 
 

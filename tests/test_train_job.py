@@ -7,7 +7,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, load_job
 
 from regene_ray.classifier import Classifier
 from regene_ray.data import load_data
@@ -142,3 +142,20 @@ def comparable(metrics_file) -> str:
     for k in ("classifier_history", "decoder_history"):
         keep[k] = [{s: v for s, v in h.items() if s != "images_per_s"} for h in m[k]]
     return json.dumps(keep, sort_keys=True)
+
+
+def test_the_model_seed_leaves_the_data_split_unchanged():
+    """--seed is the model's (init, shuffling, sampling); --data-seed the split's: runs that
+    differ only in --seed train on the same images and can share one neutral judge."""
+    job = load_job("train")
+
+    def config(*flags):
+        return job.build_config(job.get_args_parser().parse_args(["--out", "x", "--smoke-test",
+                                                                  *flags]))
+
+    a, b, c = config("--seed", "1"), config("--seed", "2"), config("--data-seed", "3")
+    assert (a.seed, b.seed, c.seed) == (1, 2, 0) and a.data == b.data
+    assert (a.data.seed, c.data.seed) == (0, 3)
+    da, db, dc = load_data(a.data), load_data(b.data), load_data(c.data)
+    assert torch.equal(da.train_x, db.train_x) and torch.equal(da.holdout_x, db.holdout_x)
+    assert not torch.equal(da.holdout_x, dc.holdout_x)  # another split

@@ -3,12 +3,11 @@ Data (alone, or mixed with real images), tested on the real test set."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 
 import pytest
-from conftest import REPO
+from conftest import load_job
 from masstools import generate
 
 from regene_ray.config import ConfigError
@@ -21,15 +20,7 @@ FAST = ["--depth", "8", "--width", "4", "--epochs", "2", "--batch-size", "64", "
         "--device", "cpu"]
 
 
-def load_job():
-    spec = importlib.util.spec_from_file_location("train_on_generated_job",
-                                                  REPO / "jobs" / "train_on_generated.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-job = load_job()
+job = load_job("train_on_generated")
 
 
 def train(*flags):

@@ -5,6 +5,7 @@
          --neutral-cache; the run folder is only read)                     (evaluation.stages)
       -> neutral accuracy of generations overall / per class / per n      (paper Fig. 4a)
       -> FID Org vs Gen, Org vs Recon, Recon vs Gen, mean +- std over seeds (paper Table 1)
+      -> precision, recall, density, coverage of each generated set     (evaluation.fidelity)
       -> novelty: nearest training images, copy flags, near-duplicates     (paper Fig. 6)
       -> acceptance per class and step; original:reconstruction blends     (paper Fig. 7b)
       -> the autoencoder contrast                       (paper Fig. 3, evaluation.autoencoder)
@@ -31,6 +32,7 @@ import torch
 
 from regene_ray.config import ConfigError, save_json, to_dict
 from regene_ray.evaluation.autoencoder import AutoencoderResult, autoencoder_stage
+from regene_ray.evaluation.fidelity import FidelityResult, fidelity_stage
 from regene_ray.evaluation.figure_data import FigureData, figure_data_stage
 from regene_ray.evaluation.inputs import Inputs, generations_stage, load_inputs
 from regene_ray.evaluation.neutral import NEUTRAL_DIR
@@ -69,6 +71,8 @@ class EvalConfig:
     neutral_batch_size: int = 128  # images per neutral training step
     seeds: int = 3  # sampling seeds for FID mean +- std
     fid_samples: int = 10000  # images per side and seed in each FID (capped by the set sizes)
+    prdc_samples: int = 5000  # images per side in precision/recall/density/coverage (capped)
+    prdc_k: int = 5  # their k-th nearest neighbour (Naeem et al. 2020 recommend 5)
     n_parents: list[int] = field(default_factory=lambda: [2, 3, 5])  # in-process sample's n
     num_generated: int = 30000  # in-process sample size (split over n_parents) without --generated
     dirichlet_alpha: float = 1.0  # extra FID row: n = 2 with Dirichlet(alpha) weights (0: none)
@@ -96,6 +100,7 @@ class EvalConfig:
         return dataclasses.replace(
             self, neutral_depth=8, neutral_width=16, neutral_epochs=min(self.neutral_epochs, 3),
             neutral_batch_size=32, fid_samples=min(self.fid_samples, 150),
+            prdc_samples=min(self.prdc_samples, 150),
             num_generated=min(self.num_generated, 300),
             max_generated=min(self.max_generated, 1000),
             novelty_samples=min(self.novelty_samples, 150), match_samples=4,
@@ -111,6 +116,9 @@ class EvalConfig:
         if self.seeds < 1 or self.fid_samples < 10:
             raise ConfigError(f"seeds {self.seeds} must be >= 1 and fid_samples "
                               f"{self.fid_samples} >= 10")
+        if self.prdc_k < 1 or self.prdc_samples <= self.prdc_k:
+            raise ConfigError(f"prdc_k {self.prdc_k} must be >= 1 and prdc_samples "
+                              f"{self.prdc_samples} larger than it")
         if self.embedding not in ("pca", "tsne"):
             raise ConfigError(f"embedding '{self.embedding}' must be pca or tsne")
         if self.fid_features not in ("auto", "neutral", "inception"):
@@ -186,6 +194,7 @@ class Results:
     generations: GeneratedSet
     scores: Scores
     fid: FidResult
+    fidelity: FidelityResult
     novelty: NoveltyResult
     acceptance: dict  # n -> per-class acceptance of each filter step
     blends: BlendResult
@@ -224,6 +233,9 @@ def measure(run_dir: Path, cfg: EvalConfig, generated: str | Path | None, dev: t
     lap("neutral_scoring_s")
     fid = fid_stage(neutral, inp, gset, cfg, dev, streams)  # FID (Table 1)
     lap("fid_s")
+    fidelity = fidelity_stage(fid.sets, {k: r["name"] for k, r in fid.rows.items()},
+                              fid.features, cfg, dev, streams)  # realism and coverage apart
+    lap("fidelity_s")
     nov = novelty_stage(neutral, inp, gset, cfg, dev, streams)  # novelty (Fig. 6)
     lap("novelty_s")
     ns = sorted({int(n) for n in gset.n_parents}) if gset.n_parents is not None else []
@@ -236,8 +248,8 @@ def measure(run_dir: Path, cfg: EvalConfig, generated: str | Path | None, dev: t
     lap("autoencoder_s")
     pictures = figure_data_stage(inp.gen, inp.data, gset, cfg, streams)
     lap("figure_data_s")
-    return Results(inp, neutral, gset, scores, fid, nov, acceptance, blends, ae, pictures,
-                   streams.used, lap.seconds)
+    return Results(inp, neutral, gset, scores, fid, fidelity, nov, acceptance, blends, ae,
+                   pictures, streams.used, lap.seconds)
 
 
 def metrics_of(r: Results, cfg: EvalConfig, dev: torch.device, trained: list[dict],
@@ -261,6 +273,8 @@ def metrics_of(r: Results, cfg: EvalConfig, dev: torch.device, trained: list[dic
         "reference_accuracy": r.scores.reference,
         "fid": {"features": r.fid.features.name, "features_note": r.fid.features.note,
                 "rows": r.fid.rows},
+        "fidelity": {"features": r.fidelity.features, "nearest_k": r.fidelity.nearest_k,
+                     "rows": r.fidelity.rows},
         "novelty": r.novelty.summary | {"closest_matches": r.novelty.matches,
                                         "copy_quantile": cfg.copy_quantile},
         "acceptance": {"per_class": r.acceptance,

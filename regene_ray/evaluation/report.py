@@ -115,7 +115,8 @@ def intro(m: dict) -> list[str]:
 
 def tables(m: dict) -> list[Table]:
     """The report's tables, from metrics.json's content (those with nothing to show left out)."""
-    made = (_accuracy_table(m), _fid_table(m), _novelty_table(m), _trained_table(m),
+    made = (_accuracy_table(m), _fid_table(m), _fidelity_table(m), _novelty_table(m),
+            _trained_table(m),
             _blend_table(m), _autoencoder_table(m), _run_acceptance_table(m))
     return [t for t in made if t is not None]
 
@@ -145,6 +146,24 @@ def _fid_table(m: dict) -> Table:
         "training image's, when that mean is below eps (else 1, and MiFID = FID); copies "
         "drive it towards 0 and MiFID up. Its Org vs Org value (two disjoint halves of the "
         "training images) is the reference for images that are not copies.")
+
+
+def _fidelity_table(m: dict) -> Table | None:
+    f = m.get("fidelity")
+    if not f:
+        return None
+    rows = [[r["name"], r["precision"], r["recall"], r["density"], r["coverage"], r["real"],
+             r["generated"]] for r in f["rows"].values()]
+    return Table(
+        "Fidelity and diversity apart: precision, recall, density, coverage",
+        ["pair", "precision", "recall", "density", "coverage", "real images",
+         "generated images"], rows,
+        f"prdc (Kynkäänniemi et al. 2019; Naeem et al. 2020), k = {f['nearest_k']}, in "
+        f"{f['features']} features, against one fixed sample of real training images. "
+        "Precision and density: how much of the set lies where real images are (realism; "
+        "density can pass 1 where generations crowd dense real regions). Recall and coverage: "
+        "how much of the real distribution the set reaches (diversity). The Org vs Org row is "
+        "what disjoint real images score at this size; identical sets score 1 on all four.")
 
 
 def _novelty_table(m: dict) -> Table:

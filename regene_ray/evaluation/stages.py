@@ -141,6 +141,7 @@ class FidResult:
     features: FeatureNet
     rows: dict  # row key -> name, mean, std, seeds, sample_size, features (fid.fid_table)
     warning: str | None
+    sets: dict[str, torch.Tensor]  # the compared image sets by key ("org", "gen", "gen_n3", ...)
 
 
 def fid_features(neutral: NeutralResult, cfg) -> FeatureNet:
@@ -183,7 +184,7 @@ def fid_stage(neutral: NeutralResult, inp: Inputs, gset: GeneratedSet, cfg,
     warning = None if feat_net.name.startswith("inception") else (
         f"FID uses {feat_net.name} features ({feat_net.note}); these numbers are not "
         "comparable with the paper's Inception FIDs, only with each other.")
-    return FidResult(feat_net, rows, warning)
+    return FidResult(feat_net, rows, warning, sets)
 
 
 @dataclass

@@ -24,6 +24,7 @@ STREAMS = {  # stage -> its stream number; never renumber one (it fixes that sta
     "interpolation": 8,  # the interpolation strips' parents (Fig. 5)
     "acceptance": 9,  # the candidates of the acceptance chart
     "embedding": 10,  # the latent-space picture's codes and convex paths (Fig. 3)
+    "fidelity": 11,  # the real and generated samples of precision/recall/density/coverage
 }
 
 
