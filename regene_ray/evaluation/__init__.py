@@ -1,4 +1,5 @@
-"""Evaluation as in the paper: a neutral judge, FID, novelty, pictures and a report.
+"""Evaluation as in the paper: a neutral judge, FID, fidelity and diversity, novelty, pictures
+and a report.
 
 Modules, in the order an evaluation uses them (only stream.py imports Ray):
 
@@ -7,9 +8,11 @@ Modules, in the order an evaluation uses them (only stream.py imports Ray):
     streams.py      every sampling stage's own random stream, derived in one place
     neutral.py      the neutral judge (the shared ResNet, regene_ray.resnet): cached, scores
     fid.py          FID (torchmetrics) on Inception or the neutral model's features
+    fidelity.py     precision, recall, density, coverage (prdc) of each generated set apart
     novelty.py      nearest training images by pixels, SSIM and features; copy flags
     stages.py       the measurements, one function each with a typed result: judge, scores,
                     acceptance, FID (Table 1), blends (Fig. 7b), novelty (Fig. 6)
+                    (fidelity.py's stage runs on the FID stage's image sets)
     autoencoder.py  Fig. 3's contrast: an autoencoder trained through regene_ray.loop
     figure_data.py  what the other pictures show: interpolation strips, parents overlays, the
                     latent space in 2-D (embed_2d, the one embedding)
