@@ -12,8 +12,9 @@ real test set: the Classification Accuracy Score (Ravuri & Vinyals 2019) and its
 --generated is what jobs/mass_generate.py --out wrote (regene_ray.generated), local or s3:// /
 gs://: a finished output (summary.json) of --run's checkpoints, unless --allow-partial /
 --allow-other-run. Its OUT/data/*.parquet rows stream through Ray Data every epoch
-(`read_parquet` -> PNG decoding -> `iter_torch_batches` with a seeded local shuffle buffer), so
-memory stays flat however many rows there are (benchmarks/stream_memory.py). The network
+(`read_parquet` -> PNG decoding -> `iter_torch_batches` with a seeded local shuffle buffer),
+never all in memory: the peak grew 1.7x for 10x the rows (BENCHMARKS.md section 13,
+benchmarks/stream_memory.py). The network
 is the evaluation's neutral architecture (a CIFAR-style ResNet v1), trained from scratch with
 the same recipe as the neutral judge; --run names the real data (its dataset, split and data
 root), whose test split scores it. Output: OUT/metrics.json (test accuracy, what it trained on,

@@ -13,6 +13,8 @@ stages never start Ray.
 * `start_probe` / `probed_runtime`: one task with a network actor's resources reports the
   runtime the workers run (device kind, torch, GPU model, cuDNN), which is part of a mass
   generation job's identity; the driver may have no GPU, or another torch, than the workers.
+* `data_context(**settings)`: Ray Data's current DataContext with some settings changed while a
+  dataset is built (a dataset keeps its own copy), then restored.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import os
 import signal
 import socket
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from regene_ray.mass.identity import runtime_identity
@@ -168,3 +172,19 @@ def probed_runtime(probe, device: str) -> dict:
                          "--gpus-per-worker (Ray hides GPUs from actors that did not ask for "
                          "one), else use --device cpu")
     return here
+
+
+@contextmanager
+def data_context(**settings) -> Iterator[None]:
+    """Ray Data's current DataContext with `settings`, restored after the block."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    before = {k: getattr(ctx, k) for k in settings}
+    for k, v in settings.items():
+        setattr(ctx, k, v)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            setattr(ctx, k, v)

@@ -7,6 +7,8 @@ import json
 import math
 
 import pytest
+import ray
+import torch
 from conftest import load_job
 from masstools import generate
 
@@ -93,3 +95,33 @@ def test_bad_folders(tiny_run, tmp_path):
     with pytest.raises(OwnershipError, match="not a jobs/train_on_generated.py result"):
         train("--run", tiny_run, "--real-only", "--out", tmp_path / "mine", "--overwrite", *FAST)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+
+
+def test_class_interleaved_order():
+    from regene_ray.evaluation.stream import class_interleaved
+
+    files = [f"s3://b/gen/data/c{c:03d}-k{k:07d}.parquet" for c in range(3) for k in range(2)]
+    names = [f.rsplit("/", 1)[1] for f in class_interleaved([*files, "x/other.parquet"])]
+    assert names == ["c000-k0000000.parquet", "c001-k0000000.parquet", "c002-k0000000.parquet",
+                     "c000-k0000001.parquet", "c001-k0000001.parquet", "c002-k0000001.parquet",
+                     "other.parquet"]
+
+
+def test_a_max_rows_prefix_holds_every_class(ray_cluster, tiny_run, tmp_path):
+    """One class per data file, in class order: the first rows in file order were of the first
+    classes only."""
+    from regene_ray.evaluation.stream import generated_batches
+    from regene_ray.generated import GeneratedFolder
+
+    out = tmp_path / "gen"
+    generate(tiny_run, out, "--count", "600", "--n-parents", "2", "--chunk-size", "24",
+             "--batch-size", "24", "--workers", "1", "--seed", "4")
+    before = ray.data.DataContext.get_current().execution_options.preserve_order
+    epoch, rows = generated_batches([GeneratedFolder(out)], batch_size=50, seed=0, max_rows=200)
+    # the order is kept on the dataset's own context: the process's is as it was
+    assert ray.data.DataContext.get_current().execution_options.preserve_order == before
+    labels = torch.cat([y for _, y in epoch(0, torch.Generator().manual_seed(0))])
+    assert rows == 200 == len(labels)
+    assert torch.bincount(labels, minlength=10).min() >= 10  # 20 a class, give or take a file

@@ -2,9 +2,17 @@
 module): `ray.data.read_parquet` -> PNG decoding in `map_batches` -> `iter_torch_batches` with a
 seeded local shuffle buffer, optionally mixed with real images at a fixed share of every batch.
 
+A generated folder holds one class per data file (`c<label>-k<chunk>.parquet`), written in class
+order: the files stream round robin across classes instead (c0-k0, c1-k0, ..., c0-k1, ...), so a
+`max_rows` prefix is close to class-balanced (in file order the first 60,000 rows of a 540k-row
+MNIST folder were 54,000 zeros and 6,000 ones). Batches mix the classes either way: the shuffle
+buffer draws from blocks of several files.
+
 Every epoch streams the folders again: at no point are all decoded images in memory, only the
-blocks in flight and the shuffle buffer (SHUFFLE_BUFFER rows), so memory does not grow with the
-number of rows (benchmarks/stream_memory.py measures it). Ray Data keeps the order of the rows
+blocks in flight and the shuffle buffer (SHUFFLE_BUFFER rows). The job's peak memory still grew
+1.7x for 10x the rows (2.4 GB at 54k, 4.0 GB at 540k MNIST rows, benchmarks/stream_memory.py,
+BENCHMARKS.md section 13), by more than the decoded rows would take and with the object store
+budget or the read tasks bounded alike: not yet explained. Ray Data keeps the order of the rows
 (`preserve_order`), and the shuffle buffer is seeded per epoch, so the batches are the same on
 every run, and the same from a local folder as from its copy on s3:// / gs://.
 
@@ -14,16 +22,32 @@ numbers come from.
 
 from __future__ import annotations
 
+import copy
+import math
+import re
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import PurePosixPath
 
 import numpy as np
 import pyarrow as pa
 import ray
 import torch
 
+from regene_ray.cluster import data_context
 from regene_ray.generated import GeneratedFolder, decode_png, image_bytes
 
 SHUFFLE_BUFFER = 8192  # rows in Ray Data's local shuffle buffer: the only rows held for mixing
+DATA_FILE = re.compile(r"c(\d+)-k(\d+)\.parquet$")  # regene_ray.mass's data file names
+
+
+def class_interleaved(files: Sequence[str]) -> list[str]:
+    """Data files round robin across classes: every class's k-th chunk, then every class's
+    (k + 1)-th. Files of other names follow, in their order; so do equal keys (folders)."""
+    def key(path: str) -> tuple[float, int]:
+        m = DATA_FILE.search(PurePosixPath(path).name)
+        return (int(m[2]), int(m[1])) if m else (math.inf, 0)
+
+    return sorted(files, key=key)
 
 
 def parquet_files(folders: Sequence[GeneratedFolder]) -> tuple[list[str], object]:
@@ -47,6 +71,14 @@ def decode_batch(batch: pa.Table) -> dict[str, np.ndarray]:
             "label": batch.column("label").to_numpy().astype(np.int64)}
 
 
+def _stream_options():
+    """Ray Data's execution options for the stream: the current ones, with the rows in the same
+    order every time (set on the dataset's copy of the context, not on the process's)."""
+    opts = copy.deepcopy(ray.data.DataContext.get_current().execution_options)
+    opts.preserve_order = True
+    return opts
+
+
 def generated_batches(folders: Sequence[GeneratedFolder], *, batch_size: int, seed: int,
                       real: tuple[torch.Tensor, torch.Tensor] | None = None,
                       real_fraction: float = 0.0, max_rows: int | None = None
@@ -67,14 +99,14 @@ def generated_batches(folders: Sequence[GeneratedFolder], *, batch_size: int, se
         raise ValueError(f"--real-fraction {real_fraction} must be in [0, 1)")
     if real_fraction and real is None:
         raise ValueError("--real-fraction needs real images to mix in")
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # the same rows in the same order every time
     files, fs = parquet_files(folders)
-    ds = ray.data.read_parquet(files, filesystem=fs).select_columns(["image", "label"])
     rows = sum(f.count_rows() for f in folders)
-    if max_rows is not None and max_rows < rows:
-        ds, rows = ds.limit(max_rows), max_rows
-    ds = ds.map_batches(decode_batch, batch_format="pyarrow")  # lazy: runs as each epoch reads
+    with data_context(execution_options=_stream_options()):  # the dataset keeps its own copy
+        ds = ray.data.read_parquet(class_interleaved(files), filesystem=fs)
+        ds = ds.select_columns(["image", "label"])
+        if max_rows is not None and max_rows < rows:
+            ds, rows = ds.limit(max_rows), max_rows
+        ds = ds.map_batches(decode_batch, batch_format="pyarrow")  # lazy: runs as epochs read
     n_real = int(round(batch_size * real_fraction))
     n_gen = batch_size - n_real
 

@@ -24,10 +24,10 @@ import logging
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 
+from regene_ray.cluster import data_context
 from regene_ray.mass.chunks import (
     STAT_KEYS,
     CommitChunks,
@@ -263,22 +263,6 @@ DATA_CONTEXT = dict(
     # as "UDF failed to process a data block" with the cause lost on the way
     raise_original_map_exception=True,
 )
-
-
-@contextmanager
-def data_context(**settings) -> Iterator[None]:
-    """Ray Data's current DataContext with `settings`, restored after the block."""
-    import ray
-
-    ctx = ray.data.DataContext.get_current()
-    before = {k: getattr(ctx, k) for k in settings}
-    for k, v in settings.items():
-        setattr(ctx, k, v)
-    try:
-        yield
-    finally:
-        for k, v in before.items():
-            setattr(ctx, k, v)
 
 
 # max_restarts / max_task_retries have no named parameter in Ray 2.60: they travel as
