@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,17 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def run_job(name: str, *args, check: bool = True, timeout: float = 600
+            ) -> subprocess.CompletedProcess:
+    """`python jobs/<name>.py ARGS` as a user runs it, from the repository root; with `check`,
+    a non-zero exit fails the test with the job's stderr."""
+    p = subprocess.run([sys.executable, str(REPO / "jobs" / f"{name}.py"), *map(str, args)],
+                       capture_output=True, text=True, cwd=REPO, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(p.stderr[-3000:])
+    return p
 
 
 def load_job(name: str):

@@ -11,14 +11,13 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import REPO, load_job
+from conftest import load_job, run_job
 from PIL import Image
 
 from regene_ray.evaluation.evaluate import REPORT_KIND, prepare_report_dir
@@ -29,17 +28,12 @@ from regene_ray.generator import ConvexGenerator, encode_png
 from regene_ray.mass import sinks
 from regene_ray.run_files import run_hashes
 
-JOB = [sys.executable, str(REPO / "jobs" / "evaluate.py")]
 FAST = ["--smoke-test", "--threads", "1", "--device", "cpu"]
 
 
 
 def run(*args, check=True):
-    p = subprocess.run([*JOB, *map(str, args)], capture_output=True, text=True, cwd=REPO,
-                       timeout=600)
-    if check and p.returncode != 0:
-        raise AssertionError(p.stderr[-3000:])
-    return p
+    return run_job("evaluate", *args, check=check)
 
 
 @pytest.fixture(scope="module")

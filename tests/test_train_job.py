@@ -1,13 +1,11 @@
 """jobs/train.py as users run it: a subprocess, real files, real error messages."""
 
 import json
-import subprocess
-import sys
 
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import REPO, load_job
+from conftest import load_job, run_job
 
 from regene_ray.classifier import Classifier
 from regene_ray.data import load_data
@@ -15,15 +13,9 @@ from regene_ray.losses import lpips_weights_present
 from regene_ray.resnet import ResNet, accuracy
 from regene_ray.run import load_run_config, near_chance
 
-JOB = [sys.executable, str(REPO / "jobs" / "train.py")]
-
 
 def run(*args, check=True):
-    p = subprocess.run([*JOB, *map(str, args)], capture_output=True, text=True, cwd=REPO,
-                       timeout=600)
-    if check and p.returncode != 0:
-        raise AssertionError(p.stderr[-3000:])
-    return p
+    return run_job("train", *args, check=check)
 
 
 @pytest.fixture(scope="module")

@@ -115,10 +115,17 @@ def intro(m: dict) -> list[str]:
 
 def tables(m: dict) -> list[Table]:
     """The report's tables, from metrics.json's content (those with nothing to show left out)."""
-    made = (_accuracy_table(m), _fid_table(m), _fidelity_table(m), _novelty_table(m),
-            _trained_table(m),
-            _blend_table(m), _autoencoder_table(m), _run_acceptance_table(m))
-    return [t for t in made if t is not None]
+    made = [_accuracy_table(m), _fid_table(m), *_shown(m.get("fidelity"), _fidelity_table),
+            _novelty_table(m)]
+    for key, build in (("train_on_generated", _trained_table), ("blends", _blend_table),
+                       ("autoencoder", _autoencoder_table)):
+        made += _shown(m.get(key), build)
+    return made + _shown(m["acceptance"]["run_metrics"], _run_acceptance_table)
+
+
+def _shown(section, build) -> list[Table]:
+    """[build(section)], or [] when metrics.json's section is missing or empty."""
+    return [build(section)] if section else []
 
 
 def _accuracy_table(m: dict) -> Table:
@@ -148,10 +155,7 @@ def _fid_table(m: dict) -> Table:
         "training images) is the reference for images that are not copies.")
 
 
-def _fidelity_table(m: dict) -> Table | None:
-    f = m.get("fidelity")
-    if not f:
-        return None
+def _fidelity_table(f: dict) -> Table:
     rows = [[r["name"], r["precision"], r["recall"], r["density"], r["coverage"], r["real"],
              r["generated"]] for r in f["rows"].values()]
     return Table(
@@ -183,10 +187,7 @@ def _novelty_table(m: dict) -> Table:
         "the same fraction among as many real test images is the chance level.")
 
 
-def _trained_table(m: dict) -> Table | None:
-    trained = m.get("train_on_generated")
-    if not trained:
-        return None
+def _trained_table(trained: list[dict]) -> Table:
     return Table(
         "Trained on generated images (Classification Accuracy Score, Ravuri & Vinyals 2019)",
         ["result", "generated images", "real images", "real share of each batch",
@@ -199,10 +200,7 @@ def _trained_table(m: dict) -> Table | None:
         "low-data gain.")
 
 
-def _blend_table(m: dict) -> Table | None:
-    blends = m.get("blends")
-    if not blends:
-        return None
+def _blend_table(blends: dict) -> Table:
     return Table(
         "Original : reconstruction blends (paper Fig. 7b)",
         ["reconstruction share r", "FID vs real", "neutral accuracy", "images"],
@@ -211,10 +209,7 @@ def _blend_table(m: dict) -> Table | None:
         f"{blends['features']} features; r = 0 is the real-vs-real floor at this size.")
 
 
-def _autoencoder_table(m: dict) -> Table | None:
-    ae = m.get("autoencoder")
-    if not ae:
-        return None
+def _autoencoder_table(ae: dict) -> Table:
     return Table(
         "The classifier's code against an autoencoder's (paper Fig. 3)",
         ["code", "test MAE", "test SSIM", "trained on"],
@@ -227,10 +222,7 @@ def _autoencoder_table(m: dict) -> Table | None:
         "(figure latent_spaces).")
 
 
-def _run_acceptance_table(m: dict) -> Table | None:
-    acc = m["acceptance"]["run_metrics"]
-    if not acc:
-        return None
+def _run_acceptance_table(acc: dict) -> Table:
     return Table("Filter acceptance measured by jobs/train.py",
                  ["n", "latent step", "image step given latent", "both steps"],
                  [[f"n = {n}", a.get("latent_step", float("nan")),
