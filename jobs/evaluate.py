@@ -83,6 +83,11 @@ def add_measurement_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fid-features", default=d.fid_features, choices=["auto", "neutral",
                    "inception"], help="auto: Inception when its weights are on disk, else the "
                    f"neutral classifier (default: {d.fid_features})")
+    p.add_argument("--prdc-samples", type=int, default=d.prdc_samples,
+                   help="images per side in precision/recall/density/coverage (default: "
+                   f"{d.prdc_samples}, capped by the sets)")
+    p.add_argument("--prdc-k", type=int, default=d.prdc_k,
+                   help=f"their k-th nearest neighbour (default: {d.prdc_k})")
     p.add_argument("--inception-weights", help="path of the FID Inception weights file "
                    "(default: $TORCH_HOME/hub/checkpoints, if present)")
     p.add_argument("--n-parents", type=int_list("--n-parents"), default=d.n_parents,
@@ -109,7 +114,7 @@ def build_config(args: argparse.Namespace) -> EvalConfig:
         neutral_depth=args.neutral_depth, neutral_width=args.neutral_width,
         neutral_epochs=args.neutral_epochs, neutral_batch_size=args.neutral_batch_size,
         seeds=args.seeds, fid_samples=args.fid_samples,
-        fid_features=args.fid_features, inception_weights=args.inception_weights,
+        prdc_samples=args.prdc_samples, prdc_k=args.prdc_k, fid_features=args.fid_features, inception_weights=args.inception_weights,
         n_parents=args.n_parents, num_generated=args.num_generated,
         dirichlet_alpha=args.dirichlet_alpha,
         max_generated=args.max_generated, novelty_samples=args.novelty_samples,

@@ -49,6 +49,8 @@ class DataConfig:
             )
         if self.image_size is not None and self.image_size < 4:
             raise ConfigError(f"image_size {self.image_size} is too small; use at least 4")
+        if self.seed < 0:
+            raise ConfigError(f"data seed {self.seed} must be >= 0 (jobs/train.py --data-seed)")
         for name in ("max_train", "max_test"):
             v = getattr(self, name)
             if v is not None and v < 10:

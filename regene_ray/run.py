@@ -84,6 +84,8 @@ class RunConfig:
         if self.image_threshold not in THRESHOLD_RULES:
             raise ConfigError(f"image_threshold '{self.image_threshold}' must be one of "
                               f"{list(THRESHOLD_RULES)}")
+        if self.seed < 0:
+            raise ConfigError(f"seed {self.seed} must be >= 0 (jobs/train.py --seed)")
 
     def smoke(self) -> RunConfig:
         """This run shrunk to seconds on 2 CPU cores: the one recipe that shrinks a RunConfig,

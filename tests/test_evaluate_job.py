@@ -213,6 +213,10 @@ def test_user_errors_are_one_line(tmp_path):
     p = run("--run", tmp_path / "nope", "--out", tmp_path / "r", check=False)
     assert p.returncode == 2 and "not a run folder" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "r").exists()
+    p = run("--run", tmp_path / "nope", "--out", tmp_path / "r", "--prdc-k", "5",
+            "--prdc-samples", "5", check=False)  # the config is checked before the run
+    assert p.returncode == 2 and "prdc_samples 5 larger than it" in p.stderr
+    assert not (tmp_path / "r").exists()
 
 
 # the generated-Parquet reader

@@ -5,7 +5,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import load_job, run_job
+from conftest import REPO, load_job, run_job
 
 from regene_ray.classifier import Classifier
 from regene_ray.data import load_data
@@ -151,3 +151,7 @@ def test_the_model_seed_leaves_the_data_split_unchanged():
     da, db, dc = load_data(a.data), load_data(b.data), load_data(c.data)
     assert torch.equal(da.train_x, db.train_x) and torch.equal(da.holdout_x, db.holdout_x)
     assert not torch.equal(da.holdout_x, dc.holdout_x)  # another split
+    for flag in ("--seed", "--data-seed"):
+        p = run("--out", "never-made", "--smoke-test", flag, "-1", check=False)
+        assert p.returncode == 2 and f"{flag})" in p.stderr.strip().splitlines()[-1]
+        assert not (REPO / "never-made").exists()
