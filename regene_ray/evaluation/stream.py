@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import PurePosixPath
 
@@ -34,17 +33,16 @@ import ray
 import torch
 
 from regene_ray.cluster import data_context
-from regene_ray.generated import GeneratedFolder, decode_png, image_bytes
+from regene_ray.generated import CHUNK_RE, GeneratedFolder, decode_png, image_bytes
 
 SHUFFLE_BUFFER = 8192  # rows in Ray Data's local shuffle buffer: the only rows held for mixing
-DATA_FILE = re.compile(r"c(\d+)-k(\d+)\.parquet$")  # regene_ray.mass's data file names
 
 
 def class_interleaved(files: Sequence[str]) -> list[str]:
     """Data files round robin across classes: every class's k-th chunk, then every class's
     (k + 1)-th. Files of other names follow, in their order; so do equal keys (folders)."""
     def key(path: str) -> tuple[float, int]:
-        m = DATA_FILE.search(PurePosixPath(path).name)
+        m = CHUNK_RE.match(PurePosixPath(path).name)
         return (int(m[2]), int(m[1])) if m else (math.inf, 0)
 
     return sorted(files, key=key)
