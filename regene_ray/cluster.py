@@ -28,7 +28,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from regene_ray.mass.identity import runtime_identity
 from regene_ray.storage import MARKER_PREFIX, StorageError
 
 log = logging.getLogger(__name__)
@@ -140,6 +139,8 @@ def check_shared_folder(folder: str | Path, flag: str, timeout_s: float = 120.0)
 
 def _runtime_here(device: str) -> dict:
     import torch
+
+    from regene_ray.mass.identity import runtime_identity  # torch: imported where it runs
 
     kind = str(device).split(":")[0]
     if kind == "cuda" and not torch.cuda.is_available():
