@@ -1,6 +1,8 @@
-"""Print the CAS and low-data tables of benchmarks/cas_mnist.sh as Markdown.
+"""Print the tables of benchmarks/cas_protocol.sh and benchmarks/low_data.sh as Markdown: mean
+± sample standard deviation over the model seeds, validation beside test, and which setting the
+validation accuracy picks (the test column is never used to choose).
 
-    python benchmarks/cas_table.py runs/issue14
+    python benchmarks/cas_table.py runs/cas
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ import sys
 from pathlib import Path
 
 
-def acc(folder: Path) -> float | None:
+def result(folder: Path) -> dict | None:
     f = folder / "metrics.json"
-    return json.loads(f.read_text())["test_accuracy"] if f.is_file() else None
+    return json.loads(f.read_text()) if f.is_file() else None
 
 
-def fmt(v: float | None) -> str:
-    return "(not run)" if v is None else f"{v:.4f}"
+def pm(m: dict | None, key: str) -> str:
+    if m is None:
+        return "(not run)"
+    std = m.get(f"{key}_std")
+    return f"{m[key]:.4f}" + (f" ± {std:.4f}" if std is not None else "")
 
 
 def describe(gen: Path) -> str:
@@ -33,25 +38,54 @@ def describe(gen: Path) -> str:
     return text
 
 
-def main() -> None:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/issue14")
-    real = acc(out / "cas-real")
+def protocol(m: dict) -> str:
+    train = m["training"][0] if isinstance(m["training"], list) else m["training"]
+    return (f"{m['network']}, {train['epochs']} epochs, batch {train['batch_size']}, seeds "
+            f"{' '.join(map(str, m['protocol']['seeds']))}; kept: {m['protocol']['selection']} "
+            f"({m['protocol']['validation_images']:,} validation images)")
+
+
+def cas_table(out: Path) -> None:
+    real = result(out / "cas-real")
+    if real is None:
+        return
     print("### Classification Accuracy Score (MNIST)\n")
-    print("| trained on | test accuracy | CAS / real |")
-    print("| --- | --- | --- |")
-    print(f"| real training images (54,000) | {fmt(real)} | 1 |")
-    for cas in sorted(out.glob("cas-n*")):
-        a = acc(cas)
-        ratio = f"{a / real:.4f}" if a is not None and real else ""
-        print(f"| {describe(out / cas.name.replace('cas-', 'gen-', 1))} | {fmt(a)} | {ratio} |")
-    print("\n### Low data (MNIST)\n")
-    print("| real training images | real only | real + 54,000 generations (half of every batch) "
-          "| change |")
+    print(f"Protocol: {protocol(real)}.\n")
+    print("| trained on | validation accuracy | test accuracy | test gap to real (points) |")
     print("| --- | --- | --- | --- |")
-    for pct, n in ((1, 540), (10, 5400)):
-        r, m = acc(out / f"low-{pct}pct-real"), acc(out / f"low-{pct}pct-mixed")
-        change = f"{m - r:+.4f}" if r is not None and m is not None else ""
-        print(f"| {pct}% ({n}) | {fmt(r)} | {fmt(m)} | {change} |")
+    print(f"| real training images ({real['trained_on']['real_images']:,}) | {pm(real, 'val_accuracy')}"
+          f" | {pm(real, 'test_accuracy')} | 0 |")
+    rows = [(cas, result(cas)) for cas in sorted(out.glob("cas-n*"))]
+    for cas, m in rows:
+        gap = f"{100 * (real['test_accuracy'] - m['test_accuracy']):.2f}" if m else ""
+        print(f"| {describe(out / cas.name.replace('cas-', 'gen-', 1))} | {pm(m, 'val_accuracy')} "
+              f"| {pm(m, 'test_accuracy')} | {gap} |")
+    done = [(m["val_accuracy"], cas.name) for cas, m in rows if m]
+    if done:
+        print(f"\nChosen by validation accuracy: {max(done)[1]}.")
+
+
+def low_table(out: Path) -> None:
+    lows = sorted(out.glob("low-*"))
+    if not lows:
+        return
+    print("\n### Low data (MNIST)\n")
+    print("| result | real images | real share | fine-tune epochs | validation accuracy "
+          "| test accuracy |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for low in lows:
+        m = result(low)
+        if m:
+            t = m["trained_on"]
+            print(f"| {low.name} | {t['real_images']:,} | {t['real_fraction']} | "
+                  f"{t.get('finetune_epochs', 0)} | {pm(m, 'val_accuracy')} | "
+                  f"{pm(m, 'test_accuracy')} |")
+
+
+def main() -> None:
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/cas")
+    cas_table(out)
+    low_table(out)
 
 
 if __name__ == "__main__":

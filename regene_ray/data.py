@@ -330,10 +330,18 @@ def iterate_batches(
     shuffle: bool = False,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    images: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (images float [0,1] (B, C, H, W), labels (B,)) batches from in-memory uint8 data."""
+    """Yield (images float [0,1] (B, C, H, W), labels (B,)) batches from in-memory uint8 data.
+
+    `images` (with shuffle) makes the pass that long: successive shuffles of the data, cut at
+    `images`, so a small set gives epochs of a chosen length (default: one pass, len(x))."""
     n = len(x)
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    for start in range(0, n, batch_size):
+    if images is not None and not shuffle:
+        raise ValueError("iterate_batches: images= needs shuffle=True")
+    passes = 1 if images is None else -(-images // n)
+    order = torch.cat([torch.randperm(n, generator=generator) for _ in range(passes)])[:images] \
+        if shuffle else torch.arange(n)
+    for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         yield to_float(x[idx], device), y[idx].to(device, non_blocking=True)

@@ -68,13 +68,14 @@ def check_finite(loss: torch.Tensor, what: str, epoch: int) -> None:
 
 def train_one_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, batches: Iterable,
                     step: Callable[[object], tuple[torch.Tensor, int, dict[str, float]]], *,
-                    lr: float, what: str, epoch: int, steps: int | None = None
-                    ) -> dict[str, float]:
+                    lr: float | Callable[[int], float], what: str, epoch: int,
+                    steps: int | None = None) -> dict[str, float]:
     """One pass of optimizer steps: the epoch function every training loop reuses.
 
     Args:
         model: put in training mode first.
-        opt: its optimizer; every group's learning rate is set to `lr`.
+        opt: its optimizer; every group's learning rate is set to `lr`, or before each batch
+            to `lr(i)` for the epoch's i-th batch (a per-step schedule).
         batches: what one epoch iterates over (image batches, index batches ...).
         step: batch -> (mean loss over the batch, its size, sums to average over the epoch,
             e.g. {"accuracy": number correct}).
@@ -85,12 +86,13 @@ def train_one_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, batches:
         "images", "images_per_s"}.
     """
     model.train()
-    for group in opt.param_groups:
-        group["lr"] = lr
+    rate = lr if callable(lr) else (lambda i: lr)
     sums: dict[str, float] = {"loss": 0.0}
     n, t0 = 0, time.perf_counter()
     bar = tqdm(batches, total=steps, desc=f"{what} {epoch}", leave=False, disable=None)
-    for batch in bar:
+    for i, batch in enumerate(bar):
+        for group in opt.param_groups:
+            group["lr"] = rate(i)
         loss, size, counts = step(batch)
         check_finite(loss, what, epoch)
         opt.zero_grad(set_to_none=True)

@@ -226,20 +226,33 @@ def fit_resnet(model: ResNet,
                cfg: ResNetTrainConfig, device: torch.device, *,
                checkpoint: Path | None = None, what: str = "resnet",
                val: tuple[torch.Tensor, torch.Tensor] | None = None,
-               steps: int | None = None) -> list[dict]:
-    """Cross-entropy training on any source of batches: AdamW with a cosine learning rate per
-    epoch and random shifts, through the one loop; resumes from `checkpoint`.
+               steps: int | None = None, per_step_lr: bool = False,
+               on_epoch: Callable[[int, dict], None] | None = None) -> list[dict]:
+    """Cross-entropy training on any source of batches: AdamW with a cosine learning rate and
+    random shifts, through the one loop; resumes from `checkpoint`.
 
     Args:
         batches: (epoch, that epoch's seeded generator) -> (images, labels) batches; images
             float in [0, 1] or uint8, on any device.
         val: held-out (uint8 images, labels) scored after each epoch, or None.
-        steps: batches per epoch, for the progress bar only.
+        steps: batches per epoch, for the progress bar (and the per-step schedule).
+        per_step_lr: decay the learning rate by a cosine over all `steps * epochs` batches
+            instead of once per epoch (a short training then ends annealed instead of at half
+            the peak rate); needs `steps`.
+        on_epoch: called with (epoch, stats) after each epoch (see loop.fit_epochs).
     Returns:
         Per-epoch history (train loss/accuracy, images, val accuracy, images/s).
     """
+    if per_step_lr and not steps:
+        raise ValueError("per_step_lr needs the number of batches per epoch (steps)")
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def rate(epoch: int) -> float | Callable[[int], float]:
+        if not per_step_lr:
+            return cosine_lr(cfg.lr, epoch, cfg.epochs)
+        total = steps * cfg.epochs  # a longer stream than `steps` stays at the last rate
+        return lambda i: cosine_lr(cfg.lr, min(epoch * steps + i, total - 1), total)
 
     def epoch_fn(epoch: int) -> dict:
         gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
@@ -253,14 +266,13 @@ def fit_resnet(model: ResNet,
                 "accuracy": int((logits.argmax(1) == yb).sum())}
 
         stats = train_one_epoch(model, opt, batches(epoch, gen), step,
-                                lr=cosine_lr(cfg.lr, epoch, cfg.epochs), what=what, epoch=epoch,
-                                steps=steps)
+                                lr=rate(epoch), what=what, epoch=epoch, steps=steps)
         if val is not None:
             stats["val_accuracy"] = accuracy(model, val[0], val[1], device)
         return stats
 
     return fit_epochs(model, opt, cfg.epochs, epoch_fn, what=what, checkpoint=checkpoint,
-                      shown=("train_loss", "train_accuracy", "val_accuracy") if val is not None
+                      on_epoch=on_epoch, shown=("train_loss", "train_accuracy", "val_accuracy") if val is not None
                       else ("train_loss", "train_accuracy"))
 
 

@@ -50,7 +50,7 @@ def report(tiny_run, tmp_path_factory, neutral_cache):
     try:
         tog.main(tog.get_args_parser().parse_args([
             "--run", str(tiny_run), "--real-only", "--out", str(real_only), "--depth", "8",
-            "--width", "4", "--epochs", "1", "--threads", "1", "--device", "cpu"]))
+            "--width", "4", "--epochs", "1", "--threads", "1", "--device", "cpu", "--seeds", "0"]))
     finally:
         torch.set_num_threads(threads)
     out = base / "report"

@@ -19,7 +19,12 @@ from regene_ray.resnet import ResNet, accuracy
 from regene_ray.run import load_run_config
 
 FAST = ["--depth", "8", "--width", "4", "--epochs", "2", "--batch-size", "64", "--threads", "1",
-        "--device", "cpu"]
+        "--device", "cpu", "--seeds", "0"]
+
+
+def history(m):
+    (seed,) = m["per_seed"]
+    return seed["history"]
 
 
 job = load_job("train_on_generated")
@@ -41,20 +46,95 @@ def test_generated_only_streams_every_row_each_epoch(generated, tiny_run, tmp_pa
     out = tmp_path / "cas"
     m = train("--run", tiny_run, "--generated", generated, "--out", out, *FAST)
     assert m["trained_on"]["generated_rows"] == 300 and m["trained_on"]["real_images"] == 0
-    assert [h["images"] for h in m["history"]] == [300, 300]
+    assert [h["images"] for h in history(m)] == [300, 300]
     assert json.loads((out / "metrics.json").read_text())["test_accuracy"] == m["test_accuracy"]
     # the saved model is the one scored: its accuracy on the run's real test split, again
     data = load_data(load_run_config(tiny_run / "config.yaml").data)
-    model = ResNet.load(out / "model")
+    model = ResNet.load(out / "models" / "seed-0")
     assert model.cfg.width == 4 and m["test_images"] == len(data.test_x)
     assert accuracy(model, data.test_x, data.test_y, "cpu") == m["test_accuracy"]
+    assert m["test_accuracy_std"] is None and m["seeds"] == 1  # no spread from one seed
     # the same command again: refused without --overwrite; with it, the same result (seeded
     # shuffle of an order-preserving stream)
     with pytest.raises(FileExistsError, match="pass --overwrite"):
         train("--run", tiny_run, "--generated", generated, "--out", out, *FAST)
     again = train("--run", tiny_run, "--generated", generated, "--out", out, "--overwrite", *FAST)
     assert again["test_accuracy"] == m["test_accuracy"]
-    assert [h["train_loss"] for h in again["history"]] == [h["train_loss"] for h in m["history"]]
+    assert [h["train_loss"] for h in history(again)] == [h["train_loss"] for h in history(m)]
+
+
+def test_seeds_select_on_the_holdout_and_test_the_kept_model_once(generated, tiny_run, tmp_path):
+    out = tmp_path / "cas"
+    m = train("--run", tiny_run, "--generated", generated, "--out", out, *FAST[:-2],
+              "--epochs", "3", "--seeds", "3", "7")
+    data = load_data(load_run_config(tiny_run / "config.yaml").data)
+    tests, vals = [], []
+    for seed in m["per_seed"]:
+        val = [h["val_accuracy"] for h in seed["history"]]
+        assert seed["best_epoch"] == val.index(max(val)) and seed["val_accuracy"] == max(val)
+        model = ResNet.load(out / "models" / f"seed-{seed['seed']}")  # the kept epoch's model
+        assert accuracy(model, data.holdout_x, data.holdout_y, "cpu") == seed["val_accuracy"]
+        assert accuracy(model, data.test_x, data.test_y, "cpu") == seed["test_accuracy"]
+        tests.append(seed["test_accuracy"])
+        vals.append(seed["val_accuracy"])
+    # two seeds train differently (init and batch order)
+    assert m["per_seed"][0]["history"][0]["train_loss"] != m["per_seed"][1]["history"][0][
+        "train_loss"]
+    assert m["test_accuracy"] == pytest.approx(sum(tests) / 2)
+    assert m["test_accuracy_std"] == pytest.approx(abs(tests[0] - tests[1]) / math.sqrt(2))
+    assert m["val_accuracy"] == pytest.approx(sum(vals) / 2) and m["seeds"] == 2
+    assert m["protocol"]["validation_images"] == len(data.holdout_x)
+
+
+def test_selection_never_reads_the_test_set(tiny_run):
+    """The same training with the test labels scrambled: every epoch, every validation score
+    and the kept epoch are the same; only the one test figure differs."""
+    from regene_ray.evaluation import cas
+    from regene_ray.resnet import ResNetConfig, ResNetTrainConfig
+
+    torch.set_num_threads(1)
+    data = load_data(load_run_config(tiny_run / "config.yaml").data)
+
+    def batches(epoch, gen):
+        from regene_ray.data import iterate_batches
+        return iterate_batches(data.train_x, data.train_y, 64, shuffle=True, generator=gen)
+
+    stages = [cas.Stage("train", batches, math.ceil(len(data.train_x) / 64),
+                        ResNetTrainConfig(epochs=3, batch_size=64))]
+    build = lambda: ResNet(ResNetConfig(depth=8, width=4))  # noqa: E731
+    val = (data.holdout_x, data.holdout_y)
+    scrambled = data.test_y[torch.randperm(len(data.test_y),
+                                           generator=torch.Generator().manual_seed(1))]
+    a = cas.run_seeds([0], build, stages, val, (data.test_x, data.test_y), torch.device("cpu"))
+    b = cas.run_seeds([0], build, stages, val, (data.test_x, scrambled), torch.device("cpu"))
+    for key in ("best_epoch", "val_accuracy"):
+        assert getattr(a[0], key) == getattr(b[0], key)
+    strip = [{k: v for k, v in h.items() if k != "images_per_s"} for h in a[0].history]
+    assert strip == [{k: v for k, v in h.items() if k != "images_per_s"} for h in b[0].history]
+    assert a[0].test_accuracy != b[0].test_accuracy
+
+
+def test_finetune_on_real_after_generated(generated, tiny_run, tmp_path):
+    m = train("--run", tiny_run, "--generated", generated, "--out", tmp_path / "ft",
+              "--real-images", "100", "--finetune-epochs", "1", *FAST)
+    h = history(m)
+    assert [(x["stage"], x["epoch"], x["images"]) for x in h] == [
+        ("train", 0, 300), ("train", 1, 300), ("fine-tune", 2, 100)]
+    assert m["trained_on"]["real_images"] == 100 and m["trained_on"]["finetune_epochs"] == 1
+    assert [t["stage"] for t in m["training"]] == ["train", "fine-tune"]
+    assert m["training"][1]["lr"] == 5e-4 and m["training"][1]["epochs"] == 1
+
+
+def test_model_seeds_leave_the_real_subset_alone(tiny_run):
+    args = job.get_args_parser().parse_args(
+        ["--run", str(tiny_run), "--real-only", "--out", "x", "--real-images", "50"])
+    _, _, (x0, y0) = job.real_images(args)
+    args.seeds = [5, 6]
+    _, _, (x1, y1) = job.real_images(args)
+    assert torch.equal(x0, x1) and torch.equal(y0, y1)
+    args.subset_seed = 1
+    _, _, (x2, _) = job.real_images(args)
+    assert not torch.equal(x0, x2)
 
 
 def test_real_share_of_every_batch(generated, tiny_run, tmp_path):
@@ -62,15 +142,31 @@ def test_real_share_of_every_batch(generated, tiny_run, tmp_path):
               "--real-fraction", "0.5", "--real-images", "100", *FAST)
     # 32 generated + 32 real per batch: ceil(300 / 32) batches, each with 32 real images
     batches = math.ceil(300 / 32)
-    assert [h["images"] for h in m["history"]] == [300 + 32 * batches] * 2
+    assert [h["images"] for h in history(m)] == [300 + 32 * batches] * 2
     assert m["trained_on"]["real_images"] == 100 and m["trained_on"]["real_fraction"] == 0.5
 
 
 def test_real_only_reference(tiny_run, tmp_path):
     m = train("--run", tiny_run, "--real-only", "--real-images", "200", "--out",
               tmp_path / "real", *FAST)
-    assert [h["images"] for h in m["history"]] == [200, 200]
+    assert [h["images"] for h in history(m)] == [200, 200]
     assert m["trained_on"]["generated_rows"] == 0
+    # a small real set in longer epochs: as many steps as a generated run would take
+    m = train("--run", tiny_run, "--real-only", "--real-images", "50", "--real-epoch-images",
+              "130", "--out", tmp_path / "long", *FAST)
+    assert [h["images"] for h in history(m)] == [130, 130]
+
+
+def test_epochs_of_a_chosen_length_draw_every_image_once_per_pass():
+    from regene_ray.data import iterate_batches
+
+    x = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1)
+    y = torch.arange(10)
+    labels = torch.cat([b for _, b in iterate_batches(x, y, 4, shuffle=True, images=25,
+                                                      generator=torch.Generator().manual_seed(0))])
+    assert len(labels) == 25
+    assert sorted(labels[:10].tolist()) == sorted(labels[10:20].tolist()) == list(range(10))
+    assert len(set(labels[20:].tolist())) == 5
 
 
 @pytest.mark.parametrize("flags, error, message", [
@@ -78,10 +174,13 @@ def test_real_only_reference(tiny_run, tmp_path):
     ([], ConfigError, "not both or neither"),
     (["--generated", "x", "--real-images", "5"], ConfigError, "none are used"),
     (["--generated", "x", "--real-fraction", "1.0"], ConfigError, "must be in \\[0, 1\\)"),
+    (["--real-only", "--finetune-epochs", "1"], ConfigError, "add to --epochs instead"),
+    (["--real-only", "--seeds", "1", "1"], ConfigError, "must be distinct"),
+    (["--real-only", "--finetune-lr", "0"], ConfigError, "--finetune-lr 0.0 > 0"),
 ])
 def test_bad_flags(tiny_run, tmp_path, flags, error, message):
     with pytest.raises(error, match=message):
-        train("--run", tiny_run, "--out", tmp_path / "o", *flags, *FAST)
+        train("--run", tiny_run, "--out", tmp_path / "o", *FAST[:-2], *flags)
     assert not (tmp_path / "o").exists()
 
 
@@ -119,7 +218,7 @@ def test_a_max_rows_prefix_holds_every_class(ray_cluster, tiny_run, tmp_path):
     generate(tiny_run, out, "--count", "600", "--n-parents", "2", "--chunk-size", "24",
              "--batch-size", "24", "--workers", "1", "--seed", "4")
     before = ray.data.DataContext.get_current().execution_options.preserve_order
-    epoch, rows = generated_batches([GeneratedFolder(out)], batch_size=50, seed=0, max_rows=200)
+    epoch, rows = generated_batches([GeneratedFolder(out)], batch_size=50, max_rows=200)
     # the order is kept on the dataset's own context: the process's is as it was
     assert ray.data.DataContext.get_current().execution_options.preserve_order == before
     labels = torch.cat([y for _, y in epoch(0, torch.Generator().manual_seed(0))])

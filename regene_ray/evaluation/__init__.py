@@ -19,6 +19,8 @@ Modules, in the order an evaluation uses them (only stream.py imports Ray):
     figures.py      drawing (matplotlib): arrays in, PNG bytes out
     report.py       report.html: tables, figures and captions from the computed results
     evaluate.py     the orchestrator jobs/evaluate.py calls: the stages in order, then the files
+    cas.py          the train-on-generated protocol (jobs/train_on_generated.py): seeds,
+                    selection on the holdout split, one test per kept model
     stream.py       Ray Data: generated folders streamed as training batches
                     (jobs/train_on_generated.py)
 """

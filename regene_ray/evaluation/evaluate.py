@@ -160,9 +160,13 @@ def read_train_results(folders: list[str | Path]) -> list[dict]:
         if m.get("kind") != "train-on-generated":
             raise ValueError(f"--train-on-generated {f} is not a jobs/train_on_generated.py "
                              "result")
+        # results of the one-seed protocol before 2026-12-05 kept "history" at the top level
+        history = m["per_seed"][0]["history"] if "per_seed" in m else m["history"]
         rows.append({"folder": str(Path(f).resolve()), "name": Path(f).name,
                      "test_accuracy": m["test_accuracy"], "network": m["network"],
-                     **m["trained_on"], "epochs": len(m["history"])})
+                     "test_accuracy_std": m.get("test_accuracy_std"),
+                     "val_accuracy": m.get("val_accuracy"), "seeds": m.get("seeds", 1),
+                     "finetune_epochs": 0, **m["trained_on"], "epochs": len(history)})
     return rows
 
 

@@ -77,7 +77,7 @@ def _stream_options():
     return opts
 
 
-def generated_batches(folders: Sequence[GeneratedFolder], *, batch_size: int, seed: int,
+def generated_batches(folders: Sequence[GeneratedFolder], *, batch_size: int,
                       real: tuple[torch.Tensor, torch.Tensor] | None = None,
                       real_fraction: float = 0.0, max_rows: int | None = None
                       ) -> tuple[Callable[[int, torch.Generator], Iterator], int]:
@@ -87,7 +87,6 @@ def generated_batches(folders: Sequence[GeneratedFolder], *, batch_size: int, se
     Args:
         folders: the generated folders whose OUT/data/*.parquet rows stream.
         batch_size: images per batch, generated and real together.
-        seed: the shuffle seed (each epoch shuffles differently, reproducibly).
         real: (uint8 images, labels) to mix in, or None.
         real_fraction: share of every batch drawn (with the epoch's seeded generator, without
             replacement within an epoch where possible) from `real`.
@@ -106,13 +105,16 @@ def generated_batches(folders: Sequence[GeneratedFolder], *, batch_size: int, se
             ds, rows = ds.limit(max_rows), max_rows
         ds = ds.map_batches(decode_batch, batch_format="pyarrow")  # lazy: runs as epochs read
     n_real = int(round(batch_size * real_fraction))
-    n_gen = batch_size - n_real
+    n_gen = batch_size - n_real  # batches_per_epoch counts with the same split
 
     def epoch(e: int, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # the epoch's seeded generator (loop.epoch_seed: the model seed and the epoch) draws the
+        # shuffle, so every epoch and every model seed shuffles differently, reproducibly
+        shuffle_seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
         order = torch.randperm(len(real[0]), generator=gen) if n_real else None
         pos = 0
         for b in ds.iter_torch_batches(batch_size=n_gen, local_shuffle_buffer_size=SHUFFLE_BUFFER,
-                                       local_shuffle_seed=seed * 1000 + e):
+                                       local_shuffle_seed=shuffle_seed):
             x, y = b["x"], b["label"]
             if n_real:
                 if pos + n_real > len(order):
@@ -124,3 +126,8 @@ def generated_batches(folders: Sequence[GeneratedFolder], *, batch_size: int, se
             yield x, y
 
     return epoch, rows
+
+
+def batches_per_epoch(rows: int, batch_size: int, real_fraction: float = 0.0) -> int:
+    """How many batches generated_batches' epoch yields for `rows` generated rows."""
+    return math.ceil(rows / (batch_size - int(round(batch_size * real_fraction))))
