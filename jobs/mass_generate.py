@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # starts in the main thread (regene_ray.cluster.init_ray must run there).
 from regene_ray.cli import (  # noqa: E402
     Phases,
+    command_of,
     int_list,
     min_max,
     positive_int,
@@ -362,7 +363,9 @@ def generate(args: argparse.Namespace, spec: MassSpec, out: Storage, identity: d
     runner = ray_runner(spec, files_ref, out, identity, workers=workers,
                         gpus_per_worker=args.gpus_per_worker, device=device,
                         torch_threads=args.torch_threads, pipeline=pipeline, pools=pools)
-    details = {"device": device, "pipeline": pipeline, "workers": list(workers),
+    details = {"command": command_of(get_args_parser(), args, "jobs/mass_generate.py"),
+               "device": device, "pipeline": pipeline,
+               "workers": list(workers),
                "gpus_per_worker": args.gpus_per_worker,
                **({"cpu_workers": list(pools.cpu_workers)} if pools else {}),
                "startup_s": phases.record()}

@@ -29,6 +29,30 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
+def command_of(parser: argparse.ArgumentParser, args: argparse.Namespace, script: str) -> str:
+    """The command that gives `args`, as a user would type it again: the flags whose values
+    differ from their defaults (credentials in URIs removed). The same whether the job ran from
+    the shell or was called in-process."""
+    import shlex
+
+    from regene_ray.storage import redact
+
+    parts = ["python", script]
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if not action.option_strings or action.dest == "help" or value == action.default:
+            continue
+        flag = max(action.option_strings, key=len)
+        if action.nargs == 0:  # store_true
+            parts.append(flag)
+        elif action.nargs in ("+", "*"):
+            parts += [flag, *(redact(v) for v in value)]
+        else:  # a tuple from a type such as int_list is typed with commas
+            text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+            parts += [flag, redact(text)]
+    return shlex.join(parts)
+
+
 # argparse types of the jobs' flags; each names its flag in the error
 
 

@@ -185,7 +185,13 @@ class GeneratedFolder:
             labels=np.concatenate([p["labels"] for p in parts]),
             n_parents=np.concatenate([p["n_parents"] for p in parts]) if has_n else None,
             parent_ids=[r for p in parts for r in p["parent_ids"]] if has_parents else None,
-            source=f"parquet:{redact(self.uri)}", total_rows=total)
+            source=f"parquet:{self.where()}", total_rows=total)
+
+    def where(self) -> str:
+        """The folder as reports record it: an absolute local path, or the URI without
+        credentials (so a report names its folder whatever directory it ran in)."""
+        return str(self.storage.local_path().resolve()) if self.storage.is_local \
+            else redact(self.uri)
 
     def _columns(self, rel: str) -> pa.Table:
         """A data file's label / n_parents / parent_ids columns (its images stay on disk)."""

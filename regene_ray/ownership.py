@@ -88,6 +88,18 @@ def write_marker(out: Storage, kind: str, artefacts: list[str], identity: dict) 
                                  "created": _now()})
 
 
+def add_artefacts(out: Storage, kind: str, artefacts: list[str]) -> None:
+    """Add `artefacts` to the marker of `out`, a folder a job of `kind` made (an output made by
+    an earlier version, resumed or exported by this one, then lists what this one writes)."""
+    marker = read_marker(out)
+    if marker is None or marker.get("kind") != kind:
+        raise OwnershipError(f"{out} was not made by a regene-ray {kind} job; nothing is "
+                             "written into it")
+    missing = [a for a in artefacts if a not in marker["artefacts"]]
+    if missing:  # the rest of the marker (identity, created) as it was
+        out.write_json(MARKER_FILE, marker | {"artefacts": marker["artefacts"] + missing})
+
+
 def refuse_protected(out: Storage, flag: str = "--out") -> None:
     """Refuse to delete from the current directory or one above it, a home folder, a filesystem
     root, or a folder holding .git: no job output ever lives there."""

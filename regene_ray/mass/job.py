@@ -1,6 +1,7 @@
 """Mass generation, the driver loop: take the output folder's lease, prepare it, stream chunks
 through a runner (serial here, Ray Data in ray_stage) as a ChunkPlanner hands them out until
-every class reaches its quota, then finalise and write summary.json. No Ray.
+every class reaches its quota, then finalise, write the dataset card and croissant.json
+(regene_ray.publish) and, last, summary.json. No Ray.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from regene_ray.mass.finish import finalize
@@ -24,6 +26,7 @@ from regene_ray.mass.output import (
 )
 from regene_ray.mass.plan import ChunkInfo, ChunkPlanner, cutoffs, prior_rates
 from regene_ray.ownership import Lease
+from regene_ray.publish.export import write_metadata
 from regene_ray.run_files import run_hashes
 from regene_ray.storage import Storage
 
@@ -127,12 +130,14 @@ def _run_locked(spec: MassSpec, out: Storage, runner: Runner, lease: Lease, iden
     summary = summarize(spec, done, cut, progress, streams=streams, resumed=resumed, wall=wall,
                         n_files=n_files)
     summary.extra |= {"out": str(out), **(details or {}), **progress.record(),
-                      "finalize_s": round(time.perf_counter() - t_final, 3)}
+                      "finalize_s": round(time.perf_counter() - t_final, 3),
+                      "finished": datetime.now(timezone.utc).date().isoformat()}
     if progress.first_taken_at:
         summary.extra |= {"first_chunk_taken_at": progress.first_taken_at,
                           "pool_start_s": round(progress.first_taken_at
                                                 - progress.stream_started_at, 3),
                           "generating_s": round(progress.last_at - progress.first_taken_at, 3)}
+    write_metadata(out, asdict(summary))  # the card and croissant.json, before the summary
     out.write_json(SUMMARY_FILE, asdict(summary))
     return summary
 

@@ -30,6 +30,7 @@ from regene_ray.mass.plan import ChunkInfo
 from regene_ray.mass.sinks import read_metadata
 from regene_ray.ownership import (
     Lease,
+    add_artefacts,
     claim_for_overwrite,
     inspect_owned,
     refuse_if_held,
@@ -47,7 +48,10 @@ PNG_RE = re.compile(r"^(\d{5})/(\d+)\.png$")  # png/<label>/ + <shard>/<id>.png 
 
 # what a mass generation writes directly inside OUT (--overwrite deletes these, and only these)
 # (in the order --overwrite deletes them: what marks the output complete and whose it is first)
-MASS_ARTEFACTS = [SUMMARY_FILE, JOB_FILE, DATA_DIR, CHUNKS_DIR, PNG_DIR]
+# README.md, croissant.json: the dataset card and Croissant metadata (regene_ray.publish),
+# written before summary.json; shards: WebDataset shards that jobs/export.py adds
+MASS_ARTEFACTS = [SUMMARY_FILE, JOB_FILE, DATA_DIR, CHUNKS_DIR, PNG_DIR, "README.md",
+                  "croissant.json", "shards"]
 
 
 def inspect_output(out: Storage, identity: dict, *, resume: bool, overwrite: bool,
@@ -90,6 +94,7 @@ def prepare_output(out: Storage, identity: dict, *, resume: bool, overwrite: boo
     validated and the lease is held. Returns True when an earlier attempt is resumed."""
     action = inspect_output(out, identity, resume=resume, overwrite=overwrite, lease=lease)
     if action == "resume":
+        add_artefacts(out, "mass", MASS_ARTEFACTS)  # an earlier version's marker listed fewer
         n = delete_temporaries(out)  # leftovers of local writes cut short by a crash
         if n:
             log.info("deleted %d temporary files of writes cut short", n)
