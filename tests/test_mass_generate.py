@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import load_job
 from masstools import JOB, generate, job, kill_after_chunks, read_out
 from PIL import Image
 
@@ -30,7 +31,7 @@ from regene_ray.generator import to_uint8
 from regene_ray.latent_bank import LatentBank
 
 K = 10  # classes of the digits run
-
+export_job = load_job("export")
 
 
 def check_output(run: Path, out: Path, count: int, classes: list[int], n_parents: list[int]):
@@ -343,6 +344,16 @@ def test_killed_driver_resumes_exactly(reference, ray_cluster, tiny_run, tmp_pat
     assert read_out(out).equals(read_out(reference))
     assert sorted(p.name for p in (out / "png").rglob("*.png")) == \
         sorted(p.name for p in (reference / "png").rglob("*.png"))
+    # its WebDataset shards (jobs/export.py) are those of the unbroken job, byte for byte
+    unbroken = tmp_path / "unbroken"
+    shutil.copytree(reference, unbroken,
+                    ignore=shutil.ignore_patterns("shards", ".regene-ray.lease"))
+    for folder in (out, unbroken):
+        export_job.main(export_job.get_args_parser().parse_args(
+            ["--generated", str(folder), "--webdataset", "--shard-size", "64"]))
+    tars = [sorted((f / "shards").glob("*.tar")) for f in (out, unbroken)]
+    assert len(tars[0]) == 5 and [t.read_bytes() for t in tars[0]] == \
+        [t.read_bytes() for t in tars[1]]
 
 
 def test_resume_deletes_pngs_no_row_points_to(reference, ray_cluster, tiny_run, tmp_path):
