@@ -52,8 +52,8 @@ def header(f: DatasetFacts) -> dict:
         "tags": ["synthetic", "regene", "generated"],
         "configs": [{"config_name": "default",
                      "data_files": [{"split": "train", "path": "data/*.parquet"}]}],
-        "dataset_info": {"features": features,
-                         "splits": [{"name": "train", "num_examples": f.rows}]},
+        # no `splits`: the Hub wants their in-memory bytes, which only `datasets` can count
+        "dataset_info": {"features": features},
     }
     if f.source.hf_id:  # the Hub's notation for a set derived from another
         head["source_datasets"] = [f"extended|{f.source.hf_id}"]
