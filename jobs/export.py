@@ -10,11 +10,12 @@ Every jobs/mass_generate.py output already carries README.md (a Hugging Face dat
 croissant.json (MLCommons Croissant 1.0); this job adds what the generation job cannot know:
 an evaluation made afterwards (jobs/evaluate.py --generated OUT), and shards for loaders that
 stream tar files. The shards are an export rather than a second output format of the generation
-job: they hold every class in id order (a generation chunk holds one class), any shard size can
-be made again from the same Parquet without generating anything, and finished folders of earlier
-versions can be exported too. A shard's bytes depend only on the folder's rows and the shard
-size, so they are the same whatever worker count generated the folder; an interrupted export
-is completed by running it again. Output, inside --generated: shards/*.tar, shards/index.json
+job: they take the rows in id order, which mixes the classes (a generation chunk holds one
+class); any shard size can be made again from the same Parquet without generating anything;
+and folders generated before the export existed (in the same output format) can be exported
+too. A shard's bytes depend only on the folder's rows and the shard size, so they are the same
+whatever worker count generated the folder; an interrupted export is completed by running it
+again. Output, inside --generated: shards/*.tar, shards/index.json
 (written last), README.md, croissant.json.
 """
 
@@ -39,8 +40,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "folder (local, s3://, gs://)")
     p.add_argument("--webdataset", action="store_true", help="write WebDataset shards into "
                    "GENERATED/shards/")
-    p.add_argument("--shard-size", type=positive_int("--shard-size"), default=DEFAULT_SHARD_SIZE,
-                   help=f"samples per shard (default: {DEFAULT_SHARD_SIZE:,})")
+    p.add_argument("--shard-size", type=positive_int("--shard-size"),
+                   help=f"samples per shard, with --webdataset (default: {DEFAULT_SHARD_SIZE:,})")
+    p.add_argument("--run", help="the run folder the set was generated from, when job.json's "
+                   "record of it does not reach it (moved, or s3:// / gs:// with credentials "
+                   "or options job.json leaves out)")
     p.add_argument("--report", type=Path, help="a jobs/evaluate.py --out folder that evaluated "
                    "--generated: its headline figures go into the card")
     p.add_argument("--overwrite", action="store_true", help="replace shards of another shard "
@@ -51,12 +55,15 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> dict:
     setup_logging(args.verbose)
+    if not args.webdataset and (args.shard_size or args.overwrite):
+        raise ValueError("--shard-size and --overwrite are about WebDataset shards: add "
+                         "--webdataset")
     from regene_ray.publish.export import export
     from regene_ray.storage import Storage
 
-    facts = export(Storage(args.generated), report=args.report,
-                   shard_size=args.shard_size if args.webdataset else None,
-                   overwrite=args.overwrite)
+    facts = export(Storage(args.generated), report=args.report, run=args.run,
+                   shard_size=(args.shard_size or DEFAULT_SHARD_SIZE) if args.webdataset
+                   else None, overwrite=args.overwrite)
     result = {"generated": facts.out.display(), "rows": facts.rows, "licence":
               facts.source.licence, "card": "README.md", "croissant": "croissant.json",
               "shards": len(facts.shards["shards"]) if facts.shards else 0,

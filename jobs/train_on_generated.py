@@ -71,7 +71,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "without summary.json (an unfinished mass generation) (default: refuse)")
     p.add_argument("--allow-other-run", action="store_true", help="train on --generated images "
                    "made from other checkpoints than --run, or of unknown origin (default: refuse)")
-    p.add_argument("--out", type=Path, required=True, help="result folder (metrics.json, model/)")
+    p.add_argument("--out", type=Path, required=True, help="result folder (metrics.json, models/)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier result in --out")
     p.add_argument("--real-only", action="store_true", help="train on the real training images "
                    "only (the reference for CAS)")
@@ -134,6 +134,14 @@ def check_args(args: argparse.Namespace) -> None:
     if min(args.seeds) < 0 or args.subset_seed < 0 or len(set(args.seeds)) < len(args.seeds):
         raise ConfigError(f"--seeds {' '.join(map(str, args.seeds))} must be distinct and >= 0, "
                           f"--subset-seed {args.subset_seed} >= 0")
+    if min(args.epochs, args.batch_size) < 1 or not args.lr > 0:
+        raise ConfigError(f"--epochs {args.epochs} and --batch-size {args.batch_size} must be "
+                          f">= 1, --lr {args.lr} > 0")
+    if args.max_generated is not None and args.max_generated < 1:
+        raise ConfigError(f"--max-generated {args.max_generated} must be >= 1")
+    if args.real_fraction and args.batch_size - round(args.batch_size * args.real_fraction) < 1:
+        raise ConfigError(f"--real-fraction {args.real_fraction} of --batch-size "
+                          f"{args.batch_size} leaves no generated image in a batch; lower it")
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads {args.threads} must be >= 1")
 
@@ -153,6 +161,11 @@ def real_images(args: argparse.Namespace) -> tuple[RunConfig, DataSplits, tuple]
         gen = torch.Generator().manual_seed(args.subset_seed)
         pick = torch.randperm(len(real_x), generator=gen)
         real_x, real_y = real_x[pick[:args.real_images]], real_y[pick[:args.real_images]]
+    per_batch = int(round(args.batch_size * args.real_fraction))
+    if per_batch > len(real_x):
+        raise ConfigError(f"--real-fraction {args.real_fraction} asks for {per_batch} real images "
+                          f"a batch, more than the {len(real_x)} there are; lower it or "
+                          "--batch-size")
     return run_cfg, data, (real_x, real_y)
 
 
@@ -214,9 +227,11 @@ def main(args: argparse.Namespace) -> dict:
     write_marker(out, KIND, [METRICS_FILE, MODELS_DIR], {})
 
     def save(seed: int, model: ResNet, result: cas.SeedResult) -> None:
+        stages = [to_dict(replace(s.config, seed=cas.stage_seed(seed, k))) | {"stage": s.name}
+                  for k, s in enumerate(plan)]
         model.save(args.out / MODELS_DIR / f"seed-{seed}",
-                   extra={"training": to_dict(plan[0].config), "seed": seed,
-                          "kept_epoch": result.best_epoch})
+                   extra={"training": stages, "seed": seed, "kept_epoch": result.best_epoch,
+                          "kept_stage": result.best_stage})
 
     results = cas.run_seeds(args.seeds, lambda: ResNet(model_cfg), plan,
                             (data.holdout_x, data.holdout_y), (data.test_x, data.test_y), dev,
@@ -232,6 +247,7 @@ def main(args: argparse.Namespace) -> dict:
                      "seeds": args.seeds, "subset_seed": args.subset_seed,
                      "spread": "sample standard deviation over seeds"},
         "network": f"ResNet-{args.depth} v1 (width {args.width})",
+        # the stages' settings (each seed's own training seeds: cas.stage_seed)
         "model": to_dict(model_cfg), "training": [to_dict(s.config) | {"stage": s.name}
                                                   for s in plan],
         "per_seed": [asdict(r) for r in results],

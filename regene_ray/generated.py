@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from regene_ray.run_files import run_hashes
-from regene_ray.storage import Storage, redact
+from regene_ray.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -188,10 +188,11 @@ class GeneratedFolder:
             source=f"parquet:{self.where()}", total_rows=total)
 
     def where(self) -> str:
-        """The folder as reports record it: an absolute local path, or the URI without
-        credentials (so a report names its folder whatever directory it ran in)."""
+        """The folder as reports record it: an absolute local path, or scheme://bucket/key
+        without credentials or options (Storage.display), so a report names its folder the
+        same way whatever directory it ran in and however the URI was spelled."""
         return str(self.storage.local_path().resolve()) if self.storage.is_local \
-            else redact(self.uri)
+            else self.storage.display()
 
     def _columns(self, rel: str) -> pa.Table:
         """A data file's label / n_parents / parent_ids columns (its images stay on disk)."""

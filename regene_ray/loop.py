@@ -10,8 +10,9 @@ and the short decoder fit of `train.estimate_decoder_mae`.
 - `fit_epochs`: the epochs, an atomic checkpoint (model, optimizer, history) after each, resume
   after the last one saved, and a one-line log per epoch.
 
-The learning rate is a stateless cosine of the epoch and every epoch's randomness is seeded by
-`epoch_seed`, so a resumed training follows the same path as an unbroken one.
+The learning rate is a stateless cosine of the epoch (or, for a caller that passes a per-batch
+rate, of the step) and every epoch's randomness is seeded by `epoch_seed`, so a resumed training
+follows the same path as an unbroken one.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ log = logging.getLogger(__name__)
 
 
 def cosine_lr(base: float, epoch: int, epochs: int) -> float:
-    """Per-epoch cosine decay to 5% of base; stateless so resume needs no scheduler state."""
+    """Cosine decay to 5% of base over `epochs` (epochs, or steps for a per-step schedule);
+    stateless so resume needs no scheduler state."""
     return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * epoch / epochs)))
 
 

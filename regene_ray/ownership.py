@@ -88,6 +88,19 @@ def write_marker(out: Storage, kind: str, artefacts: list[str], identity: dict) 
                                  "created": _now()})
 
 
+def refuse_unlisted(out: Storage, artefacts: list[str]) -> None:
+    """Refuse when one of `artefacts` (what a job is about to write) already exists in `out`
+    but its marker does not list it: a file of the user's (in a folder made by an earlier
+    version, which wrote fewer artefacts), never written over or deleted."""
+    marker = read_marker(out)
+    listed = marker["artefacts"] if marker else []
+    theirs = [a for a in artefacts if a not in listed and out.exists(a)]
+    if theirs:
+        raise OwnershipError(f"{out.display(theirs[0])} is not listed in the folder's marker: "
+                             "no regene-ray job wrote it, and it is never written over; move "
+                             "it away, then run the command again")
+
+
 def add_artefacts(out: Storage, kind: str, artefacts: list[str]) -> None:
     """Add `artefacts` to the marker of `out`, a folder a job of `kind` made (an output made by
     an earlier version, resumed or exported by this one, then lists what this one writes)."""
@@ -95,6 +108,7 @@ def add_artefacts(out: Storage, kind: str, artefacts: list[str]) -> None:
     if marker is None or marker.get("kind") != kind:
         raise OwnershipError(f"{out} was not made by a regene-ray {kind} job; nothing is "
                              "written into it")
+    refuse_unlisted(out, artefacts)
     missing = [a for a in artefacts if a not in marker["artefacts"]]
     if missing:  # the rest of the marker (identity, created) as it was
         out.write_json(MARKER_FILE, marker | {"artefacts": marker["artefacts"] + missing})

@@ -54,7 +54,8 @@ def generated(ray_cluster, tiny_run, tmp_path_factory):
 def test_every_job_writes_a_card_and_croissant(generated, tiny_run):
     out, _ = generated
     marker = read_marker(Storage(out))
-    assert {"README.md", "croissant.json", "shards"} <= set(marker["artefacts"])
+    assert {"README.md", "croissant.json"} <= set(marker["artefacts"])
+    assert "shards" not in marker["artefacts"]  # listed when jobs/export.py writes shards
     head, text = header(out)
     names = json.loads((tiny_run / "metrics.json").read_text())["class_names"]
     (label,) = [f for f in head["dataset_info"]["features"] if f["name"] == "label"]
@@ -127,6 +128,7 @@ def test_webdataset_shards_exact_and_the_same_for_any_worker_count(generated):
     for out in (w1, w2):
         result = export("--generated", out, "--webdataset", "--shard-size", "128")
         assert result["shards"] == 3
+        assert "shards" in read_marker(Storage(out))["artefacts"]
     assert shard_bytes(w1) == shard_bytes(w2) and len(shard_bytes(w1)) == 3
     samples = list(wds.WebDataset(str(w1 / "shards" / "{00000..00002}.tar"), shardshuffle=False)
                    .decode("pil").to_tuple("__key__", "png", "cls", "json"))
@@ -165,7 +167,7 @@ def test_an_export_killed_mid_way_completes_to_the_same_bytes(generated, tmp_pat
 def test_export_refuses_what_it_did_not_make(generated, tmp_path):
     out = fresh_copy(generated[0], tmp_path / "copy")
     export("--generated", out, "--webdataset", "--shard-size", "100")
-    with pytest.raises(FileExistsError, match="pass --overwrite"):
+    with pytest.raises(FileExistsError, match="shard size 100, not 50.* or --overwrite"):
         export("--generated", out, "--webdataset", "--shard-size", "50")
     export("--generated", out, "--webdataset", "--shard-size", "50", "--overwrite")
     assert len(list((out / "shards").glob("*.tar"))) == 6
@@ -176,6 +178,27 @@ def test_export_refuses_what_it_did_not_make(generated, tmp_path):
     (tmp_path / "plain").mkdir()
     with pytest.raises(OwnershipError, match="not a jobs/mass_generate.py output"):
         export("--generated", tmp_path / "plain")
+    with pytest.raises(ValueError, match="add --webdataset"):
+        export("--generated", out, "--shard-size", "10")
+    # an index without an export's plan is not this export's
+    stale = fresh_copy(generated[0], tmp_path / "stale")
+    (stale / "shards").mkdir()
+    (stale / "shards" / "index.json").write_text("{}")
+    with pytest.raises(OwnershipError, match="without an export's plan"):
+        export("--generated", stale, "--webdataset")
+    # a folder of an earlier version, whose marker did not list README.md, holding the user's
+    older = fresh_copy(generated[0], tmp_path / "older")
+    marker = json.loads((older / ".regene-ray.json").read_text())
+    marker["artefacts"] = [a for a in marker["artefacts"] if a != "README.md"]
+    (older / ".regene-ray.json").write_text(json.dumps(marker))
+    (older / "README.md").write_text("my notes")
+    with pytest.raises(OwnershipError, match="never written over"):
+        export("--generated", older)
+    assert (older / "README.md").read_text() == "my notes"
+    job = json.loads((older / "job.json").read_text())
+    (older / "job.json").write_text(json.dumps(job | {"format": "regene-ray mass generation v3"}))
+    with pytest.raises(ValueError, match="earlier output format"):
+        export("--generated", older)
     (out / "summary.json").unlink()
     with pytest.raises(FileNotFoundError, match="unfinished"):
         export("--generated", out)

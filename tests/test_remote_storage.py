@@ -178,6 +178,11 @@ def test_mass_generation_to_s3_matches_local(s3, tiny_run, tmp_path):
     local_job = json.loads((tmp_path / "local" / "job.json").read_text())
     assert job["spec"]["run"].startswith("s3://regene/runs/tiny?")
     assert job["checkpoint_sha256"] == local_job["checkpoint_sha256"]  # the same checkpoints
+    # the dataset card read the run on S3 (job.json's record of it has no endpoint to reach it)
+    card = Storage(uri(endpoint, "gen")).read_text("README.md")
+    assert "license: cc-by-4.0" in card and "Classifier test accuracy" in card
+    assert Storage(uri(endpoint, "gen")).read_json("croissant.json")["name"] == \
+        "regene-generations-digits"
     print(f"mass generation to S3 (moto): {t_s3:.1f} s")
     # train on generated, streamed by Ray Data straight from the bucket: the same rows in the
     # same order as from the local twin, so the same losses and test accuracy

@@ -123,6 +123,9 @@ def test_finetune_on_real_after_generated(generated, tiny_run, tmp_path):
     assert m["trained_on"]["real_images"] == 100 and m["trained_on"]["finetune_epochs"] == 1
     assert [t["stage"] for t in m["training"]] == ["train", "fine-tune"]
     assert m["training"][1]["lr"] == 5e-4 and m["training"][1]["epochs"] == 1
+    (seed,) = m["per_seed"]
+    kept = max(x["val_accuracy"] for x in h)
+    assert seed["best_stage"] == h[seed["best_epoch"]]["stage"] and seed["val_accuracy"] == kept
 
 
 def test_model_seeds_leave_the_real_subset_alone(tiny_run):
@@ -177,6 +180,10 @@ def test_epochs_of_a_chosen_length_draw_every_image_once_per_pass():
     (["--real-only", "--finetune-epochs", "1"], ConfigError, "add to --epochs instead"),
     (["--real-only", "--seeds", "1", "1"], ConfigError, "must be distinct"),
     (["--real-only", "--finetune-lr", "0"], ConfigError, "--finetune-lr 0.0 > 0"),
+    (["--real-only", "--epochs", "0"], ConfigError, "--epochs 0 and"),
+    (["--generated", "x", "--max-generated", "0"], ConfigError, "--max-generated 0"),
+    (["--generated", "x", "--real-fraction", "0.99", "--batch-size", "4"], ConfigError,
+     "leaves no generated image"),
 ])
 def test_bad_flags(tiny_run, tmp_path, flags, error, message):
     with pytest.raises(error, match=message):
@@ -224,3 +231,29 @@ def test_a_max_rows_prefix_holds_every_class(ray_cluster, tiny_run, tmp_path):
     labels = torch.cat([y for _, y in epoch(0, torch.Generator().manual_seed(0))])
     assert rows == 200 == len(labels)
     assert torch.bincount(labels, minlength=10).min() >= 10  # 20 a class, give or take a file
+
+
+def test_the_per_step_cosine_ends_annealed_and_holds_past_its_steps(monkeypatch):
+    """fit_resnet(per_step_lr=True): the rate falls every step to 5% of the peak at the last
+    planned step, and a stream with more batches than planned stays there."""
+    from regene_ray.resnet import ResNetConfig, ResNetTrainConfig, fit_resnet
+
+    rates, step = [], torch.optim.AdamW.step
+
+    def recording(self, *a, **k):
+        rates.append(self.param_groups[0]["lr"])
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording)
+    x, y = torch.rand(8, 1, 8, 8), torch.arange(8) % 2
+
+    def batches(epoch, gen):  # 3 batches planned per epoch; the last epoch yields 4
+        return [(x, y)] * (3 if epoch == 0 else 4)
+
+    cfg = ResNetTrainConfig(epochs=2, batch_size=8, lr=1e-3)
+    fit_resnet(ResNet(ResNetConfig(depth=8, width=2, num_classes=2)), batches, cfg,
+               torch.device("cpu"), steps=3, per_step_lr=True)
+    assert len(rates) == 7 and rates[0] == pytest.approx(1e-3)
+    assert all(a > b for a, b in zip(rates[:5], rates[1:6], strict=True))
+    assert rates[5] == rates[6] == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5 * (1 + math.cos(
+        math.pi * 5 / 6))))

@@ -2,11 +2,12 @@
 low-data use of generations, measured so that a reviewer can accept the figure.
 
 One result is one network trained from scratch several times, once per model seed, on the same
-batches (generated, real, or both):
+data (generated, real, or both; the seed draws the initialisation, the batch order, the random
+shifts and which real images join which generated batch):
 - the learning rate follows a cosine over every step of the training (not per epoch), so a
   short training ends annealed;
 - optionally, a second stage fine-tunes on the real images alone (pre-train on generated, then
-  fine-tune on real) with its own cosine;
+  fine-tune on real) with its own cosine and its own random stream (stage_seed);
 - after every epoch of either stage the model is scored on the validation split (real training
   images that the ReGene run held out of its training: never the test set), and the epoch that
   scores best is kept (the first, on a tie);
@@ -103,8 +104,12 @@ def run_seeds(seeds: list[int], build: Callable[[], ResNet], stages: list[Stage]
     for seed in seeds:
         torch.manual_seed(seed)
         model = build()
-        seeded = [Stage(s.name, s.batches, s.steps, replace(s.config, seed=seed)) for s in stages]
+        seeded = [Stage(s.name, s.batches, s.steps, replace(s.config, seed=stage_seed(seed, k)))
+                  for k, s in enumerate(stages)]
         history, best = train_and_select(model, seeded, val, device, what=f"{what} seed {seed}")
+        if best.state is None:
+            raise ValueError(f"{what}: no epoch was trained, so none can be kept; train for at "
+                             "least one epoch")
         result = SeedResult(seed, best.epoch, best.stage, best.accuracy,
                             accuracy(model, *test, device), history)
         log.info("%s seed %d: kept epoch %d (%s), validation %.4f, test %.4f", what, seed,
@@ -113,6 +118,12 @@ def run_seeds(seeds: list[int], build: Callable[[], ResNet], stages: list[Stage]
             save(seed, model, result)
         results.append(result)
     return results
+
+
+def stage_seed(seed: int, stage: int) -> int:
+    """The training seed of stage `stage` (0, 1 ...) for model seed `seed`: the model seed for
+    the first stage, others apart, so a fine-tuning does not replay the first epochs' draws."""
+    return seed if stage == 0 else seed + 1_000_003 * stage
 
 
 def summary(results: list[SeedResult]) -> dict:

@@ -206,8 +206,9 @@ def _trained_table(trained: list[dict]) -> Table:
         "on the images named, once per model seed (mean ± sample standard deviation over "
         "seeds); each seed keeps the epoch that scores best on the run's holdout split (real "
         "training images, never the test set), and only that model is tested, once, on the "
-        "real test set. Generated-only rows against the real-only row give CAS; a small real "
-        "subset with and without generations gives the low-data gain.")
+        "real test set (a row with validation '-' predates this protocol: one seed, its last "
+        "epoch). Generated-only rows against the real-only row give CAS; a small real subset "
+        "with and without generations gives the low-data gain.")
 
 
 def _blend_table(blends: dict) -> Table:

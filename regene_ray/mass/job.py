@@ -137,7 +137,7 @@ def _run_locked(spec: MassSpec, out: Storage, runner: Runner, lease: Lease, iden
                           "pool_start_s": round(progress.first_taken_at
                                                 - progress.stream_started_at, 3),
                           "generating_s": round(progress.last_at - progress.first_taken_at, 3)}
-    write_metadata(out, asdict(summary))  # the card and croissant.json, before the summary
+    write_metadata(out, asdict(summary), run=spec.run)  # card and croissant.json, then summary
     out.write_json(SUMMARY_FILE, asdict(summary))
     return summary
 

@@ -4,7 +4,9 @@ it wrote (the ownership marker, the chunk metadata's job key, this job's tempora
 
 Layout: OUT/.regene-ray.json (ownership marker), OUT/.regene-ray.lease (the running driver),
 OUT/job.json (the job's identity), OUT/_chunks/, OUT/data/c<label>-k<chunk>.parquet,
-OUT/png/<label>/<shard>/<id>.png (with --png), OUT/summary.json.
+OUT/png/<label>/<shard>/<id>.png (with --png), OUT/README.md and OUT/croissant.json (the
+dataset card and Croissant metadata, regene_ray.publish), OUT/summary.json (last); jobs/export.py
+adds OUT/shards/.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from regene_ray.ownership import (
     claim_for_overwrite,
     inspect_owned,
     refuse_if_held,
+    refuse_unlisted,
     write_marker,
 )
 from regene_ray.storage import Storage
@@ -49,9 +52,9 @@ PNG_RE = re.compile(r"^(\d{5})/(\d+)\.png$")  # png/<label>/ + <shard>/<id>.png 
 # what a mass generation writes directly inside OUT (--overwrite deletes these, and only these)
 # (in the order --overwrite deletes them: what marks the output complete and whose it is first)
 # README.md, croissant.json: the dataset card and Croissant metadata (regene_ray.publish),
-# written before summary.json; shards: WebDataset shards that jobs/export.py adds
+# written before summary.json (jobs/export.py adds shards/ when it writes shards)
 MASS_ARTEFACTS = [SUMMARY_FILE, JOB_FILE, DATA_DIR, CHUNKS_DIR, PNG_DIR, "README.md",
-                  "croissant.json", "shards"]
+                  "croissant.json"]
 
 
 def inspect_output(out: Storage, identity: dict, *, resume: bool, overwrite: bool,
@@ -68,6 +71,8 @@ def inspect_output(out: Storage, identity: dict, *, resume: bool, overwrite: boo
     if lease is None:
         refuse_if_held(out)  # another live driver: say so, whatever state the folder is in
     action = inspect_owned(out, "mass", overwrite=overwrite, what="a mass-generation output")
+    if action != "new":  # an earlier version's folder may hold a README.md of the user's
+        refuse_unlisted(out, MASS_ARTEFACTS)
     if action != "existing":
         return action
     if not out.is_file(JOB_FILE):

@@ -31,11 +31,11 @@ FEATURES = [
 
 def size_category(n: int) -> str:
     """The Hub's size category of n rows."""
-    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
-              (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"),
-              (1_000_000_000, "100M<n<1B")]
-    return next((name for bound, name in bounds if n < bound), "n>1T" if n >= 10**12
-                else "1B<n<10B")
+    bounds = [(10**3, "n<1K"), (10**4, "1K<n<10K"), (10**5, "10K<n<100K"),
+              (10**6, "100K<n<1M"), (10**7, "1M<n<10M"), (10**8, "10M<n<100M"),
+              (10**9, "100M<n<1B"), (10**10, "1B<n<10B"), (10**11, "10B<n<100B"),
+              (10**12, "100B<n<1T")]
+    return next((name for bound, name in bounds if n < bound), "n>1T")
 
 
 def header(f: DatasetFacts) -> dict:
@@ -55,6 +55,9 @@ def header(f: DatasetFacts) -> dict:
         # no `splits`: the Hub wants their in-memory bytes, which only `datasets` can count
         "dataset_info": {"features": features},
     }
+    if f.source.licence == "other":  # the Hub wants the licence's name and where it is
+        head["license_name"] = f.source.name.lower() + "-terms"
+        head["license_link"] = f.source.url
     if f.source.hf_id:  # the Hub's notation for a set derived from another
         head["source_datasets"] = [f"extended|{f.source.hf_id}"]
     return head

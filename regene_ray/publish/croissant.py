@@ -82,6 +82,15 @@ def _classes(f: DatasetFacts) -> dict:
                      for i, n in enumerate(f.class_names)]}
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("regene-ray")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
 def _lineage(f: DatasetFacts) -> dict:
     source = f.source.url or f.source.name
     activity = {
@@ -92,7 +101,8 @@ def _lineage(f: DatasetFacts) -> dict:
                        else f.spec["run"], "name": "the ReGene run (classifier, decoder, "
                        "latent bank)", "sha256": f.identity["checkpoint_sha256"]}],
         "prov:wasAssociatedWith": {"@type": "prov:SoftwareAgent", "name": "regene-ray",
-                                   "version": f.identity.get("format", "")},
+                                   "version": _version(),
+                                   "description": f"output format: {f.identity.get('format')}"},
         "additionalProperty": [{"@type": "PropertyValue", "name": k, "value": str(v)}
                                for k, v in sorted(f.spec.items()) if k != "run"],
     }

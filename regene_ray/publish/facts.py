@@ -51,7 +51,8 @@ class DatasetFacts:
 
     @property
     def finished(self) -> str:
-        """The UTC date the job finished (when the summary was written)."""
+        """The UTC date the job finished (when the summary was written), or today's for a
+        folder whose summary predates that field."""
         return self.summary.get("extra", {}).get("finished") or \
             datetime.now(timezone.utc).date().isoformat()
 
@@ -78,24 +79,36 @@ class DatasetFacts:
         return text + "."
 
 
-def gather(out: Storage, summary: dict | None = None, report: str | Path | None = None
-           ) -> DatasetFacts:
-    """The facts of the finished generated folder `out` (summary: the Summary being written,
-    when summary.json is not written yet); `report`: an evaluation report folder of it."""
+def gather(out: Storage, summary: dict | None = None, report: str | Path | None = None,
+           run: str | None = None, *, require_run: bool = False) -> DatasetFacts:
+    """The facts of the finished generated folder `out`.
+
+    Args:
+        summary: the Summary being written, when summary.json is not written yet.
+        report: an evaluation report folder of `out`.
+        run: the run folder with its credentials and options (job.json records it without
+            them, which is not enough to read an s3:// run); default: job.json's.
+        require_run: fail when the run's metrics.json cannot be read (else the card leaves the
+            run's figures out and calls the licence unknown).
+    """
     identity = out.read_json(JOB_FILE)
     summary = summary if summary is not None else out.read_json(SUMMARY_FILE)
-    run = _run_metrics(identity["spec"]["run"])
+    run = _run_metrics(run or identity["spec"]["run"], require_run)
     shards = out.read_json(SHARDS_INDEX) if out.is_file(SHARDS_INDEX) else None
     return DatasetFacts(out, identity, summary, run, source_of(run.get("dataset", "unknown")),
                         headline(report, out) if report else None, shards)
 
 
-def _run_metrics(run: str) -> dict:
+def _run_metrics(run: str, require: bool) -> dict:
     try:
         return Storage(run).read_json("metrics.json")
     except (OSError, ValueError) as e:  # the run may have moved since: the card says less
+        if require:
+            raise FileNotFoundError(
+                f"the run's metrics.json ({run}) is not readable ({e}); pass --run with the "
+                "run folder (and its credentials, for s3:// or gs://)") from None
         log.warning("the run's metrics.json is not readable (%s); the card leaves its figures "
-                    "out", e)
+                    "out and calls the licence unknown", e)
         return {}
 
 
