@@ -27,7 +27,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
-	REGENE_DATA_ROOT=$(DATA_ROOT) $(PY) -m pytest -q tests
+	REGENE_DATA_ROOT=$(DATA_ROOT) $(PY) -m pytest -q --durations=15 tests
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
