@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from regene_ray.generated import DATA_DIR, JOB_FILE, SUMMARY_FILE
+from regene_ray.generated import JOB_FILE, SUMMARY_FILE
 from regene_ray.publish.sources import Source, source_of
 from regene_ray.storage import Storage
 
@@ -149,9 +149,3 @@ def _same_folder(source: str, out: Storage) -> bool:
         except OSError:
             return False
     return where.rstrip("/") == out.display().rstrip("/")
-
-
-def data_files(out: Storage) -> list[str]:
-    """The data files, relative to OUT, in name order."""
-    return [f"{DATA_DIR}/{n}" for n in sorted(out.names(DATA_DIR)) if n.endswith(".parquet")
-            and not n.startswith((".", "_"))]

@@ -30,9 +30,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from regene_ray.generated import image_bytes
+from regene_ray.generated import GeneratedFolder, image_bytes
 from regene_ray.ownership import OwnershipError
-from regene_ray.publish.facts import SHARDS_DIR, SHARDS_INDEX, data_files
+from regene_ray.publish.facts import SHARDS_DIR, SHARDS_INDEX
 from regene_ray.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def prepare(out: Storage, identity: dict, rows: int, shard_size: int, *,
     holds (check_plan), touching nothing."""
     plan = plan_of(identity, rows, shard_size)
     state = check_plan(out, plan, overwrite=overwrite)
-    files = data_files(out)
+    files = GeneratedFolder(out.uri).data_files()
     ids, where, at = _order(out, files)
     if len(ids) != rows:
         raise ValueError(f"{out.display('data')} holds {len(ids)} rows, its summary.json says "
