@@ -71,7 +71,8 @@ def test_seeds_select_on_the_holdout_and_test_the_kept_model_once(generated, tin
     tests, vals = [], []
     for seed in m["per_seed"]:
         val = [h["val_accuracy"] for h in seed["history"]]
-        assert seed["best_epoch"] == val.index(max(val)) and seed["val_accuracy"] == max(val)
+        latest = len(val) - 1 - val[::-1].index(max(val))  # the latest of the best
+        assert seed["best_epoch"] == latest and seed["val_accuracy"] == max(val)
         model = ResNet.load(out / "models" / f"seed-{seed['seed']}")  # the kept epoch's model
         assert accuracy(model, data.holdout_x, data.holdout_y, "cpu") == seed["val_accuracy"]
         assert accuracy(model, data.test_x, data.test_y, "cpu") == seed["test_accuracy"]
@@ -257,3 +258,17 @@ def test_the_per_step_cosine_ends_annealed_and_holds_past_its_steps(monkeypatch)
     assert all(a > b for a, b in zip(rates[:5], rates[1:6], strict=True))
     assert rates[5] == rates[6] == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5 * (1 + math.cos(
         math.pi * 5 / 6))))
+
+
+def test_the_latest_of_equal_epochs_is_kept():
+    """A small validation split saturates: of epochs scoring the same, the latest is kept."""
+    from regene_ray.evaluation.cas import KeepBest
+
+    model = torch.nn.Linear(1, 1)
+    best = KeepBest(model)
+    for epoch, acc in enumerate([0.9, 1.0, 0.95, 1.0, 0.98]):
+        with torch.no_grad():
+            model.weight.fill_(epoch)
+        best(epoch, {"val_accuracy": acc})
+    best.restore()
+    assert best.epoch == 3 and best.accuracy == 1.0 and float(model.weight) == 3.0
