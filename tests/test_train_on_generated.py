@@ -271,4 +271,4 @@ def test_the_latest_of_equal_epochs_is_kept():
             model.weight.fill_(epoch)
         best(epoch, {"val_accuracy": acc})
     best.restore()
-    assert best.epoch == 3 and best.accuracy == 1.0 and float(model.weight) == 3.0
+    assert best.epoch == 3 and best.accuracy == 1.0 and float(model.weight.detach()) == 3.0
