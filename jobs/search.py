@@ -77,8 +77,19 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "slow-learning architectures; moasha: multi-objective successive halving on "
                    "accuracy and MAE (an early MAE estimate at the classifier's rungs), see "
                    "regene_ray/search/moasha.py (default: none)")
-    p.add_argument("--sampler", choices=["tpe", "nsga2", "random"],
-                   help="override the space's sampler (default: the space's, tpe)")
+    p.add_argument("--sampler", choices=["tpe", "gp", "nsga2", "random"],
+                   help="override the space's sampler: tpe (multi-objective TPE), gp (Gaussian "
+                   "process), nsga2 or random (default: the space's, tpe)")
+    p.add_argument("--reduction-factor", type=float, default=2.0,
+                   help="asha / moasha: rungs at 1, eta, eta^2, ... classifier epochs, and 1 in "
+                   "eta trials goes on at each (default: 2)")
+    p.add_argument("--early-estimate", choices=["ridge", "fit"], default="ridge",
+                   help="asha / moasha: the MAE estimate at a rung: ridge (a linear decoder in "
+                   "closed form) or fit (ridge, then a 100-step fit of the trial's decoder at the "
+                   "last rung, about 10x the cost, closer to the trained MAE) (default: ridge)")
+    p.add_argument("--tell-stopped", choices=["estimate", "worst"], default="estimate",
+                   help="asha / moasha: what Optuna is told as the MAE of a trial stopped at a "
+                   "rung: its early estimate, or the worst MAE, 1.0 (default: estimate)")
     p.add_argument("--accuracy-tolerance", type=float, default=0.005,
                    help="best_config: lowest MAE among trials within this of the best accuracy "
                    "(default: 0.005)")
@@ -107,6 +118,15 @@ def main(args: argparse.Namespace) -> dict:
 
     trial_resources(args.cpus_per_trial, args.gpus_per_trial)  # fail before starting Ray
     check_name(args.name)
+    opts = SweepOptions(
+        storage_path=args.storage_path, name=args.name, num_samples=args.num_samples,
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+        scheduler=args.scheduler, accuracy_tolerance=args.accuracy_tolerance,
+        restart_errored=args.restart_errored, sampler=args.sampler,
+        time_budget_s=args.time_budget_s, reduction_factor=args.reduction_factor,
+        early_estimate=args.early_estimate, tell_estimate=args.tell_stopped == "estimate",
+    )
     remote = is_remote(args.storage_path)
     if not remote and not Path(args.storage_path).is_absolute() and (
             args.address or os.environ.get("RAY_ADDRESS")):
@@ -124,14 +144,6 @@ def main(args: argparse.Namespace) -> dict:
     log.info("ray: %s", ray.cluster_resources())
     if store.is_local:
         check_shared_folder(store.local_path(), "--storage-path")
-    opts = SweepOptions(
-        storage_path=args.storage_path, name=args.name, num_samples=args.num_samples,
-        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-        max_concurrent=args.max_concurrent, max_failures=args.max_failures,
-        scheduler=args.scheduler, accuracy_tolerance=args.accuracy_tolerance,
-        restart_errored=args.restart_errored, sampler=args.sampler,
-        time_budget_s=args.time_budget_s,
-    )
     summary = run_sweep(space, opts)
     out = store.child(args.name)
     print(f"sweep folder: {out}  ({summary['trials']} trials {summary['status_counts']}; "

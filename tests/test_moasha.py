@@ -1,5 +1,6 @@
-"""MO-ASHA's promotion rule against hand-made rungs, its rungs surviving a restart, and the
-early MAE estimate it ranks on (plain Python, no Ray; tests/test_search.py runs it in Tune)."""
+"""MO-ASHA's promotion rule against hand-made rungs, its rungs surviving a restart, the early MAE
+estimate it ranks on and a trial's reports of it (plain Python, no Ray but Tune's ASHA object;
+tests/test_search.py runs the schedulers in Tune)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import pytest
 import torch
 import yaml
 
+from regene_ray.config import ConfigError
 from regene_ray.data import DataConfig, load_data
 from regene_ray.run import RunConfig, build_models
 from regene_ray.search.moasha import CONTINUE, MOASHA, STOP, milestones
-from regene_ray.search.outputs import MOASHA_FILE
-from regene_ray.search.space import load_search_space
-from regene_ray.search.sweep import estimate_rungs, moasha_rungs
+from regene_ray.search.outputs import MOASHA_FILE, WORST_MAE
+from regene_ray.search.space import load_search_space, smoke_test_space
+from regene_ray.search.sweep import SweepOptions, estimate_rungs, moasha_rungs, space_record
+from regene_ray.search.trial import run_trial
 from regene_ray.train import (
     ClassifierTrainConfig,
     DecoderTrainConfig,
@@ -98,8 +101,56 @@ def test_bad_arguments():
 def test_rungs_of_the_shipped_mnist_space():
     space = load_search_space("search_spaces/mnist.yaml")  # 3 + 3 epochs
     assert moasha_rungs(space).milestones == [1, 2]  # classifier epochs, as ASHA's rungs
-    assert estimate_rungs("moasha", space) == (1, 2)
-    assert estimate_rungs("asha", space) == estimate_rungs("none", space) == ()
+    opts = {s: SweepOptions("x", "n", scheduler=s) for s in ("none", "asha", "moasha")}
+    assert estimate_rungs(opts["moasha"], space) == estimate_rungs(opts["asha"], space) == (1, 2)
+    assert estimate_rungs(opts["none"], space) == ()
+    eta3 = SweepOptions("x", "n", scheduler="moasha", reduction_factor=3)
+    assert estimate_rungs(eta3, space) == (1, 3)  # 3 = the last classifier epoch
+    assert tune_asha_rungs(space, 3) == [1, 3]  # Tune's ASHA: the same rungs
+
+
+def tune_asha_rungs(space, eta: float) -> list[int]:
+    """The milestones Ray Tune's ASHA uses for tuner.make_asha (its one bracket's rungs)."""
+    from regene_ray.search.tuner import make_asha
+
+    return sorted(m for m, _ in make_asha(space, eta)._brackets[0]._rungs if m <= 3)
+
+
+def test_sweep_options_refuse_what_cannot_run():
+    with pytest.raises(ConfigError, match="--reduction-factor 1 must be > 1"):
+        SweepOptions("x", "n", scheduler="asha", reduction_factor=1)
+    with pytest.raises(ConfigError, match="--early-estimate 'exact': use one of ridge, fit"):
+        SweepOptions("x", "n", early_estimate="exact")
+
+
+def test_early_stopping_settings_are_part_of_what_a_resume_must_match():
+    space = load_search_space("search_spaces/digits.yaml")
+    fifo = space_record(space, 8, SweepOptions("x", "n"))
+    assert "early_stopping" not in fifo  # FIFO sweeps of earlier versions still resume
+    a, b = (space_record(space, 8, SweepOptions("x", "n", scheduler="moasha", reduction_factor=r))
+            for r in (2, 3))
+    assert a != b and a["early_stopping"] == {"reduction_factor": 2, "estimate": "ridge",
+                                               "tell_estimate": True}
+
+
+@pytest.mark.parametrize("estimate, tell", [("ridge", True), ("fit", False)])
+def test_a_trial_reports_its_estimate_at_the_rungs(tmp_path, estimate, tell):
+    """run_trial on the smoke digits space (2 + 2 epochs), rungs at classifier epochs 1 and 2:
+    the rung reports carry the estimate, as val_mae too when it is told (what Optuna hears of a
+    trial stopped there); `fit` uses the short decoder fit at the last rung only."""
+    torch.set_num_threads(1)
+    space = smoke_test_space(load_search_space("search_spaces/digits.yaml"))
+    reports = []
+    run_trial({}, space, lambda m, state: reports.append(m), tmp_path, estimate_at=(1, 2),
+              estimate=estimate, tell_estimate=tell)
+    rungs = [r for r in reports if r["phase"] == "classifier"]
+    assert [r["classifier_epochs_done"] for r in rungs] == [1, 2]
+    assert [r["estimate"] for r in rungs] == ["ridge", estimate]
+    for r in rungs:
+        assert 0 < r["val_mae_early"] < 1 and r["mae_estimate_s"] > 0
+        assert r["val_mae"] == (r["val_mae_early"] if tell else WORST_MAE)
+    final = reports[-1]
+    assert final["phase"] == "decoder" and final["val_mae"] == final["val_mae_early"] < 1
 
 
 def test_early_estimates_rank_a_bottleneck_worse_and_leave_the_classifier_alone():

@@ -31,7 +31,7 @@ from regene_ray.classifier import ClassifierConfig
 from regene_ray.config import ConfigError, from_dict, load_yaml, to_dict
 from regene_ray.run import RunConfig
 
-SAMPLERS = ("tpe", "nsga2", "random")
+SAMPLERS = ("tpe", "gp", "nsga2", "random")  # regene_ray.search.study.make_sampler
 
 
 @dataclass
@@ -59,7 +59,7 @@ class SearchSpace:
     final: dict[str, Any] = field(default_factory=dict)  # overrides for best_config.yaml only
     num_samples: int = 16  # trials in the sweep (the --num-samples default)
     seed: int = 0  # seeds the sampler; trials also use base.seed for init and shuffling
-    sampler: str = "tpe"  # tpe (multivariate, multi-objective TPE), nsga2 or random
+    sampler: str = "tpe"  # tpe (multivariate, multi-objective TPE), gp, nsga2 or random
     smoke: bool = False  # every trial's RunConfig shrunk by RunConfig.smoke() (--smoke-test)
     source: str = "<search space>"  # the file it came from, quoted in errors
 

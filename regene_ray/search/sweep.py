@@ -25,6 +25,7 @@ from regene_ray.search.moasha import MOASHA
 from regene_ray.search.outputs import OUTPUT_FILES, SPACE_FILE, STUDY_FILE
 from regene_ray.search.space import SearchSpace
 from regene_ray.search.sync import download_files, upload_files
+from regene_ray.search.trial import ESTIMATES
 from regene_ray.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,18 @@ class SweepOptions:
     scheduler: str = "none"  # none, asha or moasha (regene_ray.search.tuner.make_scheduler)
     accuracy_tolerance: float = 0.005  # best_config: lowest MAE within this of the best accuracy
     restart_errored: bool = False  # on resume, rerun errored trials from scratch
-    sampler: str | None = None  # override the space's sampler (tpe, nsga2, random)
+    sampler: str | None = None  # override the space's sampler (tpe, gp, nsga2, random)
     time_budget_s: float | None = None  # wall-clock cap of a new sweep (Tune's time_budget_s)
+    reduction_factor: float = 2.0  # asha / moasha: eta, rungs at 1, eta, eta^2 ... epochs
+    early_estimate: str = "ridge"  # asha / moasha: the MAE estimate at a rung (trial.ESTIMATES)
+    tell_estimate: bool = True  # a stopped trial's estimate, not WORST_MAE, goes to Optuna
+
+    def __post_init__(self):
+        if not self.reduction_factor > 1:
+            raise ConfigError(f"--reduction-factor {self.reduction_factor} must be > 1")
+        if self.early_estimate not in ESTIMATES:
+            raise ConfigError(f"--early-estimate {self.early_estimate!r}: use one of "
+                              f"{', '.join(ESTIMATES)}")
 
 
 def check_name(name: str) -> str:
@@ -74,22 +85,26 @@ def default_concurrency(resources: dict, cpus_per_trial: float, gpus_per_trial: 
     return n
 
 
-def moasha_rungs(space: SearchSpace, state_file: Path | None = None) -> MOASHA:
-    """MO-ASHA over (val_accuracy, val_mae_early) at rungs of 1, 2, 4, ... classifier epochs,
-    the rungs of tuner.make_asha, so the two differ only in what they rank on. At a rung
+def moasha_rungs(space: SearchSpace, state_file: Path | None = None,
+                 reduction_factor: float = 2.0) -> MOASHA:
+    """MO-ASHA over (val_accuracy, val_mae_early) at rungs of 1, eta, eta^2, ... classifier
+    epochs, the rungs of tuner.make_asha, so the two differ only in what they rank on. At a rung
     val_mae_early is the early estimate (ridge_decoder_mae) the trial computes at exactly
     these epochs. A trial whose decoder has started is never stopped: BENCHMARKS.md section 11
     measured rungs in the decoder phase too, where the MAE after one decoder epoch (of three)
     stopped all but one trial of a 5-minute MNIST sweep."""
     return MOASHA(["val_accuracy", "val_mae_early"], ["max", "min"],
                   max_t=space.run_config().classifier_training.epochs + 1,
-                  grace_period=1, reduction_factor=2, state_file=state_file)
+                  grace_period=1, reduction_factor=reduction_factor, state_file=state_file)
 
 
-def estimate_rungs(scheduler: str, space: SearchSpace) -> tuple[int, ...]:
-    """Classifier epochs (1-based) whose reports need the early MAE estimate: MO-ASHA's rungs;
-    none for the other schedulers (they never read it)."""
-    return tuple(moasha_rungs(space).milestones) if scheduler == "moasha" else ()
+def estimate_rungs(opts: SweepOptions, space: SearchSpace) -> tuple[int, ...]:
+    """Classifier epochs (1-based) whose reports carry the early MAE estimate: the rungs of
+    ASHA and MO-ASHA (MO-ASHA ranks on it; both tell it to Optuna for a trial they stop);
+    none for FIFO."""
+    if opts.scheduler == "none":
+        return ()
+    return tuple(moasha_rungs(space, reduction_factor=opts.reduction_factor).milestones)
 
 
 def space_record(space: SearchSpace, num_samples: int, opts: SweepOptions) -> dict:
@@ -99,6 +114,10 @@ def space_record(space: SearchSpace, num_samples: int, opts: SweepOptions) -> di
     rec["num_samples"] = num_samples
     rec["scheduler"] = opts.scheduler
     rec["sampler"] = opts.sampler or space.sampler
+    if opts.scheduler != "none":
+        rec["early_stopping"] = {"reduction_factor": opts.reduction_factor,
+                                 "estimate": opts.early_estimate,
+                                 "tell_estimate": opts.tell_estimate}
     return rec
 
 
@@ -138,7 +157,8 @@ def prepare_resume(exp: Storage, exp_dir: Path, record: dict, name: str) -> None
     if old != record:
         raise ConfigError(
             f"{exp} holds a sweep with a different search space or options; pass a new "
-            "--name (or the same space, --num-samples, --scheduler and sampler) to resume it")
+            "--name (or the same space, --num-samples, --scheduler, sampler and early-stopping "
+            "flags) to resume it")
     started = ((read_marker(exp) or {}).get("identity") or {}).get("storage")
     if started is not None and started != exp.display():
         raise ConfigError(

@@ -82,7 +82,8 @@ log = logging.getLogger(__name__)
 
 
 def train_trial(config: dict, space: SearchSpace, threads: int = 1, device: str = "cpu",
-                estimate_at: tuple[int, ...] = ()) -> None:
+                estimate_at: tuple[int, ...] = (), estimate: str = "ridge",
+                tell_estimate: bool = True) -> None:
     """Tune trainable: trial.run_trial, its resume files restored from and reported as Tune
     checkpoints, each report naming the trial's node (trials.parquet's node_id)."""
     torch.set_num_threads(max(1, threads))  # process-wide, but the process is a Tune worker
@@ -96,7 +97,8 @@ def train_trial(config: dict, space: SearchSpace, threads: int = 1, device: str 
     with tempfile.TemporaryDirectory() as work:
         if (restored := tune.get_checkpoint()) is not None:
             restored.to_directory(work)
-        run_trial(config, space, report, Path(work), device=device, estimate_at=estimate_at)
+        run_trial(config, space, report, Path(work), device=device, estimate_at=estimate_at,
+                  estimate=estimate, tell_estimate=tell_estimate)
 
 
 # the searcher
@@ -180,32 +182,33 @@ class MOASHAScheduler(FIFOScheduler):
         return f"Using {self.moasha.describe()}"
 
 
-def make_asha(space: SearchSpace) -> ASHAScheduler:
+def make_asha(space: SearchSpace, reduction_factor: float = 2.0) -> ASHAScheduler:
     """Opt-in ASHA on val_accuracy, deciding only during the classifier phase.
 
     ASHA ranks trials on one scalar, so it cannot be honest about MAE: here it compares
-    classifier accuracy at rungs of `classifier_epochs_done` (1, 2, 4, ... epochs) and never
-    stops a trial once its decoder trains. Bias: it drops architectures whose classifiers learn
-    slowly (often the deep or strongly sparse ones) without ever measuring their MAE, although
-    such a trial can sit on the front at the low-MAE end. Stopped trials are told to Optuna
-    with val_mae = WORST_MAE (dominated) and are marked STOPPED in trials.parquet.
+    classifier accuracy at rungs of `classifier_epochs_done` (1, eta, eta^2, ... epochs) and
+    never stops a trial once its decoder trains. Bias: it drops architectures whose classifiers
+    learn slowly (often the deep or strongly sparse ones) without ever measuring their MAE,
+    although such a trial can sit on the front at the low-MAE end. Stopped trials are told to
+    Optuna with the early MAE estimate of their last rung (or WORST_MAE, see trial.py) and are
+    marked STOPPED in trials.parquet.
     """
     epochs = space.run_config().classifier_training.epochs
     return ASHAScheduler(time_attr="classifier_epochs_done", metric="val_accuracy", mode="max",
-                         max_t=epochs + 1, grace_period=1, reduction_factor=2)
+                         max_t=epochs + 1, grace_period=1, reduction_factor=reduction_factor)
 
 
 SCHEDULERS = ("none", "asha", "moasha")
 
 
-def make_scheduler(name: str, space: SearchSpace, exp: Storage):
+def make_scheduler(name: str, space: SearchSpace, exp: Storage, reduction_factor: float = 2.0):
     """The Tune scheduler for --scheduler (None for none: FIFO, every trial runs to the end);
     moasha: sweep.moasha_rungs, its rungs kept in the driver folder of `exp`."""
     if name not in SCHEDULERS:
         raise ConfigError(f"--scheduler {name!r}: use one of {', '.join(SCHEDULERS)}")
     if name == "moasha":
-        return MOASHAScheduler(moasha_rungs(space), exp)
-    return make_asha(space) if name == "asha" else None
+        return MOASHAScheduler(moasha_rungs(space, reduction_factor=reduction_factor), exp)
+    return make_asha(space, reduction_factor) if name == "asha" else None
 
 
 class UploadFiles(tune.Callback):
@@ -248,7 +251,8 @@ def _new_tuner(trainable, space: SearchSpace, opts: SweepOptions, exp: Storage,
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher,
-                                    scheduler=make_scheduler(opts.scheduler, space, exp),
+                                    scheduler=make_scheduler(opts.scheduler, space, exp,
+                                                             opts.reduction_factor),
                                     num_samples=num_samples,  # metric/mode: on the searcher
                                     time_budget_s=opts.time_budget_s,
                                     # a trial's worker process runs the next trial: Python,
@@ -286,7 +290,8 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> dict:
         tune.with_parameters(train_trial, space=space,
                              threads=max(1, math.floor(opts.cpus_per_trial)),
                              device="auto" if opts.gpus_per_trial > 0 else "cpu",
-                             estimate_at=estimate_rungs(opts.scheduler, space)),
+                             estimate_at=estimate_rungs(opts, space),
+                             estimate=opts.early_estimate, tell_estimate=opts.tell_estimate),
         trial_resources(opts.cpus_per_trial, opts.gpus_per_trial),
     )
     record = space_record(space, num_samples, opts)
