@@ -266,6 +266,18 @@ def test_time_budget_flag_and_trials_cut_off_before_reporting(tmp_path):
                           path=str(tmp_path / "a"))
     table = trials_table([cut, ran], space)
     assert table.trial_id.tolist() == ["a"] and table.status.tolist() == ["STOPPED"]
+    # a budget that ended before any trial reported: an empty table, and a message saying so
+    empty = trials_table([cut], space)
+    assert len(empty) == 0 and list(empty.columns) == list(table.columns)
+    from regene_ray.search.outputs import write_outputs
+
+    folder = tmp_path / "none-reported"
+    folder.mkdir()
+    optuna.create_study(study_name="n", storage=study_url(folder),
+                        directions=["maximize", "minimize"])
+    with pytest.raises(RuntimeError, match=r"no trial reported\): .*--time-budget-s"):
+        write_outputs(empty, space, folder, "n", 0.005)
+    assert len(pq.read_table(folder / "trials.parquet")) == 0
 
 
 def test_trials_ask_for_a_gpu_only_when_told():

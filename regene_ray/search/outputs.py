@@ -108,7 +108,11 @@ def trials_table(grid, space: SearchSpace) -> pd.DataFrame:
         })
     if never_ran:
         log.info("%d trial(s) were cut off before their first report; left out", never_ran)
-    df = pd.DataFrame(rows).sort_values("trial_id", kind="stable").reset_index(drop=True)
+    columns = ["trial_id", *space.search, "val_accuracy", "val_mae", "val_ssim",
+               "latent_sparsity", "status", "error", "epochs_done", "time_total_s",
+               "finished_at", "node_id"]  # also the columns of a sweep where none reported
+    df = pd.DataFrame(rows, columns=columns).sort_values("trial_id", kind="stable")
+    df = df.reset_index(drop=True)
     for k in space.search:  # mixed-type choice columns (e.g. None and numbers) as text
         if df[k].map(type).nunique() > 1:
             df[k] = df[k].map(repr)
@@ -187,8 +191,10 @@ def write_outputs(table: pd.DataFrame, space: SearchSpace, exp_dir: Path, study_
                                          "val_mae": HV_REFERENCE[1]}}
     summary.update(crosscheck_front(table, exp_dir, study_name))
     if idx < 0:
-        raise RuntimeError(f"no trial in {where} finished with both metrics ({counts}); "
-                           f"see the trial errors in {where.display(TRIALS_FILE)}")
+        seen = counts or "no trial reported"
+        raise RuntimeError(f"no trial in {where} finished with both metrics ({seen}): see the "
+                           f"trial errors in {where.display(TRIALS_FILE)}, or give the sweep "
+                           "more time (--time-budget-s)")
     best, kn = table.iloc[idx], table.iloc[knee]
     params = {k: _plain(best[k]) for k in space.search}
     knee_params = {k: _plain(kn[k]) for k in space.search}
