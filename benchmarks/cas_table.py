@@ -8,6 +8,7 @@ validation accuracy picks (the test column is never used to choose).
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -66,20 +67,41 @@ def cas_table(out: Path) -> None:
 
 
 def low_table(out: Path) -> None:
-    lows = sorted(out.glob("low-*"))
-    if not lows:
+    """Per real share (low-<pct>pct-<option>[-e<E>]): each option beside real alone under the
+    same epochs, the test difference with both spreads, and the option validation picks."""
+    groups: dict[tuple[str, str], dict[str, dict]] = {}
+    for low in sorted(out.glob("low-*")):
+        name = re.fullmatch(r"low-(\d+pct)-(.+?)(?:-e(\d+))?", low.name)
+        if name and (m := result(low)) is not None:
+            pct, option, epochs = name.groups()
+            groups.setdefault((pct, epochs or "5"), {})[option] = m
+    if not groups:
         return
     print("\n### Low data (MNIST)\n")
-    print("| result | real images | real share | fine-tune epochs | validation accuracy "
-          "| test accuracy |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for low in lows:
-        m = result(low)
-        if m:
+    for (pct, epochs), ms in sorted(groups.items(), key=lambda kv: (float(kv[0][0][:-3]),
+                                                                    kv[0][1])):
+        first = next(iter(ms.values()))
+        print(f"{pct} of the training images ({first['trained_on']['real_images']:,} real), "
+              f"option epochs {epochs}; protocol: {protocol(first)}.\n")
+        print("| option | real share | fine-tune epochs | validation accuracy | test accuracy "
+              "| test minus real alone (points) |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        real = ms.get("real")
+        for option, m in ms.items():
             t = m["trained_on"]
-            print(f"| {low.name} | {t['real_images']:,} | {t['real_fraction']} | "
-                  f"{t.get('finetune_epochs', 0)} | {pm(m, 'val_accuracy')} | "
-                  f"{pm(m, 'test_accuracy')} |")
+            diff = ""
+            if real is not None and option != "real":
+                d = 100 * (m["test_accuracy"] - real["test_accuracy"])
+                spread = 100 * max(m.get("test_accuracy_std") or 0,
+                                   real.get("test_accuracy_std") or 0)
+                diff = f"{d:+.2f} ({'beyond' if abs(d) > spread else 'within'} the spread " \
+                       f"{spread:.2f})"
+            print(f"| {option} | {t['real_fraction']} | {t.get('finetune_epochs', 0)} | "
+                  f"{pm(m, 'val_accuracy')} | {pm(m, 'test_accuracy')} | {diff} |")
+        top = max(m["val_accuracy"] for m in ms.values())
+        best = [option for option, m in ms.items() if m["val_accuracy"] == top]
+        print(f"\nChosen by validation accuracy: {' = '.join(best)}"
+              f"{' (a tie: validation cannot choose)' if len(best) > 1 else ''}.\n")
 
 
 def main() -> None:

@@ -10,12 +10,15 @@
 #   mix75           three quarters real, 27,000 generations an epoch (the same steps)
 #   mix50-ft        mix50, then 2 epochs of 50 steps fine-tuning on the real subset alone
 #   gen-ft          generated only for 10 epochs, then the same fine-tuning
-# (5 epochs of 844 steps each, 4,219 steps; the fine-tuning adds 100 at a quarter the rate)
+# (5 epochs of 844 steps each, 4,219 steps; the fine-tuning adds 100 at a quarter the rate).
+# EPOCHS=E scales every option alike (gen-ft: 2E epochs of generations); results of E != 5 go
+# to OUT/low-<pct>pct-<option>-e<E>.
 # The option to recommend is the one with the best VALIDATION accuracy (the run's holdout: 60 /
 # 300 / 600 real images); benchmarks/cas_table.py prints both columns.
 #
 #   REGENE_DATA_ROOT=../shared/data bash benchmarks/low_data.sh [OUT]
 #   PCTS="1" OPTIONS="real mix50" bash benchmarks/low_data.sh       # a part
+#   EPOCHS=2 PCTS="1" OPTIONS="real gen-ft mix50-ft" bash benchmarks/low_data.sh   # shorter
 # Finished steps are skipped on a rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +27,8 @@ OUT=${1:-runs/low}
 SEEDS=${SEEDS:-0 1 2}
 PCTS=${PCTS:-1 5 10}
 OPTIONS=${OPTIONS:-real mix50 mix75 mix50-ft gen-ft}
+EPOCHS=${EPOCHS:-5}
+suffix=$([ "$EPOCHS" = 5 ] || echo "-e$EPOCHS")
 GEN_FLAGS=${GEN_FLAGS:---n-parents 2}
 mkdir -p "$OUT"
 for pct in $PCTS; do
@@ -37,16 +42,17 @@ for pct in $PCTS; do
     --count 54000 $GEN_FLAGS
   for option in $OPTIONS; do
     case $option in
-      real) flags=(--real-only --real-epoch-images 108000) ;;
-      mix50) flags=(--generated "$gen" --real-fraction 0.5) ;;
-      mix75) flags=(--generated "$gen" --real-fraction 0.75 --max-generated 27000) ;;
+      real) flags=(--real-only --real-epoch-images 108000 --epochs "$EPOCHS") ;;
+      mix50) flags=(--generated "$gen" --real-fraction 0.5 --epochs "$EPOCHS") ;;
+      mix75) flags=(--generated "$gen" --real-fraction 0.75 --max-generated 27000
+                    --epochs "$EPOCHS") ;;
       mix50-ft) flags=(--generated "$gen" --real-fraction 0.5 --finetune-epochs 2
-                       --real-epoch-images 6400) ;;
-      gen-ft) flags=(--generated "$gen" --epochs 10 --finetune-epochs 2
+                       --real-epoch-images 6400 --epochs "$EPOCHS") ;;
+      gen-ft) flags=(--generated "$gen" --epochs $((2 * EPOCHS)) --finetune-epochs 2
                      --real-epoch-images 6400) ;;
       *) echo "unknown option $option" >&2; exit 2 ;;
     esac
-    out="$OUT/low-${pct}pct-$option"
+    out="$OUT/low-${pct}pct-$option$suffix"
     [ -f "$out/metrics.json" ] || $PY jobs/train_on_generated.py --run "$run" --out "$out" \
       --device cpu --seeds $SEEDS "${flags[@]}"
   done
