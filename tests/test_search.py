@@ -19,7 +19,7 @@ import ray
 import yaml
 
 from regene_ray.run import load_run_config
-from regene_ray.search.outputs import METRICS, study_url
+from regene_ray.search.outputs import METRICS, STOPPED_EARLY, study_url
 from regene_ray.search.pareto import (
     choose_within_tolerance,
     hypervolume_2d,
@@ -239,6 +239,10 @@ def test_moasha_stops_by_both_objectives_and_resumes_its_rungs(tmp_path):
         assert row["phase"] == "classifier" and row["mae_estimate_s"] > 0
         assert d["val_mae_early"] == row["val_mae_early"] < 1
         assert d["val_accuracy"] == row["val_accuracy"]
+    # Optuna was told each stopped trial's estimate at the rung that stopped it, marked as such
+    study = optuna.load_study(study_name="mo", storage=study_url(exp))
+    told = sorted(t.values[1] for t in study.trials if t.user_attrs.get(STOPPED_EARLY))
+    assert told == sorted(d["val_mae_early"] for d in state["decisions"] if d["action"] == "STOP")
     assert summary["matches_optuna_best_trials"]
     # a rerun restores the sweep and the scheduler's rungs; nothing is judged twice
     again = _run(*argv)

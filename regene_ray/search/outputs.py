@@ -38,6 +38,7 @@ METRICS = ["val_accuracy", "val_mae"]  # the two objectives, in this order
 MODES = ["max", "min"]
 
 
+STOPPED_EARLY = "stopped_early"  # Optuna user attribute: the MAE told is not a measured one
 WORST_MAE = 1.0  # val_mae placeholder before the decoder has trained (MAE of [0,1] pixels <= 1)
 
 
@@ -142,16 +143,22 @@ def hypervolume_history(table: pd.DataFrame, ref: tuple[float, float] = HV_REFER
 
 
 def optuna_front(exp_dir: Path, study_name: str) -> list[tuple[float, float]]:
-    """(accuracy, MAE) of the Optuna study's best_trials, read back from the sqlite storage.
+    """(accuracy, MAE) of Optuna's best_trials among the trials told a measured MAE, read back
+    from the sqlite storage.
 
-    Trials told with the placeholder MAE (stopped before their decoder) are left out; they are
-    dominated in MAE and never remove a measured point from the front.
+    Trials stopped before their decoder trained were told an early estimate or the WORST_MAE
+    placeholder (user attribute STOPPED_EARLY; studies of earlier versions: the placeholder
+    only); Optuna's front is taken without them, in an in-memory copy of the study.
     """
     import optuna
 
     study = optuna.load_study(study_name=study_name, storage=study_url(exp_dir))
-    return sorted((t.values[0], t.values[1]) for t in study.best_trials
-                  if t.values[1] < WORST_MAE)
+    measured = [t for t in study.get_trials(deepcopy=False,
+                                            states=(optuna.trial.TrialState.COMPLETE,))
+                if not t.user_attrs.get(STOPPED_EARLY) and t.values[1] < WORST_MAE]
+    copy = optuna.create_study(directions=study.directions)
+    copy.add_trials(measured)
+    return sorted((t.values[0], t.values[1]) for t in copy.best_trials)
 
 
 def crosscheck_front(table: pd.DataFrame, exp_dir: Path, study_name: str) -> dict:

@@ -54,6 +54,7 @@ from regene_ray.search.outputs import (
     METRICS,
     MOASHA_FILE,
     MODES,
+    STOPPED_EARLY,
     STUDY_FILE,
     SUMMARY_FILE,
     trials_table,
@@ -143,6 +144,10 @@ class StudySearch(OptunaSearch):
                 return
             self._ot_study.enqueue_trial(config)
             self._ot_trials[trial_id] = self._ot_study.ask(fixed_distributions=self._space)
+        if not error and (result or {}).get("phase") == "classifier":
+            # stopped before its decoder trained: the MAE it is told is an early estimate (or
+            # the WORST_MAE placeholder), which outputs.optuna_front leaves out of the front
+            self._ot_trials[trial_id].set_user_attr(STOPPED_EARLY, True)
         super().on_trial_complete(trial_id, result, error)
 
     def suggest(self, trial_id: str):
