@@ -118,8 +118,9 @@ def _kill_mid_sweep(cmd: list[str], exp: Path, env: dict, log: Path, n_done: int
 
 
 # (scheduler, trials, finished before the kill): FIFO needs one finished trial and one
-# interrupted; MO-ASHA four, so that a trial also starts after the resume and is judged on disk
-CASES = [("none", 2, 1), ("moasha", 4, 2)]
+# interrupted; ASHA and MO-ASHA four, so that a trial also starts after the resume and is judged
+# (MO-ASHA: against the rungs on disk; Tune's ASHA restarts with empty rungs)
+CASES = [("none", 2, 1), ("asha", 4, 2), ("moasha", 4, 2)]
 
 
 @pytest.mark.parametrize("scheduler, n, n_done", CASES, ids=[c[0] for c in CASES])
@@ -140,7 +141,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, sched
     assert summary["resumed"] and summary["matches_optuna_best_trials"]
 
     df = pd.read_parquet(exp / "trials.parquet")
-    finished_status = {"none": {"TERMINATED"}, "moasha": {"TERMINATED", "STOPPED"}}[scheduler]
+    finished_status = {"TERMINATED"} | ({"STOPPED"} if scheduler != "none" else set())
     assert len(df) == n and set(df.status) <= finished_status
     if scheduler == "moasha":  # the rungs judged before the kill were kept, none judged twice
         after = yaml.safe_load(rungs.read_text())["decisions"]
