@@ -80,9 +80,10 @@ def low_table(out: Path) -> None:
     print("\n### Low data (MNIST)\n")
     for (pct, epochs), ms in sorted(groups.items(), key=lambda kv: (float(kv[0][0][:-3]),
                                                                     kv[0][1])):
-        first = next(iter(ms.values()))
+        first = ms.get("real") or next(iter(ms.values()))
         print(f"{pct} of the training images ({first['trained_on']['real_images']:,} real), "
-              f"option epochs {epochs}; protocol: {protocol(first)}.\n")
+              f"EPOCHS={epochs}; protocol of {'real alone' if 'real' in ms else 'the first'}: "
+              f"{protocol(first)}.\n")
         print("| option | real share | fine-tune epochs | validation accuracy | test accuracy "
               "| test minus real alone (points) |")
         print("| --- | --- | --- | --- | --- | --- |")
@@ -96,10 +97,11 @@ def low_table(out: Path) -> None:
                                    real.get("test_accuracy_std") or 0)
                 diff = f"{d:+.2f} ({'beyond' if abs(d) > spread else 'within'} the spread " \
                        f"{spread:.2f})"
-            print(f"| {option} | {t['real_fraction']} | {t.get('finetune_epochs', 0)} | "
+            share = "1 (real only)" if t.get("real_only") else t["real_fraction"]
+            print(f"| {option} | {share} | {t.get('finetune_epochs', 0)} | "
                   f"{pm(m, 'val_accuracy')} | {pm(m, 'test_accuracy')} | {diff} |")
-        top = max(m["val_accuracy"] for m in ms.values())
-        best = [option for option, m in ms.items() if m["val_accuracy"] == top]
+        top = max(m["val_accuracy"] for m in ms.values())  # equal to 1e-6: float32 means
+        best = [option for option, m in ms.items() if m["val_accuracy"] > top - 1e-6]
         print(f"\nChosen by validation accuracy: {' = '.join(best)}"
               f"{' (a tie: validation cannot choose)' if len(best) > 1 else ''}.\n")
 
