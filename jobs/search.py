@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from regene_ray.cli import run_main, setup_logging  # noqa: E402
 from regene_ray.cluster import check_shared_folder, init_ray  # noqa: E402
 from regene_ray.config import ConfigError  # noqa: E402
+from regene_ray.data import pin_data_root_env  # noqa: E402
 from regene_ray.search.space import load_search_space, smoke_test_space  # noqa: E402
 from regene_ray.storage import Storage, is_remote  # noqa: E402
 
@@ -136,6 +137,7 @@ def main(args: argparse.Namespace) -> dict:
     store = Storage(args.storage_path)  # a bad URI or unreachable bucket fails here, before Ray
     store.check_reachable()
     store.check_writable("--storage-path")
+    pin_data_root_env()  # trials run in their own folders (Tune), workers inherit the env
     init_ray(args.address, num_cpus=args.num_cpus, object_store_memory=256 * 1024**2)
     import ray
 

@@ -102,6 +102,15 @@ def resolve_data_root(data_root: str | None) -> Path:
     return Path(root).expanduser()
 
 
+def pin_data_root_env() -> None:
+    """Make a relative $REGENE_DATA_ROOT absolute (against this process's working directory),
+    for processes that run elsewhere: Ray Tune starts each trial in its own folder, where a
+    relative root names nothing."""
+    root = os.environ.get(DATA_ROOT_ENV)
+    if root and not Path(root).expanduser().is_absolute():
+        os.environ[DATA_ROOT_ENV] = str(Path(root).expanduser().resolve())
+
+
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     """Resize uint8 (N, C, H, W) to (N, C, size, size) with antialiasing, in chunks."""
     if x.shape[-1] == size and x.shape[-2] == size:

@@ -1,3 +1,4 @@
+import os
 from collections import Counter
 
 import numpy as np
@@ -91,3 +92,15 @@ def test_iterate_batches_covers_everything_once():
     assert sorted(seen.tolist()) == list(range(10))
     xb, _ = next(iterate_batches(x, y, 4))
     assert xb.dtype == torch.float32 and float(xb.max()) == pytest.approx(3 / 255)
+
+
+def test_a_relative_data_root_env_is_pinned_for_trials_run_elsewhere(monkeypatch, tmp_path):
+    from regene_ray.data import DATA_ROOT_ENV, pin_data_root_env
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(DATA_ROOT_ENV, "../shared/data")
+    pin_data_root_env()
+    assert os.environ[DATA_ROOT_ENV] == str((tmp_path / "../shared/data").resolve())
+    monkeypatch.setenv(DATA_ROOT_ENV, "/abs/root")
+    pin_data_root_env()
+    assert os.environ[DATA_ROOT_ENV] == "/abs/root"
