@@ -38,7 +38,11 @@ from regene_ray.cli import run_main, setup_logging  # noqa: E402
 from regene_ray.cluster import check_shared_folder, init_ray  # noqa: E402
 from regene_ray.config import ConfigError  # noqa: E402
 from regene_ray.data import pin_data_root_env  # noqa: E402
-from regene_ray.search.space import load_search_space, smoke_test_space  # noqa: E402
+from regene_ray.search.space import (  # noqa: E402
+    load_search_space,
+    pin_data_root,
+    smoke_test_space,
+)
 from regene_ray.storage import Storage, is_remote  # noqa: E402
 
 log = logging.getLogger("search")
@@ -112,7 +116,7 @@ def main(args: argparse.Namespace) -> dict:
         raise ConfigError(f"--time-budget-s {args.time_budget_s} must be > 0 seconds")
     if args.accuracy_tolerance < 0:
         raise ConfigError(f"--accuracy-tolerance {args.accuracy_tolerance} must be >= 0")
-    space = load_search_space(args.space)
+    space = pin_data_root(load_search_space(args.space))  # trials run in their own folders
     if args.smoke_test:
         space = smoke_test_space(space)
     from regene_ray.search.sweep import SweepOptions, check_name, trial_resources

@@ -103,11 +103,11 @@ def resolve_data_root(data_root: str | None) -> Path:
 
 
 def pin_data_root_env() -> None:
-    """Make a relative $REGENE_DATA_ROOT absolute (against this process's working directory),
-    for processes that run elsewhere: Ray Tune starts each trial in its own folder, where a
-    relative root names nothing."""
-    root = os.environ.get(DATA_ROOT_ENV)
-    if root and not Path(root).expanduser().is_absolute():
+    """Make $REGENE_DATA_ROOT absolute (against this process's working directory; unset, the
+    ./data it defaults to), for processes that run elsewhere: Ray Tune starts each trial in its
+    own folder, where a relative root names nothing."""
+    root = os.environ.get(DATA_ROOT_ENV) or "data"
+    if not Path(root).expanduser().is_absolute():
         os.environ[DATA_ROOT_ENV] = str(Path(root).expanduser().resolve())
 
 

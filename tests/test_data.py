@@ -104,3 +104,6 @@ def test_a_relative_data_root_env_is_pinned_for_trials_run_elsewhere(monkeypatch
     monkeypatch.setenv(DATA_ROOT_ENV, "/abs/root")
     pin_data_root_env()
     assert os.environ[DATA_ROOT_ENV] == "/abs/root"
+    monkeypatch.delenv(DATA_ROOT_ENV)  # unset: the ./data it defaults to, pinned the same way
+    pin_data_root_env()
+    assert os.environ[DATA_ROOT_ENV] == str((tmp_path / "data").resolve())

@@ -23,7 +23,12 @@ from regene_ray.search.pareto import (
     pareto_mask,
     promotion_order,
 )
-from regene_ray.search.space import load_search_space, parse_search_space, smoke_test_space
+from regene_ray.search.space import (
+    load_search_space,
+    parse_search_space,
+    pin_data_root,
+    smoke_test_space,
+)
 from regene_ray.search.study import load_state, open_storage, save_state
 from regene_ray.search.sweep import SweepOptions, claim_experiment, prepare_resume, space_record
 from regene_ray.storage import Storage
@@ -58,6 +63,19 @@ def test_shipped_spaces_load(path):
 
 def test_required_spaces_exist():
     assert {"digits", "mnist", "fashion_mnist", "cifar10"} <= {p.stem for p in SPACES}
+
+
+def test_a_relative_data_root_in_a_space_is_pinned_to_where_the_user_ran(tmp_path,
+                                                                          monkeypatch):
+    """Tune runs each trial in its own folder: a relative data.data_root (base or final) is
+    made absolute against the driver's working directory; an absolute one is kept."""
+    doc = _base_space()
+    doc["base"]["data"]["data_root"] = "../shared/data"
+    doc["final"] = {"data": {"data_root": "/abs/root"}}
+    monkeypatch.chdir(tmp_path)
+    space = pin_data_root(parse_search_space(doc))
+    assert space.run_config().data.data_root == str((tmp_path / "../shared/data").resolve())
+    assert space.run_config(final=True).data.data_root == "/abs/root"
 
 
 def test_integer_and_log_ranges_typed():
@@ -261,8 +279,13 @@ def test_a_moved_sweep_is_refused_on_resume(tmp_path):
     claim_experiment(Storage(tmp_path / "a"))
     (tmp_path / "a" / "search_space.yaml").write_text(yaml.safe_dump(record, sort_keys=False))
     prepare_resume(Storage(tmp_path / "a"), tmp_path / "a", record, "a")  # where it started
-    with pytest.raises(ConfigError, match="different search space"):
+    with pytest.raises(ConfigError, match=r"different search space or options \(num_samples: "
+                       r"4 there, 5 here\)"):
         prepare_resume(Storage(tmp_path / "a"), tmp_path / "a", {**record, "num_samples": 5}, "a")
+    asha = space_record(space, 4, SweepOptions(storage_path=tmp_path, name="a", scheduler="asha"))
+    with pytest.raises(ConfigError, match=r"\(early_stopping differs; scheduler: none there, "
+                       r"asha here\); pass a new --name"):
+        prepare_resume(Storage(tmp_path / "a"), tmp_path / "a", asha, "a")
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     with pytest.raises(ConfigError, match=f"started at {tmp_path / 'a'}.*move it back"):
         prepare_resume(Storage(tmp_path / "b"), tmp_path / "b", record, "b")

@@ -209,6 +209,18 @@ def load_search_space(path: str | Path) -> SearchSpace:
     return parse_search_space(load_yaml(path), source=str(path))
 
 
+def pin_data_root(space: SearchSpace) -> SearchSpace:
+    """A relative `data.data_root` of the base or the final config made absolute against this
+    process's working directory, as a user who wrote it relative meant: Ray Tune runs each
+    trial in its own folder, where a relative root names nothing."""
+    for section in (space.base, space.final):
+        data = section.get("data")
+        root = data.get("data_root") if isinstance(data, dict) else None
+        if root and not Path(root).expanduser().is_absolute():
+            data["data_root"] = str(Path(root).expanduser().resolve())
+    return space
+
+
 def smoke_test_space(space: SearchSpace) -> SearchSpace:
     """The same space shrunk to seconds per trial: each trial's config by RunConfig.smoke(),
     the searched widths to what that recipe allows, epochs no longer searched, 3 trials."""

@@ -147,6 +147,23 @@ def prepare_new(exp: Storage, exp_dir: Path, record: dict) -> None:
         upload_files(exp_dir, exp, (SPACE_FILE,))
 
 
+def record_difference(old: dict, new: dict) -> str:
+    """What differs between a sweep's search_space.yaml and this run's record, in words (the
+    top-level keys, with their values where they are plain): a sweep started under another
+    --scheduler, such as the `none` that was the default before BENCHMARKS.md section 20,
+    says so."""
+    parts = []
+    for key in sorted(set(old) | set(new)):
+        was, now = old.get(key), new.get(key)
+        if was == now:
+            continue
+        if isinstance(was, dict | list) or isinstance(now, dict | list):
+            parts.append(f"{key} differs")
+        else:
+            parts.append(f"{key}: {was} there, {now} here")
+    return "; ".join(parts)
+
+
 def prepare_resume(exp: Storage, exp_dir: Path, record: dict, name: str) -> None:
     """Before Tuner.restore: fetch the driver's files (remote storage), and refuse a sweep with
     another space or options, or one started at another location."""
@@ -156,9 +173,9 @@ def prepare_resume(exp: Storage, exp_dir: Path, record: dict, name: str) -> None
         if (exp_dir / SPACE_FILE).is_file() else None
     if old != record:
         raise ConfigError(
-            f"{exp} holds a sweep with a different search space or options; pass a new "
-            "--name (or the same space, --num-samples, --scheduler, sampler and early-stopping "
-            "flags) to resume it")
+            f"{exp} holds a sweep with a different search space or options "
+            f"({record_difference(old or {}, record)}); pass a new --name (or the same space, "
+            "--num-samples, --scheduler, sampler and early-stopping flags) to resume it")
     started = ((read_marker(exp) or {}).get("identity") or {}).get("storage")
     if started is not None and started != exp.display():
         raise ConfigError(
