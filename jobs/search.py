@@ -76,12 +76,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failures", type=int, default=1,
                    help="retries of a failing trial from its last checkpoint before it is "
                    "recorded as errored (default: 1)")
-    p.add_argument("--scheduler", choices=["none", "asha", "moasha"], default="none",
+    p.add_argument("--scheduler", choices=["none", "asha", "moasha"], default="asha",
                    help="none: every trial runs to the end (FIFO); asha: stop trials on "
                    "classifier accuracy during the classifier phase, biased against "
                    "slow-learning architectures; moasha: multi-objective successive halving on "
                    "accuracy and MAE (an early MAE estimate at the classifier's rungs), see "
-                   "regene_ray/search/moasha.py (default: none)")
+                   "regene_ray/search/moasha.py (default: asha, the soonest to 90%% of the best "
+                   "hypervolume in BENCHMARKS.md section 20, level with moasha)")
     p.add_argument("--sampler", choices=["tpe", "gp", "nsga2", "random"],
                    help="override the space's sampler: tpe (multi-objective TPE), gp (Gaussian "
                    "process), nsga2 or random (default: the space's, tpe)")

@@ -67,7 +67,7 @@ def test_search_runs_trials_on_several_nodes(cluster, tmp_path):
     args = search_job.get_args_parser().parse_args([
         "--space", str(REPO / "search_spaces" / "digits.yaml"), "--smoke-test",
         "--num-samples", "4", "--max-concurrent", "2", "--storage-path", str(tmp_path / "sweeps"),
-        "--name", "nodes"])
+        "--name", "nodes", "--scheduler", "none"])
     summary = search_job.main(args)
     trials = pq.read_table(tmp_path / "sweeps" / "nodes" / "trials.parquet").to_pandas()
     assert summary["trials"] == 4 and set(trials.status) == {"TERMINATED"}

@@ -279,7 +279,7 @@ def test_search_to_s3_killed_and_resumed_on_another_machine(s3, tmp_path):
            "REGENE_CACHE_DIR": str(tmp_path / "cache-a"), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     args = [sys.executable, "jobs/search.py", "--space", str(resume_space(tmp_path)),
             "--num-samples", "2", "--max-concurrent", "1", "--storage-path",
-            uri(endpoint, "search"), "--name", "sw", "--num-cpus", "2"]
+            uri(endpoint, "search"), "--name", "sw", "--num-cpus", "2", "--scheduler", "none"]
     fs, exp = s3fs(endpoint), "regene/search/sw"
     done, in_flight = _kill_mid_sweep_on_s3(args, env, fs, exp, tmp_path / "first.log")
     assert in_flight is not None, (tmp_path / "first.log").read_text()[-3000:]

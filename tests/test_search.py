@@ -61,7 +61,8 @@ def backbone_space(tmp_path_factory) -> Path:
 def smoke_sweep(tmp_path_factory, backbone_space) -> Path:
     root = tmp_path_factory.mktemp("sweeps")
     _run("--space", str(backbone_space), "--storage-path", str(root),
-         "--name", "smoke", "--smoke-test", "--num-samples", "4", "--accuracy-tolerance", "0.05")
+         "--name", "smoke", "--smoke-test", "--num-samples", "4", "--accuracy-tolerance", "0.05",
+         "--scheduler", "none")
     return root / "smoke"
 
 
@@ -161,7 +162,7 @@ def test_rerun_of_finished_sweep_runs_nothing(smoke_sweep, backbone_space):
     dirs = sorted(p.name for p in smoke_sweep.iterdir() if p.name.startswith("train_trial"))
     summary = _run("--space", str(backbone_space), "--storage-path",
                    str(smoke_sweep.parent), "--name", "smoke", "--smoke-test", "--num-samples",
-                   "4", "--accuracy-tolerance", "0.05")
+                   "4", "--accuracy-tolerance", "0.05", "--scheduler", "none")
     assert summary["resumed"] and summary["trials"] == 4
     assert sorted(p.name for p in smoke_sweep.iterdir() if p.name.startswith("train_trial")) == dirs
 
@@ -171,10 +172,12 @@ def test_resume_with_another_space_is_refused(smoke_sweep, backbone_space):
 
     with pytest.raises(ConfigError, match="different search space"):
         _run("--space", str(REPO / "search_spaces" / "digits.yaml"), "--storage-path",
-             str(smoke_sweep.parent), "--name", "smoke", "--smoke-test", "--num-samples", "4")
+             str(smoke_sweep.parent), "--name", "smoke", "--smoke-test", "--num-samples", "4",
+             "--scheduler", "none")
     with pytest.raises(ConfigError, match="different search space"):
         _run("--space", str(backbone_space), "--storage-path",
-             str(smoke_sweep.parent), "--name", "smoke", "--smoke-test", "--num-samples", "5")
+             str(smoke_sweep.parent), "--name", "smoke", "--smoke-test", "--num-samples", "5",
+             "--scheduler", "none")
 
 
 def test_failing_trial_is_recorded_and_sweep_goes_on(tmp_path):
@@ -187,7 +190,8 @@ def test_failing_trial_is_recorded_and_sweep_goes_on(tmp_path):
     path = tmp_path / "failing.yaml"
     path.write_text(yaml.safe_dump(space))
     summary = _run("--space", str(path), "--storage-path", str(tmp_path), "--name", "fail",
-                   "--smoke-test", "--num-samples", "4", "--max-failures", "0")
+                   "--smoke-test", "--num-samples", "4", "--max-failures", "0",
+                   "--scheduler", "none")
     df = pd.read_parquet(tmp_path / "fail" / "trials.parquet")
     assert len(df) == 4
     bad = df["classifier_training.lr"] == float("inf")
