@@ -5,9 +5,6 @@ PY := $(VENV)/bin/python
 # torch/torchvision pinned to the pair that lies on this machine's disk (CPU and CUDA capable).
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DATA_ROOT ?= $(if $(REGENE_DATA_ROOT),$(REGENE_DATA_ROOT),../shared/data)
-# test files run on this many pytest-xdist workers (a file's tests stay on one worker, so its
-# module fixtures are built once); TEST_WORKERS=0 runs them in this one process
-TEST_WORKERS ?= 2
 
 .PHONY: demo test lint format clean-venv
 
@@ -30,7 +27,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
-	REGENE_DATA_ROOT=$(DATA_ROOT) $(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile tests
+	REGENE_DATA_ROOT=$(DATA_ROOT) $(PY) -m pytest -q --durations=15 tests
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
