@@ -17,6 +17,7 @@ time against `moasha` (or `fifo` for the samplers), so each effect is measured o
     moasha-eta3    moasha, reduction factor 3 (one rung in three goes on)
     fifo-gp        fifo with Optuna's GPSampler
     moasha-gp      moasha with Optuna's GPSampler
+    fifo-start3    fifo, TPE's random start-up phase 3 trials instead of 10 (--startup-trials)
 
 Each run is `jobs/search.py --time-budget-s B --num-samples 500` in its own process (its own
 embedded Ray, --num-cpus), with the space's seed + the run's seed as the sampler seed, so the
@@ -63,6 +64,7 @@ VARIANTS = {
     "moasha-eta3": ["--scheduler", "moasha", "--sampler", "tpe", "--reduction-factor", "3"],
     "fifo-gp": ["--scheduler", "none", "--sampler", "gp"],
     "moasha-gp": ["--scheduler", "moasha", "--sampler", "gp"],
+    "fifo-start3": ["--scheduler", "none", "--sampler", "tpe", "--startup-trials", "3"],
 }
 TARGETS = (0.5, 0.9)
 

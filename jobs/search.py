@@ -46,6 +46,10 @@ from regene_ray.search.space import (  # noqa: E402
 from regene_ray.storage import Storage, is_remote  # noqa: E402
 
 log = logging.getLogger("search")
+# TPE's / GP's random start-up trials unless --startup-trials: BENCHMARKS.md section 20 (FIFO
+# with 3 reached 90% of the best hypervolume soonest; with the budget's rule, 10, it ran random
+# search's trials for the whole of a 300 s sweep)
+STARTUP_TRIALS = 3
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -76,16 +80,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failures", type=int, default=1,
                    help="retries of a failing trial from its last checkpoint before it is "
                    "recorded as errored (default: 1)")
-    p.add_argument("--scheduler", choices=["none", "asha", "moasha"], default="asha",
+    p.add_argument("--scheduler", choices=["none", "asha", "moasha"], default="none",
                    help="none: every trial runs to the end (FIFO); asha: stop trials on "
                    "classifier accuracy during the classifier phase, biased against "
                    "slow-learning architectures; moasha: multi-objective successive halving on "
                    "accuracy and MAE (an early MAE estimate at the classifier's rungs), see "
-                   "regene_ray/search/moasha.py (default: asha, the soonest to 90%% of the best "
-                   "hypervolume in BENCHMARKS.md section 20, level with moasha)")
+                   "regene_ray/search/moasha.py (default: none, which with --startup-trials 3 "
+                   "reached 90%% of the best hypervolume soonest in BENCHMARKS.md section 20)")
     p.add_argument("--sampler", choices=["tpe", "gp", "nsga2", "random"],
                    help="override the space's sampler: tpe (multi-objective TPE), gp (Gaussian "
                    "process), nsga2 or random (default: the space's, tpe)")
+    p.add_argument("--startup-trials", type=int, default=None,
+                   help="tpe / gp: trials sampled at random before the sampler models the "
+                   f"results (default: {STARTUP_TRIALS}, the soonest to the front in "
+                   "BENCHMARKS.md section 20; Optuna's own is 10)")
     p.add_argument("--reduction-factor", type=float, default=2.0,
                    help="asha / moasha: rungs at 1, eta, eta^2, ... classifier epochs, and 1 in "
                    "eta trials goes on at each (default: 2)")
@@ -123,6 +131,13 @@ def main(args: argparse.Namespace) -> dict:
     from regene_ray.search.sweep import SweepOptions, check_name, trial_resources
 
     trial_resources(args.cpus_per_trial, args.gpus_per_trial)  # fail before starting Ray
+    from regene_ray.search.study import check_sampler
+
+    sampler = args.sampler or space.sampler
+    startup = args.startup_trials  # the default for the samplers that have the phase:
+    if startup is None and sampler in ("tpe", "gp"):
+        startup = STARTUP_TRIALS
+    check_sampler(sampler, startup)
     check_name(args.name)
     opts = SweepOptions(
         storage_path=args.storage_path, name=args.name, num_samples=args.num_samples,
@@ -130,6 +145,7 @@ def main(args: argparse.Namespace) -> dict:
         max_concurrent=args.max_concurrent, max_failures=args.max_failures,
         scheduler=args.scheduler, accuracy_tolerance=args.accuracy_tolerance,
         restart_errored=args.restart_errored, sampler=args.sampler,
+        startup_trials=startup,
         time_budget_s=args.time_budget_s, reduction_factor=args.reduction_factor,
         early_estimate=args.early_estimate, tell_estimate=args.tell_stopped == "estimate",
     )

@@ -42,18 +42,34 @@ def optuna_distributions(space: SearchSpace) -> dict:
     return out
 
 
-def make_sampler(name: str, seed: int, num_samples: int) -> optuna.samplers.BaseSampler:
+def startup_trials(num_samples: int, given: int | None = None) -> int:
+    """The random start-up phase of tpe and gp: `given`, or a third of the budget, 3 to 10
+    trials (Optuna's own is a fixed 10)."""
+    return given if given is not None else min(10, max(3, num_samples // 3))
+
+
+def check_sampler(name: str, startup: int | None = None) -> None:
+    """Raises ConfigError, saying what to use, for a sampler or start-up phase that cannot run."""
+    if name not in SAMPLERS:
+        raise ConfigError(f"unknown sampler '{name}'; use one of {', '.join(SAMPLERS)}")
+    if startup is not None and name not in ("tpe", "gp"):
+        raise ConfigError(f"--startup-trials applies to the tpe and gp samplers, not {name}; "
+                          "leave it out or pass --sampler tpe")
+
+
+def make_sampler(name: str, seed: int, num_samples: int, startup: int | None = None
+                 ) -> optuna.samplers.BaseSampler:
     """A seeded Optuna sampler sized for a small budget.
 
-    tpe: multivariate multi-objective TPE; its random start-up phase is a third of the budget
-    (3 to 10 trials) instead of Optuna's fixed 10, so a 16-trial sweep is mostly guided.
+    tpe: multivariate multi-objective TPE; its random start-up phase is `startup` trials, by
+    default a third of the budget (3 to 10) instead of Optuna's fixed 10, so a 16-trial sweep
+    is mostly guided (a time-budgeted sweep's --num-samples is only a cap: pass `startup`).
     gp: Optuna's Gaussian-process sampler (multi-objective since Optuna 4.4: expected
     hypervolume improvement), the same start-up phase. nsga2: a population of a quarter of the
     budget (at least 4). random: the baseline.
     """
-    if name not in SAMPLERS:
-        raise ConfigError(f"unknown sampler '{name}'; use one of {', '.join(SAMPLERS)}")
-    startup = min(10, max(3, num_samples // 3))
+    check_sampler(name, startup)
+    startup = startup_trials(num_samples, startup)
     with warnings.catch_warnings():  # older Optuna flags multivariate TPE as experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if name == "tpe":

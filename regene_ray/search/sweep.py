@@ -44,12 +44,15 @@ class SweepOptions:
     accuracy_tolerance: float = 0.005  # best_config: lowest MAE within this of the best accuracy
     restart_errored: bool = False  # on resume, rerun errored trials from scratch
     sampler: str | None = None  # override the space's sampler (tpe, gp, nsga2, random)
+    startup_trials: int | None = None  # tpe / gp: random trials first (study.startup_trials)
     time_budget_s: float | None = None  # wall-clock cap of a new sweep (Tune's time_budget_s)
     reduction_factor: float = 2.0  # asha / moasha: eta, rungs at 1, eta, eta^2 ... epochs
     early_estimate: str = "ridge"  # asha / moasha: the MAE estimate at a rung (trial.ESTIMATES)
     tell_estimate: bool = True  # a stopped trial's estimate, not WORST_MAE, goes to Optuna
 
     def __post_init__(self):
+        if self.startup_trials is not None and self.startup_trials < 1:
+            raise ConfigError(f"--startup-trials {self.startup_trials} must be >= 1")
         if not self.reduction_factor > 1:
             raise ConfigError(f"--reduction-factor {self.reduction_factor} must be > 1")
         if self.early_estimate not in ESTIMATES:
@@ -114,6 +117,8 @@ def space_record(space: SearchSpace, num_samples: int, opts: SweepOptions) -> di
     rec["num_samples"] = num_samples
     rec["scheduler"] = opts.scheduler
     rec["sampler"] = opts.sampler or space.sampler
+    if opts.startup_trials is not None:  # absent: the budget's rule, as in earlier versions
+        rec["startup_trials"] = opts.startup_trials
     if opts.scheduler != "none":
         rec["early_stopping"] = {"reduction_factor": opts.reduction_factor,
                                  "estimate": opts.early_estimate,

@@ -114,11 +114,11 @@ class StudySearch(OptunaSearch):
     """
 
     def __init__(self, space: SearchSpace, exp: Storage, study_name: str, num_samples: int,
-                 sampler: str | None = None):
+                 sampler: str | None = None, startup: int | None = None):
         self.exp = exp
         super().__init__(study.optuna_distributions(space), metric=METRICS, mode=MODES,
                          sampler=study.make_sampler(sampler or space.sampler, space.seed,
-                                                    num_samples),
+                                                    num_samples, startup),
                          study_name=study_name, storage=study.open_storage(driver_folder(exp)))
 
     def __getstate__(self) -> dict:  # tuner.pkl: the live study comes back through restore()
@@ -247,8 +247,8 @@ def _new_tuner(trainable, space: SearchSpace, opts: SweepOptions, exp: Storage,
     """A new Tuner for the sweep in `exp`, with its searcher, scheduler and storage."""
     concurrency = opts.max_concurrent or default_concurrency(
         ray.cluster_resources(), opts.cpus_per_trial, opts.gpus_per_trial)
-    searcher = ConcurrencyLimiter(StudySearch(space, exp, opts.name, num_samples, opts.sampler),
-                                  concurrency)
+    searcher = ConcurrencyLimiter(StudySearch(space, exp, opts.name, num_samples, opts.sampler,
+                                              opts.startup_trials), concurrency)
     log.info("sweep %s: %d trials, %d at once, %s per trial, sampler %s, scheduler %s",
              exp, num_samples, concurrency,
              trial_resources(opts.cpus_per_trial, opts.gpus_per_trial),
