@@ -131,11 +131,12 @@ def main(args: argparse.Namespace) -> dict:
     from regene_ray.search.sweep import SweepOptions, check_name, trial_resources
 
     trial_resources(args.cpus_per_trial, args.gpus_per_trial)  # fail before starting Ray
+    from regene_ray.search.space import WITH_STARTUP
     from regene_ray.search.study import check_sampler
 
     sampler = args.sampler or space.sampler
     startup = args.startup_trials  # the default for the samplers that have the phase:
-    if startup is None and sampler in ("tpe", "gp"):
+    if startup is None and sampler in WITH_STARTUP:
         startup = STARTUP_TRIALS
     check_sampler(sampler, startup)
     check_name(args.name)

@@ -9,11 +9,18 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 
 from regene_ray.config import ConfigError
 from regene_ray.search.space import load_search_space
 from regene_ray.search.study import check_sampler, make_sampler, startup_trials
-from regene_ray.search.sweep import SweepOptions, record_difference, space_record
+from regene_ray.search.sweep import (
+    SweepOptions,
+    claim_experiment,
+    prepare_resume,
+    space_record,
+)
+from regene_ray.storage import Storage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,13 +59,22 @@ def test_a_sampler_without_a_start_up_phase_is_refused_with_what_to_do():
         SweepOptions("x", "n", startup_trials=0)
 
 
-def test_the_start_up_phase_is_part_of_what_a_resume_must_match():
+def test_the_start_up_phase_is_part_of_what_a_resume_must_match(tmp_path):
+    """Recorded for tpe and gp; a sweep recorded before the flag existed ran the budget's rule,
+    so it resumes with that number and is refused, naming it, with another."""
     space = load_search_space(REPO / "search_spaces" / "digits.yaml")
-    default = space_record(space, 8, SweepOptions("x", "n"))
-    assert "startup_trials" not in default  # sweeps of earlier versions still resume
-    given = space_record(space, 8, SweepOptions("x", "n", startup_trials=3))
-    assert given["startup_trials"] == 3
-    assert record_difference(default, given) == "startup_trials: None there, 3 here"
+    rule = space_record(space, 30, SweepOptions("x", "n"))
+    given = space_record(space, 30, SweepOptions("x", "n", startup_trials=3))
+    assert (rule["startup_trials"], given["startup_trials"]) == (10, 3)
+    assert "startup_trials" not in space_record(space, 30, SweepOptions("x", "n",
+                                                                        sampler="random"))
+    exp = Storage(tmp_path / "a")
+    claim_experiment(exp)
+    before_the_flag = {k: v for k, v in rule.items() if k != "startup_trials"}
+    (tmp_path / "a" / "search_space.yaml").write_text(yaml.safe_dump(before_the_flag))
+    prepare_resume(exp, tmp_path / "a", rule, "a")  # --startup-trials 10 resumes it
+    with pytest.raises(ConfigError, match=r"\(startup_trials: 10 there, 3 here\)"):
+        prepare_resume(exp, tmp_path / "a", given, "a")
 
 
 def test_the_job_defaults_to_three_start_up_trials_and_refuses_them_for_random(tmp_path):

@@ -32,6 +32,13 @@ from regene_ray.config import ConfigError, from_dict, load_yaml, to_dict
 from regene_ray.run import RunConfig
 
 SAMPLERS = ("tpe", "gp", "nsga2", "random")  # regene_ray.search.study.make_sampler
+WITH_STARTUP = ("tpe", "gp")  # the samplers with a random start-up phase
+
+
+def startup_trials(num_samples: int, given: int | None = None) -> int:
+    """The random start-up phase of tpe and gp: `given`, or a third of the budget, 3 to 10
+    trials (Optuna's own is a fixed 10)."""
+    return given if given is not None else min(10, max(3, num_samples // 3))
 
 
 @dataclass

@@ -23,7 +23,7 @@ from optuna.storages import RDBStorage
 
 from regene_ray.config import ConfigError
 from regene_ray.search.outputs import study_url
-from regene_ray.search.space import SAMPLERS, SearchSpace
+from regene_ray.search.space import SAMPLERS, WITH_STARTUP, SearchSpace, startup_trials
 
 _STORAGE_ID = "regene-ray sweep study storage"  # what save_state writes for an RDBStorage
 
@@ -42,17 +42,11 @@ def optuna_distributions(space: SearchSpace) -> dict:
     return out
 
 
-def startup_trials(num_samples: int, given: int | None = None) -> int:
-    """The random start-up phase of tpe and gp: `given`, or a third of the budget, 3 to 10
-    trials (Optuna's own is a fixed 10)."""
-    return given if given is not None else min(10, max(3, num_samples // 3))
-
-
 def check_sampler(name: str, startup: int | None = None) -> None:
     """Raises ConfigError, saying what to use, for a sampler or start-up phase that cannot run."""
     if name not in SAMPLERS:
         raise ConfigError(f"unknown sampler '{name}'; use one of {', '.join(SAMPLERS)}")
-    if startup is not None and name not in ("tpe", "gp"):
+    if startup is not None and name not in WITH_STARTUP:
         raise ConfigError(f"--startup-trials applies to the tpe and gp samplers, not {name}; "
                           "leave it out or pass --sampler tpe")
 

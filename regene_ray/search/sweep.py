@@ -23,7 +23,7 @@ from regene_ray.config import ConfigError, to_dict
 from regene_ray.ownership import inspect_owned, read_marker, write_marker
 from regene_ray.search.moasha import MOASHA
 from regene_ray.search.outputs import OUTPUT_FILES, SPACE_FILE, STUDY_FILE
-from regene_ray.search.space import SearchSpace
+from regene_ray.search.space import WITH_STARTUP, SearchSpace, startup_trials
 from regene_ray.search.sync import download_files, upload_files
 from regene_ray.search.trial import ESTIMATES
 from regene_ray.storage import Storage
@@ -117,8 +117,8 @@ def space_record(space: SearchSpace, num_samples: int, opts: SweepOptions) -> di
     rec["num_samples"] = num_samples
     rec["scheduler"] = opts.scheduler
     rec["sampler"] = opts.sampler or space.sampler
-    if opts.startup_trials is not None:  # absent: the budget's rule, as in earlier versions
-        rec["startup_trials"] = opts.startup_trials
+    if rec["sampler"] in WITH_STARTUP:
+        rec["startup_trials"] = startup_trials(num_samples, opts.startup_trials)
     if opts.scheduler != "none":
         rec["early_stopping"] = {"reduction_factor": opts.reduction_factor,
                                  "estimate": opts.early_estimate,
@@ -176,11 +176,15 @@ def prepare_resume(exp: Storage, exp_dir: Path, record: dict, name: str) -> None
         download_files(exp, exp_dir, name)
     old = yaml.safe_load((exp_dir / SPACE_FILE).read_text()) \
         if (exp_dir / SPACE_FILE).is_file() else None
+    if old is not None and "startup_trials" not in old and old.get("sampler") in WITH_STARTUP:
+        # a sweep started before --startup-trials ran the budget's rule: say so, and match it
+        old = {**old, "startup_trials": startup_trials(old["num_samples"])}
     if old != record:
         raise ConfigError(
             f"{exp} holds a sweep with a different search space or options "
             f"({record_difference(old or {}, record)}); pass a new --name (or the same space, "
-            "--num-samples, --scheduler, sampler and early-stopping flags) to resume it")
+            "--num-samples, --scheduler, --sampler, --startup-trials and early-stopping "
+            "flags) to resume it")
     started = ((read_marker(exp) or {}).get("identity") or {}).get("storage")
     if started is not None and started != exp.display():
         raise ConfigError(
