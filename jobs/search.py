@@ -31,6 +31,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -39,11 +40,16 @@ from regene_ray.cluster import check_shared_folder, init_ray  # noqa: E402
 from regene_ray.config import ConfigError  # noqa: E402
 from regene_ray.data import pin_data_root_env  # noqa: E402
 from regene_ray.search.space import (  # noqa: E402
+    WITH_STARTUP,
+    SearchSpace,
     load_search_space,
     pin_data_root,
     smoke_test_space,
 )
 from regene_ray.storage import Storage, is_remote  # noqa: E402
+
+if TYPE_CHECKING:
+    from regene_ray.search.sweep import SweepOptions
 
 log = logging.getLogger("search")
 # TPE's / GP's random start-up trials unless --startup-trials: BENCHMARKS.md section 20 (FIFO
@@ -80,6 +86,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failures", type=int, default=1,
                    help="retries of a failing trial from its last checkpoint before it is "
                    "recorded as errored (default: 1)")
+    _strategy_flags(p)
+    p.add_argument("--accuracy-tolerance", type=float, default=0.005,
+                   help="best_config: lowest MAE among trials within this of the best accuracy "
+                   "(default: 0.005)")
+    p.add_argument("--time-budget-s", type=float, default=None,
+                   help="stop the sweep after this many seconds of wall time (trials still "
+                   "running then are recorded as STOPPED); --num-samples stays the cap; a "
+                   "resumed sweep keeps the budget it was started with (default: none)")
+    p.add_argument("--restart-errored", action="store_true",
+                   help="on resume, rerun errored trials from scratch (default: keep them errored)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def _strategy_flags(p: argparse.ArgumentParser) -> None:
+    """How the sweep picks and stops trials: scheduler, sampler and early-stopping flags."""
     p.add_argument("--scheduler", choices=["none", "asha", "moasha"], default="none",
                    help="none: every trial runs to the end (FIFO); asha: stop trials on "
                    "classifier accuracy during the classifier phase, biased against "
@@ -104,17 +126,31 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--tell-stopped", choices=["estimate", "worst"], default="estimate",
                    help="asha / moasha: what Optuna is told as the MAE of a trial stopped at a "
                    "rung: its early estimate, or the worst MAE, 1.0 (default: estimate)")
-    p.add_argument("--accuracy-tolerance", type=float, default=0.005,
-                   help="best_config: lowest MAE among trials within this of the best accuracy "
-                   "(default: 0.005)")
-    p.add_argument("--time-budget-s", type=float, default=None,
-                   help="stop the sweep after this many seconds of wall time (trials still "
-                   "running then are recorded as STOPPED); --num-samples stays the cap; a "
-                   "resumed sweep keeps the budget it was started with (default: none)")
-    p.add_argument("--restart-errored", action="store_true",
-                   help="on resume, rerun errored trials from scratch (default: keep them errored)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return p
+
+
+def sweep_options(args: argparse.Namespace, space: SearchSpace) -> SweepOptions:
+    """The sweep's options from the flags, checked (before Ray starts); the start-up default
+    applies to the samplers that have the phase."""
+    from regene_ray.search.study import check_sampler
+    from regene_ray.search.sweep import SweepOptions, check_name, trial_resources
+
+    trial_resources(args.cpus_per_trial, args.gpus_per_trial)
+    sampler = args.sampler or space.sampler
+    startup = args.startup_trials
+    if startup is None and sampler in WITH_STARTUP:
+        startup = STARTUP_TRIALS
+    check_sampler(sampler, startup)
+    check_name(args.name)
+    return SweepOptions(
+        storage_path=args.storage_path, name=args.name, num_samples=args.num_samples,
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+        scheduler=args.scheduler, accuracy_tolerance=args.accuracy_tolerance,
+        restart_errored=args.restart_errored, sampler=args.sampler,
+        startup_trials=startup,
+        time_budget_s=args.time_budget_s, reduction_factor=args.reduction_factor,
+        early_estimate=args.early_estimate, tell_estimate=args.tell_stopped == "estimate",
+    )
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -128,28 +164,7 @@ def main(args: argparse.Namespace) -> dict:
     space = pin_data_root(load_search_space(args.space))  # trials run in their own folders
     if args.smoke_test:
         space = smoke_test_space(space)
-    from regene_ray.search.sweep import SweepOptions, check_name, trial_resources
-
-    trial_resources(args.cpus_per_trial, args.gpus_per_trial)  # fail before starting Ray
-    from regene_ray.search.space import WITH_STARTUP
-    from regene_ray.search.study import check_sampler
-
-    sampler = args.sampler or space.sampler
-    startup = args.startup_trials  # the default for the samplers that have the phase:
-    if startup is None and sampler in WITH_STARTUP:
-        startup = STARTUP_TRIALS
-    check_sampler(sampler, startup)
-    check_name(args.name)
-    opts = SweepOptions(
-        storage_path=args.storage_path, name=args.name, num_samples=args.num_samples,
-        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-        max_concurrent=args.max_concurrent, max_failures=args.max_failures,
-        scheduler=args.scheduler, accuracy_tolerance=args.accuracy_tolerance,
-        restart_errored=args.restart_errored, sampler=args.sampler,
-        startup_trials=startup,
-        time_budget_s=args.time_budget_s, reduction_factor=args.reduction_factor,
-        early_estimate=args.early_estimate, tell_estimate=args.tell_stopped == "estimate",
-    )
+    opts = sweep_options(args, space)  # every flag checked before Ray starts
     remote = is_remote(args.storage_path)
     if not remote and not Path(args.storage_path).is_absolute() and (
             args.address or os.environ.get("RAY_ADDRESS")):
