@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from raytools import REPO, free_ports, kill_session, wait_for_port
-from test_search_resume import LAST, resume_space, saved_trials
+from test_search_resume import LAST, resume_space, run_driver, saved_trials
 
 from regene_ray import mass
 from regene_ray.storage import Storage, StorageError, resolve
@@ -287,10 +287,8 @@ def test_search_to_s3_killed_and_resumed_on_another_machine(s3, tmp_path):
     assert fs.get_file_info(f"{exp}/optuna.sqlite").type == pafs.FileType.File
 
     env["REGENE_CACHE_DIR"] = str(tmp_path / "cache-b")  # "another machine": nothing cached
-    second = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True,
-                            timeout=400)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-5000:]
-    assert "sweep folder: s3://regene/search/sw" in second.stdout
+    out = run_driver(args, env, tmp_path / "second.log", timeout=400)
+    assert "sweep folder: s3://regene/search/sw" in out
     trials = pq.read_table(f"{exp}/trials.parquet", filesystem=fs).to_pandas()
     assert len(trials) == 2 and set(trials.status) == {"TERMINATED"}
     assert trials.val_mae.notna().all() and trials.chosen.sum() == 1

@@ -327,8 +327,8 @@ def test_searcher_tells_optuna_of_a_restored_trial_it_never_asked_for(tmp_path):
     """Tune uploads the searcher's state and its trial list apart: a driver killed between the
     two resumes a trial the restored searcher never asked for. Its result still reaches the
     study, with the config it ran with."""
+    from regene_ray.search.searcher import StudySearch
     from regene_ray.search.space import load_search_space
-    from regene_ray.search.tuner import StudySearch
     from regene_ray.storage import Storage
 
     space = load_search_space(REPO / "search_spaces" / "digits.yaml")
@@ -340,3 +340,38 @@ def test_searcher_tells_optuna_of_a_restored_trial_it_never_asked_for(tmp_path):
     study = optuna.load_study(study_name="s", storage=study_url(tmp_path))
     assert [(t.params, t.values, t.state) for t in study.trials] == \
         [(config, [0.9, 0.1], optuna.trial.TrialState.COMPLETE)]
+
+
+def test_restored_search_state_follows_the_trial_list(tmp_path):
+    """A search state saved at another moment than the trial list restored beside it: the
+    generator counts the list's trials, the limiter frees the slots of finished trials and of
+    one the list never recorded and holds one for each unfinished trial, and Optuna is told of
+    the finished trial it had not heard of; the unrecorded one fails there, to be asked anew."""
+    from ray.tune.experiment import Trial
+
+    from regene_ray.search.searcher import StudySearch, SweepSearch
+    from regene_ray.search.space import load_search_space
+    from regene_ray.storage import Storage
+
+    space = load_search_space(REPO / "search_spaces" / "digits.yaml")
+    search = SweepSearch(StudySearch(space, Storage(tmp_path), "s", num_samples=4), 2)
+    limiter = search.searcher
+    configs = {t: limiter.suggest(t) for t in ("done", "lost")}  # both running in the state
+    search._counter = 2
+
+    def trial(trial_id: str, status: str, result: dict) -> Trial:
+        t = Trial("train_trial", stub=True, config=configs.get(trial_id, {}), trial_id=trial_id)
+        t.set_status(status)
+        t.run_metadata.last_result = result
+        return t
+
+    # the list: "done" finished, "lost" never recorded, "later" (unknown here) running
+    search.reconcile([trial("done", Trial.TERMINATED, {"val_accuracy": 0.9, "val_mae": 0.1}),
+                      trial("later", Trial.RUNNING, {})])
+    assert search._counter == 2 and limiter.live_trials == {"later"}
+    assert limiter.num_unfinished_live_trials == 1
+    study = optuna.load_study(study_name="s", storage=study_url(tmp_path))
+    assert [(t.values, t.state) for t in study.trials] == [
+        ([0.9, 0.1], optuna.trial.TrialState.COMPLETE), (None, optuna.trial.TrialState.FAIL)]
+    search.reconcile([trial("done", Trial.TERMINATED, {}), trial("later", Trial.RUNNING, {})])
+    assert len(optuna.load_study(study_name="s", storage=study_url(tmp_path)).trials) == 2

@@ -92,6 +92,23 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
+def run_driver(cmd: list[str], env: dict, log: Path, timeout: float = 300) -> str:
+    """Run a sweep's driver to the end and return its output (stdout and stderr, kept in `log`);
+    fails the test, with the output's tail, if it exits non-zero or hangs (then its process
+    group, Ray included, is killed)."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                                start_new_session=True)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            pytest.fail(f"the driver hung for {timeout:.0f} s:\n{log.read_text()[-8000:]}")
+    text = log.read_text()
+    assert proc.returncode == 0, text[-8000:]
+    return text
+
+
 def _kill_mid_sweep(cmd: list[str], exp: Path, env: dict, log: Path, n_done: int
                     ) -> tuple[dict[str, str], str | None, list[str]]:
     """Start the driver and SIGKILL it once `n_done` trials finished and another one is part-way:
@@ -134,9 +151,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, sched
     rungs = exp / "moasha_rungs.yaml"
     before = yaml.safe_load(rungs.read_text())["decisions"] if scheduler == "moasha" else []
 
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env,
-                            start_new_session=True)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    run_driver(cmd, env, tmp_path / "second.log")
     summary = json.loads((exp / "summary.json").read_text())
     assert summary["resumed"] and summary["matches_optuna_best_trials"]
 
@@ -167,3 +182,45 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, sched
     assert all(r["epoch"] == min(r["training_iteration"], LAST) - 1 for r in rows)
     stopped = df.status[df.trial_id == in_flight].item() == "STOPPED"
     assert stopped or rows[-1]["epoch"] == LAST - 1
+
+
+def _make_searcher_state_stale(exp: Path, finished: str) -> None:
+    """Rewrite the search algorithm's saved state (search_gen_state-*.json, a cloudpickled dict)
+    as it was while `finished` was the only trial: one trial created, and the concurrency
+    limiter counting it as running. Tune writes this file and the trial list
+    (experiment_state-*.json) separately and uploads them one by one, so a driver killed between
+    the two leaves exactly this beside a newer trial list."""
+    import ray.cloudpickle as cloudpickle
+
+    [path] = exp.glob("search_gen_state-*.json")
+    state = cloudpickle.loads(path.read_bytes())
+    limiter = state["name:ConcurrencyLimiter"]
+    state["counter"] = 1
+    limiter.update(live_trials={finished}, num_unfinished_live_trials=1)
+    path.write_bytes(cloudpickle.dumps(state))
+
+
+def test_resume_reconciles_a_searcher_state_older_than_the_trial_list(tmp_path):
+    """The searcher state is older than the trial list it is restored beside: the resumed sweep
+    follows the trial list (the interrupted trial runs on, no third trial starts, the finished
+    one is not rerun) instead of waiting forever for the limiter to free the finished trial's
+    slot, and Optuna is told every trial once."""
+    exp = tmp_path / "resume"
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    cmd = _cmd(resume_space(tmp_path), tmp_path, "none", 2)
+    finished, in_flight, _ = _kill_mid_sweep(cmd, exp, env, tmp_path / "first.log", 1)
+    assert in_flight is not None, (tmp_path / "first.log").read_text()[-3000:]
+    [done] = finished
+    _make_searcher_state_stale(exp, done)
+
+    out = run_driver(cmd, env, tmp_path / "second.log", timeout=240)
+    assert "saved at another moment than the trial list" in out
+    df = pd.read_parquet(exp / "trials.parquet")
+    assert set(df.trial_id) == {done, in_flight} and set(df.status) == {"TERMINATED"}
+    assert _digest(_trial_dirs(exp)[done]) == finished[done]
+    summary = json.loads((exp / "summary.json").read_text())
+    assert summary["resumed"] and summary["matches_optuna_best_trials"]
+    import optuna
+
+    study = optuna.load_study(study_name="resume", storage=f"sqlite:///{exp / 'optuna.sqlite'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2

@@ -11,8 +11,10 @@ Modules, in the order a sweep uses them:
                 (promotes by non-dominated sort and crowding over accuracy and an early MAE)
     pareto.py   non-dominated sorting, crowding, knee point, hypervolume and the paper's pick
                 from the front (pure numpy)
-    tuner.py    the only module here that imports Ray: the Tune trainable, searcher, schedulers
-                and callback around the modules above, and run_sweep
+    searcher.py Tune's searcher: OptunaSearch on the study above, and the search algorithm
+                that a resume brings in line with the trial list it restores (imports Ray)
+    tuner.py    the Tune trainable, schedulers and callback around the modules above, and
+                run_sweep (with searcher.py, the only modules here that import Ray)
     sync.py     the driver's local copy of a sweep on remote storage
     outputs.py  trials.parquet (with hypervolume history), pareto.parquet, pareto.png,
                 hypervolume.png, best_config.yaml (knee point in its comments), summary.json

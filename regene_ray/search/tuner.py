@@ -1,11 +1,12 @@
 """Architecture search on Ray Tune + Optuna: two objectives (accuracy up, decoder MAE down).
-The only module of regene_ray.search that imports Ray; the pieces it hands to Tune are plain
-Python elsewhere in the package.
+With searcher.py, the only modules of regene_ray.search that import Ray; the pieces handed to
+Tune are plain Python elsewhere in the package.
 
 - `train_trial`: the Tune trainable around trial.run_trial (the plain classifier-then-decoder
   training), which reports each epoch's metrics with its resume files as the checkpoint.
-- `StudySearch`: OptunaSearch with metric=[val_accuracy, val_mae], mode=[max, min], a seeded
-  sampler and an Optuna sqlite storage in the sweep's driver folder (optuna-dashboard opens it).
+- the searcher (searcher.py): `SweepSearch` around ConcurrencyLimiter(`StudySearch`), Optuna's
+  seeded multi-objective study in the sweep's driver folder, brought in line with the restored
+  trial list on resume.
 - `make_scheduler`: none (FIFO), ASHA, or `MOASHAScheduler`, Tune's adaptor of moasha.MOASHA.
 - `run_sweep`: builds or restores the Tuner, runs it, and writes the outputs: trials.parquet,
   pareto.png, best_config.yaml and summary.json.
@@ -44,22 +45,17 @@ import ray
 import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search import ConcurrencyLimiter
-from ray.tune.search.optuna import OptunaSearch
 
 from regene_ray.config import ConfigError, save_json
-from regene_ray.search import study
 from regene_ray.search.moasha import MOASHA
 from regene_ray.search.outputs import (
-    METRICS,
     MOASHA_FILE,
-    MODES,
-    STOPPED_EARLY,
     STUDY_FILE,
     SUMMARY_FILE,
     trials_table,
     write_outputs,
 )
+from regene_ray.search.searcher import StudySearch, SweepSearch
 from regene_ray.search.space import SearchSpace
 from regene_ray.search.sweep import (
     SweepOptions,
@@ -100,62 +96,6 @@ def train_trial(config: dict, space: SearchSpace, threads: int = 1, device: str 
             restored.to_directory(work)
         run_trial(config, space, report, Path(work), device=device, estimate_at=estimate_at,
                   estimate=estimate, tell_estimate=tell_estimate)
-
-
-# the searcher
-
-
-class StudySearch(OptunaSearch):
-    """OptunaSearch over `space` and both objectives, seeded, its study in the driver folder of
-    `exp` (optuna.sqlite) wherever the searcher runs (see the module docstring).
-
-    Ray 2.60's OptunaSearch takes `storage=` (an optuna BaseStorage instance, not a URL) and
-    `study_name=`, and creates the study with load_if_exists=True.
-    """
-
-    def __init__(self, space: SearchSpace, exp: Storage, study_name: str, num_samples: int,
-                 sampler: str | None = None, startup: int | None = None):
-        self.exp = exp
-        super().__init__(study.optuna_distributions(space), metric=METRICS, mode=MODES,
-                         sampler=study.make_sampler(sampler or space.sampler, space.seed,
-                                                    num_samples, startup),
-                         study_name=study_name, storage=study.open_storage(driver_folder(exp)))
-
-    def __getstate__(self) -> dict:  # tuner.pkl: the live study comes back through restore()
-        return {**self.__dict__, "_ot_study": None, "_storage": None, "_ot_trials": {}}
-
-    def save(self, checkpoint_path: str) -> None:
-        study.save_state(self.__dict__.copy(), checkpoint_path)
-
-    def restore(self, checkpoint_path: str) -> None:
-        storage = study.open_storage(driver_folder(self.exp))
-        self.__dict__.update(study.load_state(checkpoint_path, storage))
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None,
-                          error: bool = False) -> None:
-        if trial_id not in self._ot_trials and trial_id not in self._completed_trials:
-            # Tune keeps this state and its list of trials in separate files, each uploaded on
-            # its own: a driver killed between the two uploads resumes a trial that this state
-            # never asked for. Ask again, for the config the trial ran with.
-            config = (result or {}).get("config")
-            if config is None:
-                log.warning("trial %s is unknown to the restored Optuna study and reported no "
-                            "config: it is left out of optuna.sqlite", trial_id)
-                return
-            self._ot_study.enqueue_trial(config)
-            self._ot_trials[trial_id] = self._ot_study.ask(fixed_distributions=self._space)
-        if not error and (result or {}).get("phase") == "classifier":
-            # stopped before its decoder trained: the MAE it is told is an early estimate (or
-            # the WORST_MAE placeholder), which outputs.optuna_front leaves out of the front
-            self._ot_trials[trial_id].set_user_attr(STOPPED_EARLY, True)
-        super().on_trial_complete(trial_id, result, error)
-
-    def suggest(self, trial_id: str):
-        if self._ot_study is None:  # Tune logged why restore() failed and went on without it
-            raise RuntimeError(
-                "the sweep's Optuna searcher state could not be restored (see the 'Failed to "
-                "restore the run state' error above); rerun with a new --name to start afresh")
-        return super().suggest(trial_id)
 
 
 # the schedulers
@@ -247,8 +187,8 @@ def _new_tuner(trainable, space: SearchSpace, opts: SweepOptions, exp: Storage,
     """A new Tuner for the sweep in `exp`, with its searcher, scheduler and storage."""
     concurrency = opts.max_concurrent or default_concurrency(
         ray.cluster_resources(), opts.cpus_per_trial, opts.gpus_per_trial)
-    searcher = ConcurrencyLimiter(StudySearch(space, exp, opts.name, num_samples, opts.sampler,
-                                              opts.startup_trials), concurrency)
+    searcher = SweepSearch(StudySearch(space, exp, opts.name, num_samples, opts.sampler,
+                                       opts.startup_trials), concurrency)
     log.info("sweep %s: %d trials, %d at once, %s per trial, sampler %s, scheduler %s",
              exp, num_samples, concurrency,
              trial_resources(opts.cpus_per_trial, opts.gpus_per_trial),
