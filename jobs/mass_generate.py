@@ -49,7 +49,12 @@ from regene_ray.cli import (  # noqa: E402
     setup_logging,
     smoke_run,
 )
-from regene_ray.cluster import check_shared_folder, init_ray  # noqa: E402
+from regene_ray.cluster import (  # noqa: E402
+    check_shared_folder,
+    init_ray,
+    probed_runtime,
+    start_probe,
+)
 from regene_ray.mass.plan import CPU_PIPELINE, auto_chunk_size, parse_count  # noqa: E402
 from regene_ray.storage import Storage, StorageError  # noqa: E402
 
@@ -274,20 +279,6 @@ def check_flags(args: argparse.Namespace) -> str:
     return pipeline
 
 
-def workers_runtime(started: bool, device: str, gpus_per_worker: float | None) -> dict:
-    """The runtime the workers run (part of the job's identity). A private Ray this process
-    started runs its CPU workers on this machine with this Python, so theirs is this process's;
-    otherwise one task with a network actor's resources reports it (the driver may have no GPU,
-    or another torch, than the workers)."""
-    if started and not gpus_per_worker:
-        from regene_ray.mass.identity import runtime_identity
-
-        return runtime_identity(device)
-    from regene_ray.cluster import probed_runtime, start_probe
-
-    return probed_runtime(start_probe(device, gpus_per_worker), device)
-
-
 def read_inputs(args: argparse.Namespace, out: Storage) -> tuple[RunFiles, MassSpec, Storage]:
     """The run's files and the job's spec (and, for --smoke-test without --run, a small run
     trained first into OUT/run); every input is checked here, nothing is written to --out."""
@@ -301,7 +292,8 @@ def read_inputs(args: argparse.Namespace, out: Storage) -> tuple[RunFiles, MassS
 
 def main(args: argparse.Namespace) -> Summary:
     """Validate every input, then take the output folder's lease, then generate. The run's
-    files are read and checked in a thread while Ray starts."""
+    files are read and checked in a thread while Ray starts (and the workers' runtime is
+    probed, on a cluster joined)."""
     phases = Phases()
     phases.add("imports", phases.t0, time.time())
     setup_logging(args.verbose)
@@ -313,6 +305,7 @@ def main(args: argparse.Namespace) -> Summary:
         reading = pool.submit(read_inputs, args, out)
         with phases("Ray start"):
             started = init_ray(args.address)
+        probe = start_probe(device, args.gpus_per_worker, private=started)  # runs meanwhile
         with phases("read run (rest)"):
             files, spec, out = reading.result()
     import ray
@@ -321,7 +314,7 @@ def main(args: argparse.Namespace) -> Summary:
 
     workers, pools = actor_pools(args, pipeline)
     with phases("workers' runtime"):
-        runtime = workers_runtime(started, device, args.gpus_per_worker)
+        runtime = probed_runtime(probe, device)
     identity = job_metadata(spec, files.hashes, thresholds=files.thresholds, runtime=runtime)
     with phases("check output"):
         inspect_output(out, identity, resume=args.resume, overwrite=args.overwrite)

@@ -148,11 +148,15 @@ def _runtime_here(device: str) -> dict:
     return runtime_identity(kind)
 
 
-def start_probe(device: str, gpus_per_worker: float | None):
+def start_probe(device: str, gpus_per_worker: float | None, *, private: bool = False):
     """One task with a network actor's resources, started now (it returns an object-store
-    reference): the runtime a worker runs (device kind, torch, GPU model, cuDNN), which fixes
-    the output's bytes and so becomes part of the job's identity. The driver may have no GPU,
-    or another torch, than the workers."""
+    reference, so the job reads its run meanwhile): the runtime a worker runs (device kind,
+    torch, GPU model, cuDNN), which fixes the output's bytes and so becomes part of the job's
+    identity. The driver may have no GPU, or another torch, than the workers. None (no task)
+    for CPU workers of a `private` Ray this process started: they run this machine's Python and
+    torch, so their runtime is this process's."""
+    if private and not gpus_per_worker:
+        return None
     import ray
 
     gpu = {"num_gpus": gpus_per_worker} if gpus_per_worker else {}  # never num_gpus=0
@@ -160,11 +164,15 @@ def start_probe(device: str, gpus_per_worker: float | None):
 
 
 def probed_runtime(probe, device: str) -> dict:
-    """The runtime start_probe's task reported.
+    """The runtime start_probe's task reported (this process's for None).
 
     Raises:
         ValueError: when the workers cannot run the device kind asked for.
     """
+    if probe is None:
+        from regene_ray.mass.identity import runtime_identity
+
+        return runtime_identity(device)
     import ray
 
     here = ray.get(probe)
