@@ -3,7 +3,8 @@ prompt to prompt, with no job inside: what no change to regene-ray can remove.
 
     python benchmarks/ray_floor.py --workers 2 --repeat 5
 
-Each side is its own Python process started from the shell, timed from launch to exit:
+Each side is its own Python script (written to a temporary folder) started as its own process,
+timed from launch to exit:
 - ray: import ray, start a private local Ray (no dashboard, as jobs/mass_generate.py does),
   start `--workers` actors that import torch (as the job's actors do) and answer once, then
   ray.shutdown(); it prints its own phases.
@@ -21,6 +22,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 RAY_SIDE = """
@@ -66,9 +68,9 @@ if __name__ == "__main__":
 """
 
 
-def timed(code: str) -> dict:
+def timed(script: str) -> dict:
     load, t0 = os.getloadavg()[0], time.time()
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, script], capture_output=True, text=True)
     wall = time.time() - t0
     if proc.returncode:
         raise SystemExit(f"a side failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -86,12 +88,16 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=5, help="interleaved repeats (default 5)")
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args()
-    sides = {"ray": RAY_SIDE.format(workers=args.workers),
-             "pool": POOL_SIDE.format(workers=args.workers)}
+    folder = tempfile.mkdtemp(prefix="ray-floor-")  # scripts: spawn re-imports the pool's main
+    sides = {}
+    for name, code in (("ray", RAY_SIDE), ("pool", POOL_SIDE)):
+        sides[name] = os.path.join(folder, f"{name}_side.py")
+        with open(sides[name], "w") as f:
+            f.write(code.format(workers=args.workers))
     runs: dict[str, list[dict]] = {name: [] for name in sides}
     for i in range(args.repeat):
-        for name, code in sides.items():
-            r = timed(code)
+        for name, script in sides.items():
+            r = timed(script)
             runs[name].append(r)
             print(f"  {name} #{i + 1}: {r['prompt_to_prompt_s']:.2f} s prompt to prompt "
                   f"(load before {r['load_before']:.2f})", flush=True)
