@@ -343,35 +343,52 @@ def test_searcher_tells_optuna_of_a_restored_trial_it_never_asked_for(tmp_path):
 
 
 def test_restored_search_state_follows_the_trial_list(tmp_path):
-    """A search state saved at another moment than the trial list restored beside it: the
-    generator counts the list's trials, the limiter frees the slots of finished trials and of
-    one the list never recorded and holds one for each unfinished trial, and Optuna is told of
-    the finished trial it had not heard of; the unrecorded one fails there, to be asked anew."""
+    """Tune's three state files restored from different moments: the generator counts the
+    list's trials; the limiter frees the slots of finished trials and of one the list never
+    recorded (failed in the study, to be asked anew) and holds one for each unfinished trial;
+    the study hears once of every trial (one told after the searcher state was saved is found by
+    its Tune id, not asked again); results come flattened, as Tune hands them over, and a rerun
+    of an errored trial (an id the limiter never gave out) still reaches the study."""
     from ray.tune.experiment import Trial
+    from ray.tune.utils import flatten_dict
 
     from regene_ray.search.searcher import StudySearch, SweepSearch
     from regene_ray.search.space import load_search_space
     from regene_ray.storage import Storage
 
     space = load_search_space(REPO / "search_spaces" / "digits.yaml")
-    search = SweepSearch(StudySearch(space, Storage(tmp_path), "s", num_samples=4), 2)
-    limiter = search.searcher
-    configs = {t: limiter.suggest(t) for t in ("done", "lost")}  # both running in the state
-    search._counter = 2
+    search = SweepSearch(StudySearch(space, Storage(tmp_path), "s", num_samples=6), 3)
+    limiter, base = search.searcher, search.searcher.searcher
+    configs = {t: limiter.suggest(t) for t in ("done", "lost", "told")}  # all running here
+    search._counter = 3
+    base._ot_study.tell(base._ot_trials.pop("told"), [0.8, 0.2])  # the study newer than this
+    unasked = {k: d.extremes()[1] for k, d in space.search.items()}  # what later/rerun ran
 
-    def trial(trial_id: str, status: str, result: dict) -> Trial:
-        t = Trial("train_trial", stub=True, config=configs.get(trial_id, {}), trial_id=trial_id)
+    def result(trial_id: str, acc: float, mae: float) -> dict:
+        return {"val_accuracy": acc, "val_mae": mae, "phase": "decoder",
+                "config": configs.get(trial_id, unasked)}
+
+    def trial(trial_id: str, status: str, last: dict) -> Trial:
+        t = Trial("train_trial", stub=True, config=last.get("config", {}), trial_id=trial_id)
         t.set_status(status)
-        t.run_metadata.last_result = result
+        t.run_metadata.last_result = last
         return t
 
-    # the list: "done" finished, "lost" never recorded, "later" (unknown here) running
-    search.reconcile([trial("done", Trial.TERMINATED, {"val_accuracy": 0.9, "val_mae": 0.1}),
-                      trial("later", Trial.RUNNING, {})])
-    assert search._counter == 2 and limiter.live_trials == {"later"}
+    def states() -> list:
+        study = optuna.load_study(study_name="s", storage=study_url(tmp_path))
+        return [(t.values, t.state.name) for t in study.trials]
+
+    listed = [trial("done", Trial.TERMINATED, result("done", 0.9, 0.1)),
+              trial("told", Trial.TERMINATED, result("told", 0.8, 0.2)),
+              trial("later", Trial.RUNNING, {})]  # unknown to the state, running on
+    search.reconcile(listed)
+    assert search._counter == 3 and limiter.live_trials == {"later"}
     assert limiter.num_unfinished_live_trials == 1
+    assert states() == [([0.9, 0.1], "COMPLETE"), (None, "FAIL"), ([0.8, 0.2], "COMPLETE")]
+    search.reconcile(listed)  # nothing twice
+    assert len(states()) == 3
+    search.on_trial_complete("later", flatten_dict(result("later", 0.7, 0.3)))
+    search.on_trial_complete("rerun", flatten_dict(result("rerun", 0.6, 0.4)))
+    assert states()[3:] == [([0.7, 0.3], "COMPLETE"), ([0.6, 0.4], "COMPLETE")]
     study = optuna.load_study(study_name="s", storage=study_url(tmp_path))
-    assert [(t.values, t.state) for t in study.trials] == [
-        ([0.9, 0.1], optuna.trial.TrialState.COMPLETE), (None, optuna.trial.TrialState.FAIL)]
-    search.reconcile([trial("done", Trial.TERMINATED, {}), trial("later", Trial.RUNNING, {})])
-    assert len(optuna.load_study(study_name="s", storage=study_url(tmp_path)).trials) == 2
+    assert study.trials[3].params == study.trials[4].params == unasked
