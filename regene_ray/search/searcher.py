@@ -116,12 +116,13 @@ class StudySearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
-        if trial_id not in self._ot_trials and trial_id not in self._completed_trials:
+        if trial_id in self._completed_trials:  # OptunaSearch warns and does nothing
+            return super().on_trial_complete(trial_id, result, error)
+        if trial_id not in self._ot_trials:
             if (trial := self._trial_for(trial_id, result)) is None:
                 return
             self._ot_trials[trial_id] = trial
-        if trial_id in self._ot_trials and \
-                self._storage.get_trial(self._ot_trials[trial_id]._trial_id).state.is_finished():
+        if self._storage.get_trial(self._ot_trials[trial_id]._trial_id).state.is_finished():
             self._completed_trials.add(trial_id)  # told before the state restored was saved
             return
         if not error and (result or {}).get("phase") == "classifier":
