@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -127,10 +126,7 @@ class LatentMixer:
         self.bank = bank
         self.num_classes = int(num_classes)
         self.pools = bank.pools(self.num_classes)
-        with warnings.catch_warnings():  # a bank mapped read-only from Ray's object store is
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            self.latents = torch.from_numpy(  # never written: only indexed, (N, D)
-                np.ascontiguousarray(bank.latents, np.float32))
+        self.latents = bank.latents_tensor()  # never written: only indexed, (N, D)
 
     def eligible_classes(self, n_parents: int) -> list[int]:
         """Classes with at least `n_parents` eligible codes in the bank."""

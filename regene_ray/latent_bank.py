@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ class LatentBank:
 
     ids: np.ndarray  # (N,) int64
     labels: np.ndarray  # (N,) int64
-    latents: np.ndarray  # (N, latent_dim) float32
+    latents: np.ndarray  # (N, latent_dim) float32; read-only once loaded (never written)
     confidence: np.ndarray  # (N,) float32, head softmax of the own label
     correct: np.ndarray  # (N,) bool, head argmax == label
 
@@ -43,6 +44,13 @@ class LatentBank:
     @property
     def latent_dim(self) -> int:
         return int(self.latents.shape[1])
+
+    def latents_tensor(self) -> torch.Tensor:
+        """The codes as a (N, latent_dim) float32 tensor sharing their memory: a bank loaded from
+        Parquet, or mapped from Ray's object store, is read-only and only ever indexed."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.from_numpy(np.ascontiguousarray(self.latents, np.float32))
 
     def pools(self, num_classes: int) -> list[np.ndarray]:
         """Row indices of eligible parents for each class (sorted, so stable across loads)."""
@@ -75,11 +83,13 @@ class LatentBank:
         try:
             t = pq.read_table(source)
             d = t.column("latent").type.list_size
+            # a read-only view of Arrow's buffer, not a copy: copying 220 MB (the MNIST-size
+            # bank) cost more than reading it (BENCHMARKS.md section 12)
             lat = t.column("latent").combine_chunks().flatten().to_numpy().reshape(-1, d)
             return cls(
                 ids=t.column("id").to_numpy().astype(np.int64),
                 labels=t.column("label").to_numpy().astype(np.int64),
-                latents=np.array(lat, dtype=np.float32, copy=True),  # writable, owned
+                latents=lat.astype(np.float32, copy=False),
                 confidence=t.column("confidence").to_numpy().astype(np.float32),
                 correct=t.column("correct").to_numpy(zero_copy_only=False).astype(bool),
             )

@@ -40,7 +40,7 @@ class NearestTrain:
 
     def __init__(self, bank: LatentBank, num_classes: int, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
-        latents = torch.from_numpy(np.ascontiguousarray(bank.latents, np.float32))
+        latents = bank.latents_tensor()
         self.codes, self.norms, self.ids = [], [], []
         for c in range(num_classes):
             rows = np.flatnonzero(bank.labels == c)

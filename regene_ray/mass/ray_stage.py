@@ -19,7 +19,6 @@ and hands it to regene_ray.mass.job.run_job.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import warnings
@@ -42,12 +41,12 @@ from regene_ray.mass.plan import (
     ACTOR_WAIT_S,
     MIX_ACTORS,
     PIPELINES,
-    WAIT,
     ChunkInfo,
     ChunkPlanner,
     Pools,
     split_pools,
 )
+from regene_ray.mass.planner_actor import PlannerOnRay
 from regene_ray.run_files import RunFiles
 from regene_ray.storage import Storage
 
@@ -63,41 +62,6 @@ def _placement() -> tuple[str, float, str]:
     ctx = ray.get_runtime_context()
     return (ctx.get_node_id(), float(ctx.get_assigned_resources().get("GPU", 0.0)),
             ctx.get_actor_id() or "")
-
-
-class PlannerOnRay:
-    """A ChunkPlanner in an async Ray actor (zero CPUs), shared by the stages of one stream:
-    the first stage takes chunks from it, the last one records them. A take that must wait
-    (every unfinished class has enough in flight) waits inside the actor until a record
-    changes that: no polling."""
-
-    def __init__(self, planner: ChunkPlanner):
-        self.planner = planner
-        self.changed: asyncio.Condition | None = None  # made in the actor's event loop
-
-    def _condition(self) -> asyncio.Condition:
-        if self.changed is None:
-            self.changed = asyncio.Condition()
-        return self.changed
-
-    async def take(self, slot: int):
-        changed = self._condition()
-        async with changed:
-            while (key := self.planner.take(slot)) == WAIT:
-                await changed.wait()
-        return key
-
-    def outstanding(self, landed: int) -> int:
-        """Chunks taken whose rows the driver has not seen, given the `landed` chunks it has:
-        those in flight, and those recorded here whose rows are still on their way."""
-        return self.planner.in_flight() + len(self.planner.done) - landed
-
-    async def record(self, infos: list[dict]) -> None:
-        changed = self._condition()
-        async with changed:
-            for info in infos:
-                self.planner.record(ChunkInfo(**info))
-            changed.notify_all()
 
 
 class _OnRay:
