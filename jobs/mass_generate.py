@@ -293,7 +293,7 @@ def read_inputs(args: argparse.Namespace, out: Storage) -> tuple[RunFiles, MassS
 def main(args: argparse.Namespace) -> Summary:
     """Validate every input, then take the output folder's lease, then generate. The run's
     files are read and checked in a thread while Ray starts (and the workers' runtime is
-    probed, on a cluster joined)."""
+    probed, on a cluster joined, and Ray Data is imported)."""
     phases = Phases()
     phases.add("imports", phases.t0, time.time())
     setup_logging(args.verbose)
@@ -307,10 +307,12 @@ def main(args: argparse.Namespace) -> Summary:
             started = init_ray(args.address)
         probe = start_probe(device, args.gpus_per_worker, private=started)  # runs meanwhile
         with phases("read run (rest)"):
-            files, spec, out = reading.result()
-    import ray
+            import ray  # Ray Data and the stages (about 0.5 s) load while the run is read
 
-    from regene_ray.mass import inspect_output, job_metadata
+            import regene_ray.mass.ray_stage  # noqa: F401
+            from regene_ray.mass import inspect_output, job_metadata
+
+            files, spec, out = reading.result()
 
     workers, pools = actor_pools(args, pipeline)
     with phases("workers' runtime"):

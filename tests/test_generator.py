@@ -1,5 +1,6 @@
 import io
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -96,3 +97,22 @@ def test_bad_labels_and_mismatched_pair(gen, tiny_run):
 def test_missing_run_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="create one with jobs/train.py"):
         ConvexGenerator.from_run(tmp_path / "nope")
+
+
+def test_a_loaded_bank_is_a_read_only_view_and_round_trips(tiny_run, tmp_path):
+    """The bank is not copied on load (220 MB for the MNIST-size run; BENCHMARKS.md section 12):
+    its codes are a read-only view of what Arrow read, shared with the tensor the mixer indexes,
+    and they save and load back bit for bit."""
+    path = tiny_run / "latent_bank.parquet"
+    bank = LatentBank.load(path)
+    assert not bank.latents.flags.writeable and not bank.latents.flags.owndata
+    with pytest.raises(ValueError, match="read-only"):
+        bank.latents[0, 0] = 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "not writable" warning reaches the user
+        t = bank.latents_tensor()
+    assert t.dtype == torch.float32 and t.data_ptr() == bank.latents.ctypes.data
+    bank.save(tmp_path / "again.parquet")
+    again = LatentBank.load((tmp_path / "again.parquet").read_bytes())
+    for name in ("ids", "labels", "latents", "confidence", "correct"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(bank, name))
