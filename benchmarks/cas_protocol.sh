@@ -28,7 +28,11 @@ tog "$OUT/cas-real" --run "$RUN" --real-only
 IFS=, read -ra settings <<< "$SETTINGS"
 for s in "${settings[@]}"; do
   set -- $s
-  name="n$1-${2%%:*}${3:+-nov$3}"
+  case $2 in  # dirichlet:1 keeps its first name (runs/cas/*-n2-dirichlet); other alphas show
+    dirichlet:1) w=dirichlet ;;
+    *) w=${2/:/} ;;
+  esac
+  name="n$1-$w${3:+-nov$3}"
   gen="$OUT/gen-$name"
   [ -f "$gen/summary.json" ] || $PY jobs/mass_generate.py --run "$RUN" --out "$gen" \
     --class-counts train --n-parents "$1" --weights "$2" ${3:+--novelty-quantile "$3"}

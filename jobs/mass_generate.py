@@ -307,9 +307,9 @@ def main(args: argparse.Namespace) -> Summary:
             started = init_ray(args.address)
         probe = start_probe(device, args.gpus_per_worker, private=started)  # runs meanwhile
         with phases("read run (rest)"):
-            import ray  # Ray Data and the stages (about 0.5 s) load while the run is read
+            import ray
+            import ray.data  # noqa: F401  (about 0.5 s: loaded while the run is read)
 
-            import regene_ray.mass.ray_stage  # noqa: F401
             from regene_ray.mass import inspect_output, job_metadata
 
             files, spec, out = reading.result()

@@ -18,7 +18,7 @@ def head64(run):
 def test_convex_mixes_stay_in_class(tiny_run):
     head = head64(tiny_run)
     bank = LatentBank.load(tiny_run / "latent_bank.parquet")
-    z = torch.from_numpy(bank.latents).double()  # (N, D)
+    z = bank.latents_tensor().double()  # (N, D)
     pred = head(z).argmax(1).numpy()
     rng = np.random.default_rng(0)
     for c in range(10):
@@ -37,7 +37,7 @@ def test_the_property_is_not_vacuous(tiny_run):
     """Mixing codes of two different classes does leave a class region, so the test can fail."""
     head = head64(tiny_run)
     bank = LatentBank.load(tiny_run / "latent_bank.parquet")
-    z = torch.from_numpy(bank.latents).double()
+    z = bank.latents_tensor().double()
     pred = head(z).argmax(1).numpy()
     a, b = np.flatnonzero(pred == 0)[:50], np.flatnonzero(pred == 1)[:50]
     mixed = 0.5 * z[a] + 0.5 * z[b]
@@ -88,7 +88,7 @@ def test_the_same_check_fails_when_the_head_is_not_linear(tiny_run):
     s = float(((z0 - mu) @ v).abs().median())
     head = TwoSidedHead(mu, v, s, 10)
     with torch.no_grad():
-        pred = head(torch.from_numpy(bank.latents)).argmax(1).numpy()
+        pred = head(bank.latents_tensor()).argmax(1).numpy()
     swapped = LatentBank(ids=bank.ids, labels=bank.labels, latents=bank.latents,
                          confidence=bank.confidence, correct=pred == bank.labels)
     mixer = LatentMixer(swapped, 10)

@@ -39,8 +39,9 @@ Modules, in the order the data flows:
     finish.py     finalize: exactly the kept rows into OUT/data
     job.py        the driver loop: lease, streams of work, finalise, summary
     ray_stage.py  the only module here that imports Ray: the stages on Ray Data, fused in one
-                  actor pool or split (network actors hold the GPUs, CPU actors the rest), and
-                  the planner in an actor
+                  actor pool or split (network actors hold the GPUs, CPU actors the rest)
+    planner_actor.py  the ChunkPlanner as the stream's async actor (no torch, no Ray imports:
+                  its worker starts fast)
 
 The run's files come from regene_ray.run_files (read once, shipped to actors as one object).
 This package's namespace re-exports the Ray-free API (`from regene_ray import mass`), each name

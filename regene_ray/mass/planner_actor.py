@@ -1,8 +1,8 @@
 """The chunk planner of a Ray Data stream, in an async Ray actor (see regene_ray.mass.ray_stage).
 
-Its own module, free of torch: the actor's worker process imports only this, the planner and
-numpy (about 0.2 s), not the stages' torch (about 1.5 s), which on a small box would compete
-with the actor pool starting beside it (BENCHMARKS.md section 12).
+Its own module, free of torch: the actor's worker process imports only this and the planner
+(numpy, pyarrow: about 0.2 s), not the stages' torch (about 1.5 s), which on a small box would
+compete with the actor pool starting beside it (BENCHMARKS.md section 12).
 """
 
 from __future__ import annotations
