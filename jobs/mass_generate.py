@@ -42,9 +42,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from regene_ray.cli import (  # noqa: E402
     Phases,
     command_of,
-    int_list,
-    min_max,
-    positive_int,
     run_main,
     setup_logging,
     smoke_run,
@@ -55,131 +52,20 @@ from regene_ray.cluster import (  # noqa: E402
     probed_runtime,
     start_probe,
 )
-from regene_ray.mass.plan import CPU_PIPELINE, auto_chunk_size, parse_count  # noqa: E402
+from regene_ray.mass.flags import check_flags  # noqa: E402
+from regene_ray.mass.flags import get_args_parser as _parser  # noqa: E402
+from regene_ray.mass.plan import auto_chunk_size  # noqa: E402
 from regene_ray.storage import Storage, StorageError  # noqa: E402
 
 if TYPE_CHECKING:
     from regene_ray.mass import MassSpec, RunFiles, Summary
+    from regene_ray.mass.ray_stream import RayStream
 
 log = logging.getLogger("mass_generate")
 
 
-# flag parsing
-
-
-def _count(text: str) -> int:
-    try:
-        return parse_count(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _chunk_size(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        return positive_int("--chunk-size")(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"--chunk-size {text!r}: give a whole number >= 1 or "
-                                         "auto") from None
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        v = float("nan")
-    if not v > 0 or v != v or v == float("inf"):
-        raise argparse.ArgumentTypeError(
-            f"--gpus-per-worker {text!r} must be a positive number such as 1 or 0.25 "
-            "(leave it out for CPU workers)")
-    return v
-
-
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", help="run folder from jobs/train.py: a local path, or s3://... / "
-                   "gs://... where one was uploaded (required, except "
-                   "with --smoke-test)")
-    p.add_argument("--count", type=_count, default=None,
-                   help="exact number of images, e.g. 1000, 1_000_000 or 1e6 (required, except "
-                   "with --smoke-test or --class-counts train)")
-    p.add_argument("--out", required=True,
-                   help="output folder: a local path, s3://bucket/prefix or gs://bucket/prefix "
-                   "(required)")
-    _generation_flags(p)
-    _execution_flags(p)
-    p.add_argument("--address", default=None,
-                   help="Ray cluster address, e.g. auto or ray://host:10001 (default: "
-                   "$RAY_ADDRESS, else a new local Ray); --out must be on storage every node sees")
-    p.add_argument("--resume", action="store_true",
-                   help="complete an interrupted run of the same job in --out (default: off)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a different job's output in --out (default: off)")
-    p.add_argument("--smoke-test", action="store_true",
-                   help="tiny run: at most 200 images, batch 64, one worker; without --run it "
-                   "first trains a small digits run into OUT/run and generates into OUT/generated")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return p
-
-
-def _generation_flags(p: argparse.ArgumentParser) -> None:
-    """What to generate: these (and the run) fix the output's bytes."""
-    p.add_argument("--n-parents", type=int_list("--n-parents"), default=(2,),
-                   help="parents per mix, or a list drawn per candidate such as 2,3,5 (default: 2)")
-    p.add_argument("--weights", default="uniform",
-                   help="uniform, dirichlet:<alpha> or ratios such as 0.3,0.7 (default: uniform)")
-    p.add_argument("--classes", type=int_list("--classes"), default=None,
-                   help="class indices to generate, e.g. 0,1,2 (default: all)")
-    p.add_argument("--class-counts", choices=["balanced", "train"], default="balanced",
-                   help="how --count is shared among the classes: balanced (equal quotas), or "
-                   "train: in proportion to the run's training split (its latent bank), so the "
-                   "output has the real set's class counts; without --count, exactly them, "
-                   "as a train-on-generated comparison needs (default: balanced)")
-    p.add_argument("--seed", type=int, default=0, help="generation seed (default: 0)")
-    p.add_argument("--png", action="store_true",
-                   help="also write OUT/png/<label>/<shard>/<id>.png (default: off)")
-    p.add_argument("--novelty-quantile", type=float, default=0.0,
-                   help="novelty step: reject a generation whose code is nearer a training "
-                   "code of its class than this quantile of real held-out images are "
-                   "(RUN/novelty.json), e.g. 0.01; kept rows carry nearest_train_id and "
-                   "nearest_train_distance, and summary.json counts the rejections per class "
-                   "(default: 0, no novelty step)")
-    p.add_argument("--precision", choices=["fp32", "tf32", "bf16", "fp16"], default="fp32",
-                   help="fp32 (TF32 off on GPUs), tf32 (TF32 on GPUs), or bf16 / fp16 for the "
-                   "decoder only (the classifier's two filter passes stay fp32); part of the "
-                   "job's identity (default: fp32)")
-
-
-def _execution_flags(p: argparse.ArgumentParser) -> None:
-    """How to run it on Ray: none of these changes the output (but --batch-size, which fixes
-    each decoder batch's make-up)."""
-    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=256,
-                   help="candidates per decoder batch (default: 256, the fastest on a 2-core CPU)"
-                   "; part of the job's identity, since it fixes each batch's make-up")
-    p.add_argument("--chunk-size", type=_chunk_size, default="auto",
-                   help="candidates per chunk, the unit of work, resume and Parquet files; a "
-                   "whole number or auto: at least 8 chunks per class, at most 16 batches "
-                   "(default: auto)")
-    p.add_argument("--workers", type=min_max("--workers"), default=None,
-                   help="actor pool size N or MIN,MAX (default: <CPUs> on CPU, "
-                   "<GPUs / gpus-per-worker> on GPU)")
-    p.add_argument("--gpus-per-worker", type=_positive_float, default=None,
-                   help="GPUs per actor, fractions allowed (default: none, CPU actors)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="where actors run the networks; auto: cuda with --gpus-per-worker, else "
-                   "cpu. cpu with --gpus-per-worker reserves GPUs without using them (fake GPU "
-                   "nodes of cluster/local-fake.yaml) (default: auto)")
-    p.add_argument("--pipeline", choices=["auto", "fused", "split"], default="auto",
-                   help="split: CPU actors mix and write, network actors only decode and "
-                   "classify; fused: one actor does all; auto: split with --gpus-per-worker, "
-                   "else the layout measured faster on CPU (fused; BENCHMARKS.md) (default: auto)")
-    p.add_argument("--cpu-workers", type=min_max("--cpu-workers"), default=None,
-                   help="with the split pipeline: commit (PNG, Parquet) actors N or MIN,MAX "
-                   "(default: the CPUs the network actors and the mixer leave)")
-    p.add_argument("--torch-threads", type=int, default=1,
-                   help="torch intra-op threads per actor (default: 1)")
+    return _parser(__doc__)
 
 
 # the job
@@ -251,8 +137,7 @@ def build_spec(args: argparse.Namespace, run: Storage, files: RunFiles, *,
     if short:
         raise ValueError(f"--n-parents {max(args.n_parents)}: class(es) {short} have fewer "
                          "eligible parents in the latent bank; lower --n-parents")
-    chunk = auto_chunk_size(count, len(classes), batch_size) \
-        if args.chunk_size == "auto" or smoke else args.chunk_size
+    chunk = _chunk(args, count, len(classes), batch_size, smoke)
     return MassSpec(run=run.uri if not run.is_local else run.root, count=count,
                     classes=tuple(classes), n_parents=tuple(args.n_parents),
                     weights=args.weights, seed=args.seed, chunk_size=chunk,
@@ -260,23 +145,31 @@ def build_spec(args: argparse.Namespace, run: Storage, files: RunFiles, *,
                     novelty_quantile=args.novelty_quantile, class_weights=class_weights)
 
 
-def check_flags(args: argparse.Namespace) -> str:
-    """Flag combinations the parser cannot see; returns the pipeline to run."""
-    if args.resume and args.overwrite:
-        raise ValueError("--resume and --overwrite exclude each other; pick one")
-    pipeline = args.pipeline if args.pipeline != "auto" else \
-        ("split" if args.gpus_per_worker else CPU_PIPELINE)
-    if args.cpu_workers and pipeline != "split":
-        raise ValueError(f"--cpu-workers sizes the split pipeline's commit actors, but this job "
-                         f"runs the {pipeline} one; drop it, or pass --pipeline split")
-    if args.device == "cuda" and not args.gpus_per_worker:
-        raise ValueError("--device cuda needs --gpus-per-worker (Ray hides GPUs from actors "
-                         "that did not ask for one)")
-    if args.run is None and not args.smoke_test or (
-            args.count is None and not args.smoke_test and args.class_counts != "train"):
-        raise ValueError("--run and --count are required (or pass --smoke-test; --count may be "
-                         "left out with --class-counts train)")
-    return pipeline
+def _chunk(args: argparse.Namespace, count: int, num_classes: int, batch_size: int,
+           smoke: bool = False) -> int:
+    return auto_chunk_size(count, num_classes, batch_size) \
+        if args.chunk_size == "auto" or smoke else args.chunk_size
+
+
+def early_slots(args: argparse.Namespace, workers: int) -> int | None:
+    """Work slots for a stream started before the run is read (RayStream.prestart), from the
+    flags and two small files of the run (classifier/config.json, metrics.json): the planner's
+    count for a fresh job, which a resumed one never exceeds (a stream whose slots run out is
+    followed by another). None where the flags leave the job's size to the bank (--class-counts
+    train without --count, --smoke-test) or the files cannot be read (the read says why)."""
+    from regene_ray.mass.plan import ChunkPlanner, prior_rates, quotas
+
+    if args.smoke_test or args.count is None:
+        return None
+    try:
+        num_classes = int(Storage(args.run).read_json("classifier/config.json")["num_classes"])
+    except (OSError, StorageError, ValueError, KeyError, TypeError):
+        return None
+    classes = args.classes if args.classes is not None else tuple(range(num_classes))
+    planner = ChunkPlanner(quotas(args.count, classes),
+                           _chunk(args, args.count, len(classes), args.batch_size), {},
+                           prior_rates(args.run, args.n_parents))
+    return planner.work_slots(workers)
 
 
 def read_inputs(args: argparse.Namespace, out: Storage) -> tuple[RunFiles, MassSpec, Storage]:
@@ -292,8 +185,8 @@ def read_inputs(args: argparse.Namespace, out: Storage) -> tuple[RunFiles, MassS
 
 def main(args: argparse.Namespace) -> Summary:
     """Validate every input, then take the output folder's lease, then generate. The run's
-    files are read and checked in a thread while Ray starts (and the workers' runtime is
-    probed, on a cluster joined, and Ray Data is imported)."""
+    files are read and checked in a thread while Ray starts and then the job's actors, which
+    wait for the checked run (regene_ray.mass.ray_stream)."""
     phases = Phases()
     phases.add("imports", phases.t0, time.time())
     setup_logging(args.verbose)
@@ -301,22 +194,36 @@ def main(args: argparse.Namespace) -> Summary:
     device = args.device if args.device != "auto" else ("cuda" if args.gpus_per_worker else "cpu")
     out = Storage(args.out)
     out.check_reachable()  # credentials, region, bucket: before Ray starts
-    with ThreadPoolExecutor(1, thread_name_prefix="read-run") as pool:
-        reading = pool.submit(read_inputs, args, out)
-        with phases("Ray start"):
-            started = init_ray(args.address)
-        probe = start_probe(device, args.gpus_per_worker, private=started)  # runs meanwhile
-        with phases("read run (rest)"):
-            import ray
-            import ray.data  # noqa: F401  (about 0.5 s: loaded while the run is read)
+    stream = None
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="read-run") as pool:
+            reading = pool.submit(read_inputs, args, out)
+            with phases("Ray start"):
+                started = init_ray(args.address)
+            with phases("stream start"):
+                stream = start_stream(args, pipeline, device)
+            probe = None if started and not args.gpus_per_worker else \
+                stream.runtime_ref() if stream.early else \
+                start_probe(device, args.gpus_per_worker)  # each runs meanwhile
+            with phases("read run (rest)"):
+                files, spec, out = reading.result()
+        with phases("workers' runtime"):
+            runtime = probed_runtime(probe, device, alive=stream.check)
+        return checked_job(args, spec, out, files, runtime, pipeline, device, stream, phases)
+    finally:
+        if stream is not None:
+            stream.close()
 
-            from regene_ray.mass import inspect_output, job_metadata
 
-            files, spec, out = reading.result()
+def checked_job(args: argparse.Namespace, spec: MassSpec, out: Storage, files: RunFiles,
+                runtime: dict, pipeline: str, device: str, stream: RayStream,
+                phases: Phases) -> Summary:
+    """The job, once its inputs are read: the output checked, the run files shipped, then
+    run_job."""
+    import ray
 
-    workers, pools = actor_pools(args, pipeline)
-    with phases("workers' runtime"):
-        runtime = probed_runtime(probe, device)
+    from regene_ray.mass import inspect_output, job_metadata
+
     identity = job_metadata(spec, files.hashes, thresholds=files.thresholds, runtime=runtime)
     with phases("check output"):
         inspect_output(out, identity, resume=args.resume, overwrite=args.overwrite)
@@ -326,38 +233,45 @@ def main(args: argparse.Namespace) -> Summary:
     with phases("ship run files"):
         files_ref = ray.put(files)  # once a job; the actors of a node map it
         del files  # the driver keeps no second copy of the bank
-    if not sys.stderr.isatty():  # progress bars redrawn into a log file cost the driver CPU
-        ray.data.DataContext.get_current().enable_progress_bars = False
-    s = generate(args, spec, out, identity, files_ref, pipeline, device, workers, pools, phases)
+    s = generate(args, spec, out, identity, files_ref, pipeline, device, stream, phases)
     log_phases(phases, s)
     return s
 
 
-def actor_pools(args: argparse.Namespace, pipeline: str) -> tuple[tuple[int, int], object]:
-    """(network actors MIN..MAX, the split pipeline's Pools or None) on the cluster as it is;
-    raises when it cannot hold them (no GPUs for --gpus-per-worker, no CPU left for the split)."""
-    from regene_ray.mass.ray_stage import default_workers, split_pools_here
+def start_stream(args: argparse.Namespace, pipeline: str, device: str) -> RayStream:
+    """The job's RayStream on the cluster as it is, its first stream started now when the flags
+    fix the job's size (early_slots); raises when the cluster cannot hold the actors (no GPUs
+    for --gpus-per-worker, no CPU left for the split)."""
+    import ray.data  # noqa: F401  (about 0.5 s)
 
+    from regene_ray.mass.ray_stage import default_workers, split_pools_here
+    from regene_ray.mass.ray_stream import RayStream
+
+    if not sys.stderr.isatty():  # progress bars redrawn into a log file cost the driver CPU
+        ray.data.DataContext.get_current().enable_progress_bars = False
     workers = (1, 1) if args.smoke_test else \
         args.workers or default_workers(args.gpus_per_worker, pipeline)
     pools = split_pools_here(workers, args.gpus_per_worker, args.cpu_workers) \
         if pipeline == "split" else None
-    return workers, pools
+    stream = RayStream(workers=workers, gpus_per_worker=args.gpus_per_worker, device=device,
+                       torch_threads=args.torch_threads, pipeline=pipeline, pools=pools)
+    slots = early_slots(args, workers[1])
+    if slots:
+        stream.prestart(slots)
+    return stream
 
 
 def generate(args: argparse.Namespace, spec: MassSpec, out: Storage, identity: dict,
-             files_ref, pipeline: str, device: str, workers: tuple[int, int], pools,
+             files_ref, pipeline: str, device: str, stream: RayStream,
              phases: Phases) -> Summary:
     """Run the job (run_job) on Ray Data."""
     from regene_ray.mass.job import run_job
-    from regene_ray.mass.ray_stage import ray_runner
 
+    workers, pools = stream.layout["workers"], stream.layout["pools"]
     log.info("generating %d images of classes %s into %s: %s pipeline, %d..%d network actors%s",
              spec.count, list(spec.classes), out, pipeline, *workers,
              f", {pools.cpu_workers[0]}..{pools.cpu_workers[1]} commit actors" if pools else "")
-    runner = ray_runner(spec, files_ref, out, identity, workers=workers,
-                        gpus_per_worker=args.gpus_per_worker, device=device,
-                        torch_threads=args.torch_threads, pipeline=pipeline, pools=pools)
+    runner = stream.runner(spec, files_ref, out, identity)
     details = {"command": command_of(get_args_parser(), args, "jobs/mass_generate.py"),
                "device": device, "pipeline": pipeline,
                "workers": list(workers),

@@ -106,6 +106,9 @@ def positive_int(flag: str):
     return parse
 
 
+_job = {"running": False}  # a job's main is running: SIGTERM stops it (else: it is ending)
+
+
 def run_main(main: Callable[[], object], *, again: str = "run the same command again") -> None:
     """Run a job's main and exit. Whatever ends it, the last line says why in the user's terms:
     a user error in one line (exit 2); a fault, also one raised inside a Ray worker (a full
@@ -120,28 +123,38 @@ def run_main(main: Callable[[], object], *, again: str = "run the same command a
     ("terminate called without an active exception", exit 134) after the message was printed,
     and the teardown itself cost the user seconds at the prompt.
     """
+    _job["running"] = True
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
+        code, last = _outcome(main, again)
+    except Stopped as e:  # a SIGTERM while another ending was being reported
+        code, last = e.code, f"stopped by {e}; {again}: finished output is kept"
+    exit_now(code, last)
+
+
+def _outcome(main: Callable[[], object], again: str) -> tuple[int, str | None]:
+    """Run main; (exit code, the last line that says how it ended) (run_main)."""
+    try:
         main()
+        _job["running"] = False
+        return 0, None
     except Stopped as e:
-        print(f"stopped by {e}; {again}: finished output is kept", file=sys.stderr)
-        exit_now(e.code)
+        return e.code, f"stopped by {e}; {again}: finished output is kept"
     except KeyboardInterrupt:
-        print(f"interrupted; {again}: finished output is kept", file=sys.stderr)
-        exit_now(130)
+        _job["running"] = False
+        return 130, f"interrupted; {again}: finished output is kept"
     except SystemExit as e:  # argparse (--help, a bad flag) and sys.exit
-        exit_now(e.code if isinstance(e.code, int) else (0 if e.code is None else 1))
+        _job["running"] = False
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1), None
     except BaseException as e:  # noqa: BLE001 - every failure ends in one line
+        _job["running"] = False
         cause = root_cause(e)
         if isinstance(cause, USER_ERRORS):
-            print(f"error: {cause}", file=sys.stderr)
-            exit_now(USER_ERROR_EXIT)
+            return USER_ERROR_EXIT, f"error: {cause}"
         traceback.print_exception(e)
         where = " (in a Ray worker)" if cause is not e and _from_ray(e) else ""
-        print(f"error{where}: {describe(cause)}; fix that, then {again}: finished output is "
-              "kept", file=sys.stderr)
-        exit_now(1)
-    exit_now(0)
+        return 1, (f"error{where}: {describe(cause)}; fix that, then {again}: finished output "
+                   "is kept")
 
 
 class Stopped(BaseException):
@@ -154,7 +167,10 @@ class Stopped(BaseException):
 
 
 def _stop_on_sigterm(signum, frame) -> None:
-    raise Stopped()
+    """Stop a running job (once); a job already ending (exit_now) ends as it was."""
+    if _job["running"]:
+        _job["running"] = False
+        raise Stopped()
 
 
 def _from_ray(e: BaseException) -> bool:
@@ -188,10 +204,13 @@ def describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
-def exit_now(code: int) -> None:
-    """Flush output and logs, stop a Ray this process started or joined (whole: a SIGTERM
-    arriving meanwhile is ignored), and exit with `code`."""
+def exit_now(code: int, last: str | None = None) -> None:
+    """Stop a Ray this process started or joined (whole: a SIGTERM arriving meanwhile is
+    ignored), print `last` as the last line, flush output and logs, and exit with `code`.
+    Ray Data's log is silenced first: a stream still running in a thread (the job was stopped,
+    or failed) would only report, after the job's own last line, that Ray went away."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
     try:
         if "ray" in sys.modules:
             t = time.perf_counter()
@@ -202,6 +221,8 @@ def exit_now(code: int) -> None:
         pass
     logging.shutdown()
     sys.stdout.flush()
+    if last:
+        print(last, file=sys.stderr)
     sys.stderr.flush()
     os._exit(code)
 

@@ -24,7 +24,7 @@ import os
 import signal
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -50,6 +50,9 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None,
         True when this call started a private Ray, whose workers therefore run this machine's
         Python and torch.
     """
+    # no Ray call may start a Ray of its own (Ray's auto-init): a thread of Ray Data still
+    # running as the job exits would start one after ray.shutdown (and leave it behind)
+    os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
     import ray
 
     if ray.is_initialized():
@@ -137,7 +140,8 @@ def check_shared_folder(folder: str | Path, flag: str, timeout_s: float = 120.0)
     return len(nodes)
 
 
-def _runtime_here(device: str) -> dict:
+def runtime_here(device: str) -> dict:
+    """This process's runtime identity for `device` (see start_probe)."""
     import torch
 
     from regene_ray.mass.identity import runtime_identity  # torch: imported where it runs
@@ -160,11 +164,13 @@ def start_probe(device: str, gpus_per_worker: float | None, *, private: bool = F
     import ray
 
     gpu = {"num_gpus": gpus_per_worker} if gpus_per_worker else {}  # never num_gpus=0
-    return ray.remote(num_cpus=1, max_retries=0, **gpu)(_runtime_here).remote(device)
+    return ray.remote(num_cpus=1, max_retries=0, **gpu)(runtime_here).remote(device)
 
 
-def probed_runtime(probe, device: str) -> dict:
-    """The runtime start_probe's task reported (this process's for None).
+def probed_runtime(probe, device: str, alive: Callable[[], None] | None = None) -> dict:
+    """The runtime start_probe's task reported (this process's for None), or any object-store
+    reference to such a report (an early stream's first network actor: RayStream.runtime_ref);
+    `alive` is called while it waits, and raises when the report can no longer come.
 
     Raises:
         ValueError: when the workers cannot run the device kind asked for.
@@ -175,6 +181,8 @@ def probed_runtime(probe, device: str) -> dict:
         return runtime_identity(device)
     import ray
 
+    while alive is not None and not ray.wait([probe], timeout=1.0)[0]:
+        alive()
     here = ray.get(probe)
     if here["device"] != str(device).split(":")[0]:
         raise ValueError(f"--device {device}, but the workers run {here}; on a GPU cluster pass "

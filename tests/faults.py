@@ -10,7 +10,7 @@ import functools
 import os
 from pathlib import Path
 
-from regene_ray.mass import ray_stage
+from regene_ray.mass import ray_stream
 from regene_ray.mass.chunks import chunk_table
 from regene_ray.mass.ray_stage import CommitOnRay, WriteChunksOnNode
 
@@ -63,5 +63,5 @@ def use_dying_stage(monkeypatch, chunk: tuple[int, int], marker: Path,
     base, kw = {"fused": (DiesOnceOnChunk, "stage"),
                 "commit": (CommitDiesOnceOnChunk, "commit_stage")}[where]
     stage = type("DiesOnce", (base,), {"CHUNK": chunk, "MARKER": str(marker)})
-    monkeypatch.setattr(ray_stage, "ray_runner", functools.partial(ray_stage.ray_runner,
-                                                                   **{kw: stage}))
+    monkeypatch.setattr(ray_stream, "RayStream", functools.partial(ray_stream.RayStream,
+                                                                    **{kw: stage}))

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import faults
@@ -229,6 +230,34 @@ def test_one_stream_and_one_actor_pool_whatever_the_prior(ray_cluster, tiny_run,
     check_output(hopeful, tmp_path / "out", 400, list(range(K)), [2])
     assert read_out(tmp_path / "out").equals(read_out(tmp_path / "truthful"))
     assert truthful.streams == 1
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_the_stream_starts_while_the_run_is_read(ray_cluster, tiny_run, tmp_path):
+    """The job's actors are started before the run is read; they report the runtime job.json
+    records, and take nothing before the checks: a job refused after its actors started
+    leaves the output byte for byte as it was, and gives the cluster's CPUs back."""
+    out = tmp_path / "out"
+    s = generate(tiny_run, out, "--count", "40", "--batch-size", "32")
+    ends = {k[:-len(" ends at")]: v for k, v in s.extra["startup_s"].items()
+            if k.endswith(" ends at")}
+    assert ends["stream start"] < ends["read run (rest)"]
+    assert s.streams == 1 and s.extra["actors_per_stage"] == {"fused": 2}
+    assert json.loads((out / mass.JOB_FILE).read_text())["runtime"] == \
+        mass.runtime_identity("cpu")
+    before = _files(out)
+    with pytest.raises(FileExistsError, match=r"differs in: count"):
+        generate(tiny_run, out, "--count", "50", "--batch-size", "32")
+    assert _files(out) == before
+    import ray
+
+    deadline = time.time() + 30
+    while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == 2
 
 
 def test_class_counts_of_the_training_split(ray_cluster, tiny_run, tmp_path):

@@ -38,10 +38,14 @@ Modules, in the order the data flows:
     output.py     the output folder: layout, create / resume / overwrite, scanning chunks
     finish.py     finalize: exactly the kept rows into OUT/data
     job.py        the driver loop: lease, streams of work, finalise, summary
-    ray_stage.py  the only module here that imports Ray: the stages on Ray Data, fused in one
-                  actor pool or split (network actors hold the GPUs, CPU actors the rest)
+    ray_stage.py  the stages on Ray Data, fused in one actor pool or split (network actors
+                  hold the GPUs, CPU actors the rest)
+    ray_stream.py the job's stream of work slots through them, and the runner for job.py; its
+                  first stream can start while the driver reads the run (these two are the
+                  only modules here that import Ray)
     planner_actor.py  the ChunkPlanner as the stream's async actor (no torch, no Ray imports:
                   its worker starts fast)
+    flags.py      jobs/mass_generate.py's command line
 
 The run's files come from regene_ray.run_files (read once, shipped to actors as one object).
 This package's namespace re-exports the Ray-free API (`from regene_ray import mass`), each name

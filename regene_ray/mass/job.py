@@ -1,5 +1,5 @@
 """Mass generation, the driver loop: take the output folder's lease, prepare it, stream chunks
-through a runner (serial here, Ray Data in ray_stage) as a ChunkPlanner hands them out until
+through a runner (serial here, Ray Data in ray_stream) as a ChunkPlanner hands them out until
 every class reaches its quota, then finalise, write the dataset card and croissant.json
 (regene_ray.publish) and, last, summary.json. No Ray.
 """

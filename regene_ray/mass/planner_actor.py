@@ -1,8 +1,12 @@
-"""The chunk planner of a Ray Data stream, in an async Ray actor (see regene_ray.mass.ray_stage).
+"""The chunk planner of a Ray Data stream, in an async Ray actor (see regene_ray.mass.ray_stream).
 
 Its own module, free of torch: the actor's worker process imports only this and the planner
 (numpy, pyarrow: about 0.2 s), not the stages' torch (about 1.5 s), which on a small box would
 compete with the actor pool starting beside it (BENCHMARKS.md section 12).
+
+A stream started before the job's inputs are known (regene_ray.mass.ray_stream) starts with no
+planner and no stage arguments: its actors report their runtime here, wait here for their
+constructor arguments, and take no chunk until the driver hands over the planner.
 """
 
 from __future__ import annotations
@@ -11,15 +15,28 @@ import asyncio
 
 from regene_ray.mass.plan import WAIT, ChunkInfo, ChunkPlanner
 
+# How long a take waits for a chunk in flight to land before it gives its slot up. A stage calls
+# take in its actor's one call thread, so while it waits, the retry of a chunk whose actor died
+# and was restarted may be queued behind it on that actor: the very chunk it waits for. Giving
+# the slot up (a no-op; a stream has slots to spare) lets the retry run.
+TAKE_WAIT_S = 10.0
+
 
 class PlannerOnRay:
     """A ChunkPlanner in an async Ray actor (zero CPUs), shared by the stages of one stream:
     the first stage takes chunks from it, the last one records them. A take that must wait
-    (every unfinished class has enough in flight) waits inside the actor until a record
-    changes that: no polling."""
+    (every unfinished class has enough in flight, or no planner yet) waits inside the actor
+    until a record or `start` changes that: no polling.
 
-    def __init__(self, planner: ChunkPlanner):
+    For a stream started early it is also the stream's notice board: `report_runtime` /
+    `runtime` (the first network actor's runtime, which the job's identity needs), `post` /
+    `stage_args` (each stage's constructor arguments, once the driver has checked the run)."""
+
+    def __init__(self, planner: ChunkPlanner | None = None):
         self.planner = planner
+        self.stage_arguments: dict | None = None
+        self.finished = False
+        self.runtime_here: dict | None = None
         self.changed: asyncio.Condition | None = None  # made in the actor's event loop
 
     def _condition(self) -> asyncio.Condition:
@@ -27,11 +44,56 @@ class PlannerOnRay:
             self.changed = asyncio.Condition()
         return self.changed
 
-    async def take(self, slot: int):
+    async def _until(self, ready) -> None:
         changed = self._condition()
         async with changed:
-            while (key := self.planner.take(slot)) == WAIT:
-                await changed.wait()
+            await changed.wait_for(ready)
+
+    async def _set(self, **fields) -> None:
+        changed = self._condition()
+        async with changed:
+            for name, value in fields.items():
+                setattr(self, name, value)
+            changed.notify_all()
+
+    async def start(self, planner: ChunkPlanner) -> None:
+        """Hand over the planner (after the driver took the output's lease): takes begin."""
+        await self._set(planner=planner)
+
+    async def post(self, stage_arguments: dict) -> None:
+        """{stage: (args, kwargs)}: what each stage's constructor is called with."""
+        await self._set(stage_arguments=stage_arguments)
+
+    async def finish(self) -> None:
+        """End the stream: every take from now on gets None (no work), and stages still
+        waiting for their arguments get None (they stay idle), so its slots run as no-ops."""
+        await self._set(finished=True, planner=ChunkPlanner({}, 1))
+
+    async def stage_args(self, stage: str) -> tuple | None:
+        await self._until(lambda: self.stage_arguments is not None or self.finished)
+        return self.stage_arguments[stage] if self.stage_arguments is not None else None
+
+    async def report_runtime(self, runtime: dict) -> None:
+        if self.runtime_here is None:
+            await self._set(runtime_here=runtime)
+
+    async def runtime(self) -> dict:
+        await self._until(lambda: self.runtime_here is not None)
+        return self.runtime_here
+
+    async def take(self, slot: int, wait_s: float = TAKE_WAIT_S):
+        """The planner's chunk for `slot` (None: none, the slot is a no-op), waiting while it
+        says WAIT, at most `wait_s`, and while there is no planner yet."""
+        changed = self._condition()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        async with changed:
+            while self.planner is None or (key := self.planner.take(slot)) == WAIT:
+                try:
+                    await asyncio.wait_for(changed.wait(), None if self.planner is None else
+                                           max(deadline - loop.time(), 0.0))
+                except asyncio.TimeoutError:
+                    return None
         return key
 
     def outstanding(self, landed: int) -> int:

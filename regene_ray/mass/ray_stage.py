@@ -1,10 +1,11 @@
-"""Mass generation on Ray Data: the only module of regene_ray.mass that imports Ray.
+"""Mass generation on Ray Data: the stages on Ray actors, and the actor pools that run them.
 
-One stream of work serves a whole job: a dataset of work slots flows through `map_batches`, and
-the first stage asks a ChunkPlanner, held by a Ray actor, which chunk each slot runs (or that
-the job is complete, which makes the slot a no-op). The last stage reports each committed chunk
-back to the planner, which plans the rest from the measured acceptance. So the actor pools start
-once per job and its tail is about one chunk. The stages come in one of two layouts:
+One stream of work serves a whole job (regene_ray.mass.ray_stream): a dataset of work slots
+flows through `map_batches`, and the first stage asks a ChunkPlanner, held by a Ray actor
+(regene_ray.mass.planner_actor), which chunk each slot runs (or that the job is complete, which
+makes the slot a no-op). The last stage reports each committed chunk back to the planner, which
+plans the rest from the measured acceptance. So the actor pools start once per job and its tail
+is about one chunk. The stages come in one of two layouts:
 
 * fused: one actor pool of WriteChunksOnNode; each actor mixes, runs the networks, encodes PNGs
   and writes Parquet (regene_ray.mass.chunks.WriteChunks);
@@ -13,8 +14,8 @@ once per job and its tail is about one chunk. The stages come in one of two layo
 
 Both write the same bytes (a chunk is one row, scored in the same decoder batches), so a job
 started with one layout can be resumed with the other. Result rows say where every stage ran
-(summary.json's `stage_gpus`, `actors_per_stage`). jobs/mass_generate.py builds the runner here
-and hands it to regene_ray.mass.job.run_job.
+(summary.json's `stage_gpus`, `actors_per_stage`). A stage can start before its job is known
+(`early_device`): it then waits for its constructor arguments on the planner's actor.
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Iterator
 
 import numpy as np
 
-from regene_ray.cluster import data_context
+from regene_ray.cluster import runtime_here
 from regene_ray.mass.chunks import (
     STAT_KEYS,
     CommitChunks,
@@ -36,18 +36,7 @@ from regene_ray.mass.chunks import (
     novelty_of,
 )
 from regene_ray.mass.identity import MassSpec
-from regene_ray.mass.job import Runner
-from regene_ray.mass.plan import (
-    ACTOR_WAIT_S,
-    MIX_ACTORS,
-    PIPELINES,
-    ChunkInfo,
-    ChunkPlanner,
-    Pools,
-    split_pools,
-)
-from regene_ray.mass.planner_actor import PlannerOnRay
-from regene_ray.run_files import RunFiles
+from regene_ray.mass.plan import MIX_ACTORS, Pools, split_pools
 from regene_ray.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -72,17 +61,31 @@ class _OnRay:
     actors of a node map it instead of copying it). With `planner`, the stage takes its chunks
     from it (its input rows are work slots) or records them in it (its output rows are chunk
     statistics), as `TAKES` / `RECORDS` say. Result rows carry, besides the stage's own
-    columns, the node, GPUs and actor of this stage and of every stage before it."""
+    columns, the node, GPUs and actor of this stage and of every stage before it.
+
+    With `early_device` (a stream started before its job is known) the constructor only
+    reports, for a stage that runs the networks, this worker's runtime on `early_device` to
+    the planner's actor; the stage's own constructor runs at the first call, with the arguments
+    the driver posted there (PlannerOnRay.post) once it had checked the run."""
 
     STAGE = ""
     TAKES = False  # the first stage: turns work slots into chunks
     RECORDS = False  # the last stage: reports committed chunks to the planner
+    NETWORKS = False  # runs the classifier and decoder (and holds the GPU, if any)
 
-    def __init__(self, *args, planner=None, **kwargs):
+    def __init__(self, *args, planner=None, early_device: str | None = None, **kwargs):
+        self.planner = planner
+        self.pending = early_device is not None
+        if not self.pending:
+            self._construct(args, kwargs)
+        elif self.NETWORKS:  # not waited for: a stream ended early (PlannerOnRay.finish) may
+            # have stopped its planner's actor already, and this actor must start all the same
+            planner.report_runtime.remote(runtime_here(early_device))
+
+    def _construct(self, args, kwargs) -> None:
         import ray
 
         args = [ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in args]
-        self.planner = planner
         super().__init__(*args, **kwargs)
 
     def _take(self, slots: np.ndarray) -> dict[str, np.ndarray]:
@@ -101,6 +104,14 @@ class _OnRay:
                 f"{PLACED}taken_at": np.array(taken_at, np.float64)}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.pending:  # an early stream's stage: its job's arguments, now they are known
+            import ray
+
+            posted = ray.get(self.planner.stage_args.remote(self.STAGE))
+            if posted is None:  # the stream ended before its job was known: nothing to do
+                return {}
+            self._construct(*posted)
+            self.pending = False
         if self.TAKES:
             batch = self._take(batch["slot"])
             if not len(batch["label"]):
@@ -124,7 +135,7 @@ class WriteChunksOnNode(_OnRay, WriteChunks):
     """The fused stage (mix, networks, commit in one actor)."""
 
     STAGE = "fused"
-    TAKES = RECORDS = True
+    TAKES = RECORDS = NETWORKS = True
 
 
 class MixOnRay(_OnRay, MixChunks):
@@ -134,11 +145,34 @@ class MixOnRay(_OnRay, MixChunks):
 
 class ScoreOnRay(_OnRay, ScoreChunks):
     STAGE = "score"
+    NETWORKS = True
 
 
 class CommitOnRay(_OnRay, CommitChunks):
     STAGE = "commit"
     RECORDS = True
+
+
+def stage_args(pipeline: str, *, spec: MassSpec, files_ref, out: Storage, identity: dict,
+               device: str, torch_threads: int) -> dict[str, tuple[tuple, dict]]:
+    """{stage: (args, kwargs)} of each stage's constructor in `pipeline` (the planner apart)."""
+    mix = dict(n_parents=spec.n_parents, weights=spec.weights, seed=spec.seed,
+               chunk_size=spec.chunk_size)
+    score = dict(batch_size=spec.batch_size, device=device, precision=spec.precision,
+                 torch_threads=torch_threads)
+    if pipeline == "fused":
+        return {"fused": ((files_ref, out), dict(metadata=identity, png=spec.png, **mix, **score))}
+    return {"mix": ((files_ref,), mix),
+            "score": ((files_ref,), dict(score, novelty=novelty_of(identity),
+                                         runtime=identity.get("runtime"))),
+            "commit": ((out,), dict(metadata=identity, png=spec.png,
+                                    num_classes=len(identity["thresholds"]["latent"])))}
+
+
+def early_args(pipeline: str, device: str) -> dict[str, tuple[tuple, dict]]:
+    """stage_args' stand-in for a stream started before its job is known (see _OnRay)."""
+    return {stage: ((), {"early_device": device})
+            for stage in (("fused",) if pipeline == "fused" else ("mix", "score", "commit"))}
 
 
 def split_pools_here(workers: tuple[int, int], gpus_per_worker: float | None,
@@ -158,77 +192,6 @@ def split_pools_here(workers: tuple[int, int], gpus_per_worker: float | None,
     return split_pools(cpus, workers, cpu_workers)
 
 
-def _info(r: dict) -> ChunkInfo:
-    """A result row -> ChunkInfo, with where each stage ran."""
-    where = {k[len(PLACED):-len("_gpus")]: float(v) for k, v in r.items()
-             if k.startswith(PLACED) and k.endswith("_gpus")}
-    actors = {k[len(PLACED):-len("_actor")]: str(v) for k, v in r.items()
-              if k.startswith(PLACED) and k.endswith("_actor")}
-    net = "fused" if "fused" in where else "score"
-    return ChunkInfo(int(r["label"]), int(r["chunk"]), int(r["tried"]),
-                     int(r["latent_passed"]), int(r["accepted"]),
-                     node=str(r[f"{PLACED}{net}_node"]), stage_gpus=where,
-                     novelty_rejected=int(r.get("novelty_rejected", 0)), actors=actors,
-                     taken_at=float(r[f"{PLACED}taken_at"]))
-
-
-def ray_runner(spec: MassSpec, files: RunFiles, out: Storage, identity: dict, *,
-               workers: tuple[int, int], gpus_per_worker: float | None, device: str,
-               torch_threads: int, pipeline: str = "fused", pools: Pools | None = None,
-               stage: type[WriteChunks] | None = None,
-               commit_stage: type[CommitChunks] | None = None) -> Runner:
-    """A runner that streams work slots through Ray Data (see the module docstring).
-
-    pipeline 'fused': map_batches on one actor pool of `stage` (default WriteChunksOnNode) that
-    mixes, runs the networks and commits. pipeline 'split': three operators, MixOnRay (CPU) ->
-    ScoreOnRay (the only one given GPUs) -> `commit_stage` (default CommitOnRay, CPU), sized by
-    `pools` (default split_pools on the cluster's CPUs). `files` (or an object-store reference
-    to them) travel as one object, so actors need not see --run.
-    """
-    if pipeline not in PIPELINES:
-        raise ValueError(f"--pipeline {pipeline!r}: use one of {', '.join(PIPELINES)}")
-    import ray
-
-    files_ref = files if isinstance(files, ray.ObjectRef) else ray.put(files)  # once a job
-    build = _fused if pipeline == "fused" else _split
-    p = pools if pipeline == "fused" or pools else split_pools_here(workers, gpus_per_worker)
-    kw = dict(spec=spec, files_ref=files_ref, out=out, identity=identity, workers=workers,
-              gpus_per_worker=gpus_per_worker, device=device, torch_threads=torch_threads,
-              pools=p, stage=stage, commit_stage=commit_stage)
-
-    def run(planner: ChunkPlanner) -> Iterator[ChunkInfo]:
-        actor = ray.remote(num_cpus=0, max_restarts=0)(PlannerOnRay).remote(planner)
-        try:
-            slots = planner.work_slots(workers[1])
-            with data_context(**DATA_CONTEXT):  # a dataset keeps a copy of the context
-                ds = ray.data.from_items([{"slot": i} for i in range(slots)],
-                                         override_num_blocks=slots)
-                ds = build(ds, planner=actor, slots=slots, **kw)
-            for row in ds.iter_rows():
-                yield _info(row)  # run_job records it in `planner` before the next row
-                if planner.complete() and \
-                        not ray.get(actor.outstanding.remote(len(planner.done))):
-                    break  # every chunk taken has landed here: the slots left are no-ops
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("Ray Data per-operator statistics (which stage limits the job):\n%s",
-                          ds.stats())
-        finally:
-            ray.kill(actor)
-
-    return run
-
-
-# Ray Data settings of a stream (set while its dataset is built, then restored):
-DATA_CONTEXT = dict(
-    # how long Ray Data waits for an actor pool's first actors (its default: forever): actors no
-    # node can hold, and no autoscaler adds, then fail the job instead of hanging it
-    wait_for_min_actors_s=ACTOR_WAIT_S,
-    # a stage's own exception (a full disk, a foreign chunk) reaches the driver as itself, not
-    # as "UDF failed to process a data block" with the cause lost on the way
-    raise_original_map_exception=True,
-)
-
-
 # max_restarts / max_task_retries have no named parameter in Ray 2.60: they travel as
 # ray_remote_args. Bounded (Ray Data's default is infinite), so a chunk that kills its worker
 # every time fails the job instead of looping.
@@ -242,51 +205,37 @@ def _pool(lo: int, hi: int, slots: int):
     return ray.data.ActorPoolStrategy(min_size=min(lo, slots), max_size=min(hi, slots))
 
 
-def _mix_kw(spec: MassSpec) -> dict:
-    return dict(n_parents=spec.n_parents, weights=spec.weights, seed=spec.seed,
-                chunk_size=spec.chunk_size)
-
-
-def _score_kw(spec: MassSpec, device: str, torch_threads: int) -> dict:
-    return dict(batch_size=spec.batch_size, device=device, precision=spec.precision,
-                torch_threads=torch_threads)
-
-
-def _fused(ds, *, planner, slots: int, spec: MassSpec, files_ref, out: Storage, identity: dict,
-           workers: tuple[int, int], gpus_per_worker: float | None, device: str,
-           torch_threads: int, stage: type[WriteChunks] | None, **_):
+def fused(ds, args_of: dict, *, planner, slots: int, workers: tuple[int, int],
+          gpus_per_worker: float | None, stage: type[WriteChunks] | None = None, **_):
+    """The fused layout on `ds` (work slots): one pool of `stage` (WriteChunksOnNode)."""
     gpu = {"num_gpus": gpus_per_worker} if gpus_per_worker else {}  # never num_gpus=0
+    args, kwargs = args_of["fused"]
     with warnings.catch_warnings():  # RETRY travels as the deprecated ray_remote_args
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         return ds.map_batches(
-            stage or WriteChunksOnNode, fn_constructor_args=(files_ref, out),
-            fn_constructor_kwargs=dict(metadata=identity, png=spec.png, planner=planner,
-                                       **_mix_kw(spec), **_score_kw(spec, device, torch_threads)),
+            stage or WriteChunksOnNode, fn_constructor_args=args,
+            fn_constructor_kwargs=dict(kwargs, planner=planner),
             compute=_pool(*workers, slots), batch_size=1, num_cpus=1, **RETRY, **gpu)
 
 
-def _split(ds, *, planner, slots: int, spec: MassSpec, files_ref, out: Storage, identity: dict,
-           gpus_per_worker: float | None, device: str, torch_threads: int, pools: Pools,
-           commit_stage: type[CommitChunks] | None, **_):
+def split(ds, args_of: dict, *, planner, slots: int, gpus_per_worker: float | None,
+          pools: Pools, commit_stage: type[CommitChunks] | None = None, **_):
+    """The split layout on `ds`: MixOnRay -> ScoreOnRay (the GPUs) -> `commit_stage`."""
     gpu = {"num_gpus": gpus_per_worker} if gpus_per_worker else {}  # never num_gpus=0
     cpu_stage = _cpu_stage_placement(pools) if gpus_per_worker else {}
-    score_kw = dict(_score_kw(spec, device, torch_threads), novelty=novelty_of(identity),
-                    runtime=identity.get("runtime"))
     with warnings.catch_warnings():  # RETRY travels as the deprecated ray_remote_args
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-        ds = ds.map_batches(MixOnRay, fn_constructor_args=(files_ref,),
-                            fn_constructor_kwargs=dict(_mix_kw(spec), planner=planner),
-                            compute=_pool(1, MIX_ACTORS, slots), batch_size=1, num_cpus=pools.mix_cpus,
-                            **RETRY, **cpu_stage)
-        ds = ds.map_batches(ScoreOnRay, fn_constructor_args=(files_ref,),
-                            fn_constructor_kwargs=score_kw, compute=_pool(*pools.workers, slots),
-                            batch_size=1, num_cpus=1, **RETRY, **gpu)
-        return ds.map_batches(
-            commit_stage or CommitOnRay, fn_constructor_args=(out,),
-            fn_constructor_kwargs=dict(metadata=identity, png=spec.png, planner=planner,
-                                       num_classes=len(identity["thresholds"]["latent"])),
-            compute=_pool(*pools.cpu_workers, slots), batch_size=1, num_cpus=pools.commit_cpus,
-            **RETRY, **cpu_stage)
+        for cls, stage, pool, cpus, where in (
+                (MixOnRay, "mix", (1, MIX_ACTORS), pools.mix_cpus, cpu_stage),
+                (ScoreOnRay, "score", pools.workers, 1, gpu),
+                (commit_stage or CommitOnRay, "commit", pools.cpu_workers, pools.commit_cpus,
+                 cpu_stage)):
+            args, kwargs = args_of[stage]
+            ds = ds.map_batches(cls, fn_constructor_args=args,
+                                fn_constructor_kwargs=dict(kwargs, planner=planner),
+                                compute=_pool(*pool, slots), batch_size=1, num_cpus=cpus,
+                                **RETRY, **where)
+    return ds
 
 
 def _cpu_stage_placement(pools: Pools) -> dict:
