@@ -239,8 +239,8 @@ def checked_job(args: argparse.Namespace, spec: MassSpec, out: Storage, files: R
 
 
 def start_stream(args: argparse.Namespace, pipeline: str, device: str) -> RayStream:
-    """The job's RayStream on the cluster as it is, its first stream started now when the flags
-    fix the job's size (early_slots); raises when the cluster cannot hold the actors (no GPUs
+    """The job's RayStream on the cluster as it is, its first stream started now when that pays
+    (RayStream.starting_early_pays) and the flags fix the job's size (early_slots); raises when the cluster cannot hold the actors (no GPUs
     for --gpus-per-worker, no CPU left for the split)."""
     import ray.data  # noqa: F401  (about 0.5 s)
 
@@ -255,7 +255,7 @@ def start_stream(args: argparse.Namespace, pipeline: str, device: str) -> RayStr
         if pipeline == "split" else None
     stream = RayStream(workers=workers, gpus_per_worker=args.gpus_per_worker, device=device,
                        torch_threads=args.torch_threads, pipeline=pipeline, pools=pools)
-    slots = early_slots(args, workers[1])
+    slots = early_slots(args, workers[1]) if stream.starting_early_pays() else None
     if slots:
         stream.prestart(slots)
     return stream
@@ -276,6 +276,7 @@ def generate(args: argparse.Namespace, spec: MassSpec, out: Storage, identity: d
                "device": device, "pipeline": pipeline,
                "workers": list(workers),
                "gpus_per_worker": args.gpus_per_worker,
+               "stream_started_early": stream.early is not None,
                **({"cpu_workers": list(pools.cpu_workers)} if pools else {}),
                "startup_s": phases.record()}
     s = run_job(spec, out, runner, resume=args.resume, overwrite=args.overwrite,

@@ -237,20 +237,22 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def test_the_stream_starts_while_the_run_is_read(ray_cluster, tiny_run, tmp_path):
-    """The job's actors are started before the run is read; they report the runtime job.json
-    records, and take nothing before the checks: a job refused after its actors started
-    leaves the output byte for byte as it was, and gives the cluster's CPUs back."""
+    """With a CPU left to the driver (one actor on two CPUs), the job's actors are started
+    before the run is read; they report the runtime job.json records, and take nothing before
+    the checks: a job refused after its actors started leaves the output byte for byte as it
+    was, and gives the cluster's CPUs back. Actors that take every CPU start after the read."""
     out = tmp_path / "out"
-    s = generate(tiny_run, out, "--count", "40", "--batch-size", "32")
+    s = generate(tiny_run, out, "--count", "40", "--batch-size", "32", "--workers", "1")
     ends = {k[:-len(" ends at")]: v for k, v in s.extra["startup_s"].items()
             if k.endswith(" ends at")}
-    assert ends["stream start"] < ends["read run (rest)"]
-    assert s.streams == 1 and s.extra["actors_per_stage"] == {"fused": 2}
+    assert s.extra["stream_started_early"]
+    assert ends["stream start"] <= ends["read run (rest)"]  # started before the read joined
+    assert s.streams == 1 and s.extra["actors_per_stage"] == {"fused": 1}
     assert json.loads((out / mass.JOB_FILE).read_text())["runtime"] == \
         mass.runtime_identity("cpu")
     before = _files(out)
     with pytest.raises(FileExistsError, match=r"differs in: count"):
-        generate(tiny_run, out, "--count", "50", "--batch-size", "32")
+        generate(tiny_run, out, "--count", "50", "--batch-size", "32", "--workers", "1")
     assert _files(out) == before
     import ray
 
@@ -258,6 +260,10 @@ def test_the_stream_starts_while_the_run_is_read(ray_cluster, tiny_run, tmp_path
     while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
         time.sleep(0.2)
     assert ray.available_resources().get("CPU", 0) == 2
+    s = generate(tiny_run, tmp_path / "full", "--count", "40", "--batch-size", "32",
+                 "--workers", "2")
+    assert not s.extra["stream_started_early"]
+    assert read_out(tmp_path / "full").equals(read_out(out))
 
 
 def test_class_counts_of_the_training_split(ray_cluster, tiny_run, tmp_path):
@@ -345,12 +351,14 @@ def test_worker_count_does_not_change_output(reference, ray_cluster, tiny_run, t
     assert names(out) == names(reference)
 
 
-def test_dying_worker_is_retried(reference, ray_cluster, tiny_run, tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", ["2", "1"])  # "1": its stream started early
+def test_dying_worker_is_retried(reference, ray_cluster, tiny_run, tmp_path, monkeypatch,
+                                 workers):
     marker = tmp_path / "died"
     faults.use_dying_stage(monkeypatch, (4, 0), marker)  # exit mid-batch on chunk (4, 0)
     out = tmp_path / "retried"
     generate(tiny_run, out, "--count", "300", "--n-parents", "3", "--batch-size", "40",
-             "--workers", "2", "--png", "--seed", "5")
+             "--workers", workers, "--png", "--seed", "5")
     assert marker.read_text().startswith("worker ")  # the worker did die
     assert read_out(out).equals(read_out(reference))
 

@@ -23,7 +23,14 @@ from collections.abc import Iterator
 from regene_ray.cluster import data_context
 from regene_ray.mass.identity import MassSpec
 from regene_ray.mass.job import Runner
-from regene_ray.mass.plan import ACTOR_WAIT_S, PIPELINES, ChunkInfo, ChunkPlanner, Pools
+from regene_ray.mass.plan import (
+    ACTOR_WAIT_S,
+    MIX_ACTORS,
+    PIPELINES,
+    ChunkInfo,
+    ChunkPlanner,
+    Pools,
+)
 from regene_ray.mass.planner_actor import PlannerOnRay
 from regene_ray.mass.ray_stage import (
     PLACED,
@@ -153,6 +160,23 @@ class RayStream:
         import ray
 
         return ray.remote(num_cpus=0, max_restarts=0)(PlannerOnRay).remote(planner)
+
+    def cpus(self) -> float:
+        """CPUs the stream's actors reserve at full size."""
+        workers, pools = self.layout["workers"], self.layout["pools"]
+        if self.pipeline == "fused":
+            return float(workers[1])
+        return pools.workers[1] + MIX_ACTORS * pools.mix_cpus + \
+            pools.cpu_workers[1] * pools.commit_cpus
+
+    def starting_early_pays(self) -> bool:
+        """Whether to prestart: only when the actors leave a CPU of the cluster to the driver,
+        which reads the run meanwhile. Where they take every CPU (the default on a CPU box),
+        the read and their start-up share the cores, and starting them first made the first
+        chunk later, not sooner (BENCHMARKS.md section 12)."""
+        import ray
+
+        return self.cpus() < ray.cluster_resources().get("CPU", 0)
 
     def prestart(self, slots: int) -> None:
         """Start a stream of `slots` work slots now, its actors waiting for their job."""
