@@ -11,6 +11,7 @@
 #   bash benchmarks/startup_ab.sh OLD_CHECKOUT NEW_CHECKOUT RUN [COUNT] [REPEAT]
 #   git worktree add /tmp/old 17734dd && bash benchmarks/startup_ab.sh /tmp/old . runs/mnist
 #   HEAD=1 bash benchmarks/startup_ab.sh /tmp/old . runs/mnist 100000 5
+#   FLAGS="--workers 1" HEAD=1 bash benchmarks/startup_ab.sh /tmp/old . runs/mnist 50000 5
 # Run it on an idle box (the load average is printed before each job).
 set -euo pipefail
 old=$(cd "$1" && pwd); new=$(cd "$2" && pwd); run=$(cd "$3" && pwd)
@@ -28,7 +29,7 @@ for i in $(seq "$repeat"); do
     fi
     load=$(cut -d' ' -f1 /proc/loadavg); t0=$(date +%s.%N)
     (cd "$dir" && PYTHONPATH=$dir RAY_AUTH_MODE=token "$PY" jobs/mass_generate.py --run "$run" \
-       --count "$count" --out "$out" "${join[@]}" > "$scratch/log-$side" 2>&1)
+       --count "$count" --out "$out" "${join[@]}" ${FLAGS:-} > "$scratch/log-$side" 2>&1)
     t1=$(date +%s.%N)
     [ "${HEAD:-0}" = 1 ] && "$(dirname "$PY")/ray" stop --force > /dev/null 2>&1
     printf '%s %d: prompt to prompt %.1f s (load before %s); %s\n' "$side" "$i" \
