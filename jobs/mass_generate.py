@@ -206,6 +206,7 @@ def main(args: argparse.Namespace) -> Summary:
                 stream.runtime_ref() if stream.early else \
                 start_probe(device, args.gpus_per_worker)  # each runs meanwhile
             with phases("read run (rest)"):
+                quiet_progress_bars()  # imports Ray Data (about 0.5 s) while the run is read
                 files, spec, out = reading.result()
         with phases("workers' runtime"):
             runtime = probed_runtime(probe, device, alive=stream.check)
@@ -240,15 +241,11 @@ def checked_job(args: argparse.Namespace, spec: MassSpec, out: Storage, files: R
 
 def start_stream(args: argparse.Namespace, pipeline: str, device: str) -> RayStream:
     """The job's RayStream on the cluster as it is, its first stream started now when that pays
-    (RayStream.starting_early_pays) and the flags fix the job's size (early_slots); raises when the cluster cannot hold the actors (no GPUs
-    for --gpus-per-worker, no CPU left for the split)."""
-    import ray.data  # noqa: F401  (about 0.5 s)
+    (RayStream.starting_early_pays) and the flags fix the job's size (early_slots); raises
+    when the cluster cannot hold the actors (no GPUs for --gpus-per-worker, no CPU left for the
+    split). Without a stream started, no torch and no Ray Data is loaded here."""
+    from regene_ray.mass.ray_stream import RayStream, default_workers, split_pools_here
 
-    from regene_ray.mass.ray_stage import default_workers, split_pools_here
-    from regene_ray.mass.ray_stream import RayStream
-
-    if not sys.stderr.isatty():  # progress bars redrawn into a log file cost the driver CPU
-        ray.data.DataContext.get_current().enable_progress_bars = False
     workers = (1, 1) if args.smoke_test else \
         args.workers or default_workers(args.gpus_per_worker, pipeline)
     pools = split_pools_here(workers, args.gpus_per_worker, args.cpu_workers) \
@@ -257,8 +254,18 @@ def start_stream(args: argparse.Namespace, pipeline: str, device: str) -> RayStr
                        torch_threads=args.torch_threads, pipeline=pipeline, pools=pools)
     slots = early_slots(args, workers[1]) if stream.starting_early_pays() else None
     if slots:
+        quiet_progress_bars()
         stream.prestart(slots)
     return stream
+
+
+def quiet_progress_bars() -> None:
+    """No Ray Data progress bars when stderr is not a terminal: redrawn into a log file, they
+    cost the driver CPU. Imports Ray Data."""
+    import ray.data
+
+    if not sys.stderr.isatty():
+        ray.data.DataContext.get_current().enable_progress_bars = False
 
 
 def generate(args: argparse.Namespace, spec: MassSpec, out: Storage, identity: dict,

@@ -291,7 +291,7 @@ def cutoffs(done: dict[tuple[int, int], ChunkInfo], quota: dict[int, int]
     return cut
 
 
-# sizing the split pipeline's actor pools (ray_stage.split_pools_here reads the cluster)
+# sizing the split pipeline's actor pools (ray_stream.split_pools_here reads the cluster)
 
 
 MIX_CPUS = 0.5  # CPUs reserved by a mixing actor of the split pipeline (light work)

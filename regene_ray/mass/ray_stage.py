@@ -36,7 +36,7 @@ from regene_ray.mass.chunks import (
     novelty_of,
 )
 from regene_ray.mass.identity import MassSpec
-from regene_ray.mass.plan import MIX_ACTORS, Pools, split_pools
+from regene_ray.mass.plan import MIX_ACTORS, Pools
 from regene_ray.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -175,23 +175,6 @@ def early_args(pipeline: str, device: str) -> dict[str, tuple[tuple, dict]]:
             for stage in (("fused",) if pipeline == "fused" else ("mix", "score", "commit"))}
 
 
-def split_pools_here(workers: tuple[int, int], gpus_per_worker: float | None,
-                     cpu_workers: tuple[int, int] | None = None) -> Pools:
-    """split_pools on the Ray cluster as it is now. With GPUs, network actors take their CPUs
-    from nodes that have GPUs (on an autoscaling cluster none may be up yet: the GPU nodes then
-    bring their own CPUs)."""
-    import ray
-
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    cpus = sum(n["Resources"].get("CPU", 0) for n in nodes)
-    if gpus_per_worker:
-        gpu_node_cpus = sum(n["Resources"].get("CPU", 0) for n in nodes
-                            if n["Resources"].get("GPU", 0) > 0)
-        return split_pools(cpus, workers, cpu_workers,
-                           network_cpus=min(workers[1], gpu_node_cpus))
-    return split_pools(cpus, workers, cpu_workers)
-
-
 # max_restarts / max_task_retries have no named parameter in Ray 2.60: they travel as
 # ray_remote_args. Bounded (Ray Data's default is infinite), so a chunk that kills its worker
 # every time fails the job instead of looping.
@@ -253,24 +236,3 @@ def _cpu_stage_placement(pools: Pools) -> dict:
     if 0 < need <= cpus:
         return {"scheduling_strategy": NodeAffinitySchedulingStrategy(here, soft=True)}
     return {"scheduling_strategy": "DEFAULT"}
-
-
-def default_workers(gpus_per_worker: float | None, pipeline: str = "fused") -> tuple[int, int]:
-    """Network-stage actors, all started at once (no ramp-up from 1): GPUs / gpus_per_worker on
-    GPU; on CPU #CPUs fused actors of num_cpus=1 (the input is built on the driver, so no read
-    task competes with them; on 2 cores 2 single-threaded actors beat 1), or half the CPUs in
-    the split, whose commit actors take the rest."""
-    import ray
-
-    res = ray.cluster_resources()
-    if gpus_per_worker:
-        n = int(res.get("GPU", 0) / gpus_per_worker)
-        if n < 1:
-            raise ValueError(f"--gpus-per-worker {gpus_per_worker} but the Ray cluster has "
-                             f"{res.get('GPU', 0)} GPUs now; on an autoscaling cluster pass "
-                             "--workers MIN,MAX (GPU nodes are launched as the actors ask for "
-                             "them), else leave the flag out for CPU workers")
-        return n, n
-    cpus = int(res.get("CPU", 1))
-    n = max(1, cpus // 2 if pipeline == "split" else cpus)
-    return n, n

@@ -19,10 +19,9 @@ import itertools
 import logging
 import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from regene_ray.cluster import data_context
-from regene_ray.mass.identity import MassSpec
-from regene_ray.mass.job import Runner
 from regene_ray.mass.plan import (
     ACTOR_WAIT_S,
     MIX_ACTORS,
@@ -30,18 +29,15 @@ from regene_ray.mass.plan import (
     ChunkInfo,
     ChunkPlanner,
     Pools,
+    split_pools,
 )
 from regene_ray.mass.planner_actor import PlannerOnRay
-from regene_ray.mass.ray_stage import (
-    PLACED,
-    early_args,
-    fused,
-    split,
-    split_pools_here,
-    stage_args,
-)
-from regene_ray.run_files import RunFiles
-from regene_ray.storage import Storage
+
+if TYPE_CHECKING:  # torch: the stages (ray_stage) load where a stream is built, not before
+    from regene_ray.mass.identity import MassSpec
+    from regene_ray.mass.job import Runner
+    from regene_ray.run_files import RunFiles
+    from regene_ray.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +57,8 @@ CLOSE_WAIT_S = 10  # how long closing an unused early stream waits for it to end
 
 def _info(r: dict) -> ChunkInfo:
     """A result row -> ChunkInfo, with where each stage ran."""
+    from regene_ray.mass.ray_stage import PLACED
+
     where = {k[len(PLACED):-len("_gpus")]: float(v) for k, v in r.items()
              if k.startswith(PLACED) and k.endswith("_gpus")}
     actors = {k[len(PLACED):-len("_actor")]: str(v) for k, v in r.items()
@@ -150,6 +148,8 @@ class RayStream:
     def _stream(self, board, slots: int, args_of: dict):
         import ray
 
+        from regene_ray.mass.ray_stage import fused, split
+
         build = fused if self.pipeline == "fused" else split
         with data_context(**DATA_CONTEXT):  # a dataset keeps a copy of the context
             ds = ray.data.from_items([{"slot": i} for i in range(slots)],
@@ -181,6 +181,8 @@ class RayStream:
     def prestart(self, slots: int) -> None:
         """Start a stream of `slots` work slots now, its actors waiting for their job."""
         board = self._board()
+        from regene_ray.mass.ray_stage import early_args
+
         self.early = _Started(board, self._stream(board, slots,
                                                   early_args(self.pipeline, self.device)))
 
@@ -215,6 +217,8 @@ class RayStream:
         """The Runner of this job: `files` (or an object-store reference to them) travel as one
         object, so actors need not see --run."""
         import ray
+
+        from regene_ray.mass.ray_stage import stage_args
 
         files_ref = files if isinstance(files, ray.ObjectRef) else ray.put(files)  # once a job
         args_of = stage_args(self.pipeline, spec=spec, files_ref=files_ref, out=out,
@@ -258,3 +262,41 @@ def ray_runner(spec: MassSpec, files: RunFiles, out: Storage, identity: dict, **
                ) -> Runner:
     """RayStream(**layout).runner(spec, files, out, identity): a job's streams, none early."""
     return RayStream(**layout).runner(spec, files, out, identity)
+
+
+def split_pools_here(workers: tuple[int, int], gpus_per_worker: float | None,
+                     cpu_workers: tuple[int, int] | None = None) -> Pools:
+    """split_pools on the Ray cluster as it is now. With GPUs, network actors take their CPUs
+    from nodes that have GPUs (on an autoscaling cluster none may be up yet: the GPU nodes then
+    bring their own CPUs)."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    cpus = sum(n["Resources"].get("CPU", 0) for n in nodes)
+    if gpus_per_worker:
+        gpu_node_cpus = sum(n["Resources"].get("CPU", 0) for n in nodes
+                            if n["Resources"].get("GPU", 0) > 0)
+        return split_pools(cpus, workers, cpu_workers,
+                           network_cpus=min(workers[1], gpu_node_cpus))
+    return split_pools(cpus, workers, cpu_workers)
+
+
+def default_workers(gpus_per_worker: float | None, pipeline: str = "fused") -> tuple[int, int]:
+    """Network-stage actors, all started at once (no ramp-up from 1): GPUs / gpus_per_worker on
+    GPU; on CPU #CPUs fused actors of num_cpus=1 (the input is built on the driver, so no read
+    task competes with them; on 2 cores 2 single-threaded actors beat 1), or half the CPUs in
+    the split, whose commit actors take the rest."""
+    import ray
+
+    res = ray.cluster_resources()
+    if gpus_per_worker:
+        n = int(res.get("GPU", 0) / gpus_per_worker)
+        if n < 1:
+            raise ValueError(f"--gpus-per-worker {gpus_per_worker} but the Ray cluster has "
+                             f"{res.get('GPU', 0)} GPUs now; on an autoscaling cluster pass "
+                             "--workers MIN,MAX (GPU nodes are launched as the actors ask for "
+                             "them), else leave the flag out for CPU workers")
+        return n, n
+    cpus = int(res.get("CPU", 1))
+    n = max(1, cpus // 2 if pipeline == "split" else cpus)
+    return n, n
