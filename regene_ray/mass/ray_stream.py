@@ -4,7 +4,9 @@ drives.
 
 A job's first stream can start before its inputs are known (`RayStream.prestart`), so that its
 actors (a fresh process each, which imports torch) start while the driver reads and checks the
-run, instead of after it (BENCHMARKS.md section 12). Until then they do nothing but report the
+run, instead of after it; the job does so only where the actors leave the driver a CPU
+(`RayStream.starting_early_pays`: on a box they fill, it measured slower, BENCHMARKS.md
+section 12). Until then they do nothing but report the
 runtime they run (which the job's identity needs, so no separate probe task competes with them
 for the CPUs) and wait on the planner's actor: for their constructor arguments, which the
 driver posts once every input is checked (`runner`), and for the planner, which run_job hands
@@ -180,9 +182,9 @@ class RayStream:
 
     def prestart(self, slots: int) -> None:
         """Start a stream of `slots` work slots now, its actors waiting for their job."""
-        board = self._board()
         from regene_ray.mass.ray_stage import early_args
 
+        board = self._board()
         self.early = _Started(board, self._stream(board, slots,
                                                   early_args(self.pipeline, self.device)))
 
@@ -256,12 +258,6 @@ def _drain(rows: Iterator[dict], board, planner: ChunkPlanner) -> Iterator[Chunk
         yield _info(row)  # run_job records it in `planner` before the next row
         if planner.complete() and not ray.get(board.outstanding.remote(len(planner.done))):
             break  # every chunk taken has landed here: the slots left are no-ops
-
-
-def ray_runner(spec: MassSpec, files: RunFiles, out: Storage, identity: dict, **layout
-               ) -> Runner:
-    """RayStream(**layout).runner(spec, files, out, identity): a job's streams, none early."""
-    return RayStream(**layout).runner(spec, files, out, identity)
 
 
 def split_pools_here(workers: tuple[int, int], gpus_per_worker: float | None,
