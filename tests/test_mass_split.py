@@ -6,6 +6,7 @@ the network stage only, a commit actor dying mid-chunk, and a killed split job r
 
 from __future__ import annotations
 
+import json
 import sys
 
 import faults
@@ -65,6 +66,19 @@ def test_split_on_cpu_with_one_network_actor_writes_the_same_bytes(fused, tiny_r
                  "--cpu-workers", "1,2")
     assert s.extra["stage_gpus"] == {"commit": [0.0], "mix": [0.0], "score": [0.0]}
     assert read_out(out).equals(read_out(fused))
+
+
+def test_split_started_while_the_run_is_read_writes_the_same_bytes(fused, tiny_run, tmp_path):
+    """Pools that leave a CPU free (1 + 2 x 0.5 + 1 of 4) start before the run is read: the
+    network actor reports the workers' runtime (no probe task), each stage gets its arguments
+    from the planner's actor, and the bytes are the fused job's."""
+    out = tmp_path / "early"
+    s = generate(tiny_run, out, *FLAGS, *FAKE_GPU, "--workers", "1", "--cpu-workers", "1")
+    assert s.extra["stream_started_early"] and s.streams == 1
+    assert s.extra["stage_gpus"] == {"commit": [0.0], "mix": [0.0], "score": [0.5]}
+    assert json.loads((out / "job.json").read_text())["runtime"]["device"] == "cpu"
+    assert read_out(out).equals(read_out(fused))
+    assert pngs(out) == pngs(fused)
 
 
 def test_a_commit_actor_dying_mid_chunk_is_retried(fused, tiny_run, tmp_path, monkeypatch):
