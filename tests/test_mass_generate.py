@@ -158,6 +158,29 @@ def test_planner_resumes_retries_and_refuses_hopeless_classes():
         hopeless.check()
 
 
+def test_the_planners_actor_waits_for_its_planner_and_gives_a_waiting_slot_up():
+    """PlannerOnRay (the actor's class, called here without Ray): a take waits for the
+    planner without limit, then for a chunk in flight at most wait_s (its slot is then a
+    no-op: None); finish() turns every take and every wait for stage arguments into None."""
+    import asyncio
+
+    from regene_ray.mass.planner_actor import PlannerOnRay
+
+    async def scenario():
+        board = PlannerOnRay()
+        early = asyncio.create_task(board.take(0, wait_s=0.05))
+        await asyncio.sleep(0.2)
+        assert not early.done()  # no planner yet: it waits, however long
+        await board.start(mass.ChunkPlanner({0: 5}, 10, prior=1.0))
+        assert await early == (0, 0)
+        assert await board.take(1, wait_s=0.05) is None  # WAIT for chunk (0, 0): gives up
+        waiting = asyncio.create_task(board.stage_args("fused"))
+        await board.finish()
+        assert await waiting is None and await board.take(2) is None
+
+    asyncio.run(scenario())
+
+
 # the batch transform, without Ray
 
 
