@@ -26,6 +26,7 @@ where the driver runs.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 import time
@@ -82,16 +83,18 @@ def smoke_input(out: Storage) -> Path:
 def read_run(run: str) -> RunFiles:
     """The run folder's files (local or remote), read once and loaded once on the driver, so a
     corrupt or mismatched checkpoint, or a run whose classifier never learned, stops the job
-    before anything is written; errors name the files under --run."""
-    from regene_ray.generator import ConvexGenerator
+    before anything is written; errors name the files under --run. Torch loads in a second
+    thread while the files are read, hashed and decoded (which needs no torch)."""
     from regene_ray.run_files import RunFiles
 
     st = Storage(run)
     if not st.is_file("classifier/config.json"):
         raise FileNotFoundError(f"--run {st} is not a run folder (no classifier/config.json); "
                                 "create one with jobs/train.py --out RUN_DIR")
-    files = RunFiles.read(st)
-    ConvexGenerator.from_files(files, device="cpu")  # loads as every actor will
+    with ThreadPoolExecutor(1, thread_name_prefix="import-torch") as pool:
+        generator = pool.submit(importlib.import_module, "regene_ray.generator")
+        files = RunFiles.read(st)
+        generator.result().ConvexGenerator.from_files(files, device="cpu")  # as every actor will
     try:
         metrics = st.read_json("metrics.json")
     except (OSError, ValueError):

@@ -10,15 +10,14 @@ from typing import Any
 
 import torch
 
-from regene_ray.config import from_dict
+from regene_ray.config import (  # the torch-free half of a saved model folder
+    MODEL_CONFIG_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    from_dict,
+    parse_config,
+)
 from regene_ray.storage import atomic_write, atomic_write_bytes
-
-MODEL_CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "weights.pt"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt or does not fit the model it is loaded into."""
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -53,14 +52,6 @@ def save_model(model: torch.nn.Module, config: dict, directory: str | Path) -> N
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_torch_save(state, directory / WEIGHTS_FILE)
     atomic_write_bytes(directory / MODEL_CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def parse_config(text: str | bytes, name: str) -> dict:
-    """A model's config.json, from its text; a corrupt one is named by `name`."""
-    try:
-        return json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{name} is corrupt ({e}); retrain with jobs/train.py") from e
 
 
 def read_config(directory: str | Path) -> dict:

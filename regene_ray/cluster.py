@@ -11,8 +11,9 @@ stages never start Ray.
   node reads it back. Nodes that join later (autoscaling) are covered by the job's own workers,
   which check the folder before writing (regene_ray.mass.chunks.CommitChunks).
 * `start_probe` / `probed_runtime`: one task with a network actor's resources reports the
-  runtime the workers run (device kind, torch, GPU model, cuDNN), which is part of a mass
-  generation job's identity; the driver may have no GPU, or another torch, than the workers.
+  runtime the workers run (device kind, torch, GPU model, cuDNN: regene_ray.runtime), which is
+  part of a mass generation job's identity; the driver may have no GPU, or another torch, than
+  the workers. A CPU probe imports no torch.
 * `data_context(**settings)`: Ray Data's current DataContext with some settings changed while a
   dataset is built (a dataset keeps its own copy), then restored.
 """
@@ -28,6 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from regene_ray.runtime import runtime_here, runtime_identity
 from regene_ray.storage import MARKER_PREFIX, StorageError
 
 log = logging.getLogger(__name__)
@@ -140,18 +142,6 @@ def check_shared_folder(folder: str | Path, flag: str, timeout_s: float = 120.0)
     return len(nodes)
 
 
-def runtime_here(device: str) -> dict:
-    """This process's runtime identity for `device` (see start_probe)."""
-    import torch
-
-    from regene_ray.mass.identity import runtime_identity  # torch: imported where it runs
-
-    kind = str(device).split(":")[0]
-    if kind == "cuda" and not torch.cuda.is_available():
-        return {"device": "cuda requested, but this torch sees no GPU", "torch": torch.__version__}
-    return runtime_identity(kind)
-
-
 def start_probe(device: str, gpus_per_worker: float | None, *, private: bool = False):
     """One task with a network actor's resources, started now (it returns an object-store
     reference, so the job reads its run meanwhile): the runtime a worker runs (device kind,
@@ -176,8 +166,6 @@ def probed_runtime(probe, device: str, alive: Callable[[], None] | None = None) 
         ValueError: when the workers cannot run the device kind asked for.
     """
     if probe is None:
-        from regene_ray.mass.identity import runtime_identity
-
         return runtime_identity(device)
     import ray
 

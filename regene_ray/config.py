@@ -25,6 +25,23 @@ class ConfigError(ValueError):
     """A config value is missing, unknown, of the wrong type or out of range."""
 
 
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt or does not fit the model it is loaded into."""
+
+
+# A saved model folder (written and loaded by regene_ray.checkpoint): its config, then its weights.
+MODEL_CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.pt"
+
+
+def parse_config(text: str | bytes, name: str) -> dict:
+    """A model's config.json, from its text; a corrupt one is named by `name`."""
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{name} is corrupt ({e}); retrain with jobs/train.py") from e
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 

@@ -22,21 +22,14 @@ from pathlib import Path
 import torch
 import yaml
 
+from regene_ray.bank_build import THRESHOLD_RULES, build_bank, compute_thresholds
 from regene_ray.checkpoint import WEIGHTS_FILE
 from regene_ray.classifier import ArchConfig, Classifier, ClassifierConfig
 from regene_ray.config import ConfigError, from_dict, load_yaml, save_json, to_dict
 from regene_ray.data import DataConfig, DataSplits, load_data
 from regene_ray.decoder import Decoder, DecoderArch, DecoderConfig
 from regene_ray.generator import ConvexGenerator, measure_acceptance
-from regene_ray.latent_bank import (
-    BANK_FILE,
-    THRESHOLD_RULES,
-    THRESHOLDS_FILE,
-    LatentBank,
-    build_bank,
-    compute_thresholds,
-    save_thresholds,
-)
+from regene_ray.latent_bank import BANK_FILE, THRESHOLDS_FILE, LatentBank, save_thresholds
 from regene_ray.loop import scoped_seed
 from regene_ray.losses import LossConfig, build_perceptual
 from regene_ray.nearest import NOVELTY_FILE, holdout_distances, save_novelty
@@ -201,7 +194,7 @@ class TrainedRun:
     classifier: Classifier
     decoder: Decoder
     bank: LatentBank
-    thresholds: dict  # per class tau of both filter steps (latent_bank.compute_thresholds)
+    thresholds: dict  # per class tau of both filter steps (bank_build.compute_thresholds)
     perceptual_backend: str  # the perceptual loss the decoder trained with
     judge: dict | None  # the judge network's name, seed and accuracy; None without one
     classifier_history: list[dict]  # per epoch, kept from an earlier run when loaded

@@ -9,19 +9,26 @@
 A RunFiles holds the bank as numpy arrays and the weights as bytes, so Ray ships it to the
 generation actors through the object store once, and the actors on a node map the same bank
 instead of each reading (or copying) the run folder again.
+
+Reading imports no torch (only `models()` does), so a job reads the run while torch loads; the
+bank is hashed while Arrow decodes it (both release the GIL).
 """
 
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from regene_ray.checkpoint import MODEL_CONFIG_FILE, WEIGHTS_FILE, model_from_files, parse_config
-from regene_ray.classifier import Classifier, ClassifierConfig
-from regene_ray.decoder import Decoder, DecoderConfig
+from regene_ray.config import MODEL_CONFIG_FILE, WEIGHTS_FILE, parse_config
 from regene_ray.latent_bank import BANK_FILE, THRESHOLDS_FILE, LatentBank, parse_thresholds
 from regene_ray.storage import Storage
+
+if TYPE_CHECKING:
+    from regene_ray.classifier import Classifier
+    from regene_ray.decoder import Decoder
 
 CLASSIFIER_DIR = "classifier"
 DECODER_DIR = "decoder"
@@ -56,7 +63,10 @@ class RunFiles:
             raise FileNotFoundError(f"run folder {st} lacks {missing}; it is not a finished "
                                     "jobs/train.py run (train it, or resume its training)")
         raw = {n: st.read_bytes(n) for n in RUN_FILES}  # each file read once
-        hashes = hashes_of(raw)
+        with ThreadPoolExecutor(1, thread_name_prefix="hash-run") as pool:
+            hashing = pool.submit(hashes_of, raw)
+            bank = LatentBank.load(raw[BANK_FILE], name=st.display(BANK_FILE))
+            hashes = hashing.result()
         clf_cfg = parse_config(raw[f"{CLASSIFIER_DIR}/{MODEL_CONFIG_FILE}"],
                                st.display(f"{CLASSIFIER_DIR}/{MODEL_CONFIG_FILE}"))
         num_classes = int(clf_cfg.get("num_classes", 0))
@@ -69,7 +79,7 @@ class RunFiles:
             decoder_weights=raw[f"{DECODER_DIR}/{WEIGHTS_FILE}"],
             thresholds=parse_thresholds(raw[THRESHOLDS_FILE], num_classes,
                                         st.display(THRESHOLDS_FILE)),
-            bank=LatentBank.load(raw.pop(BANK_FILE), name=st.display(BANK_FILE)),
+            bank=bank,
             hashes=hashes,
         )
 
@@ -79,6 +89,10 @@ class RunFiles:
 
     def models(self, device: str = "cpu") -> tuple[Classifier, Decoder]:
         """(Classifier, Decoder), rebuilt from their configs and weights on `device`."""
+        from regene_ray.checkpoint import model_from_files  # torch: see the module docstring
+        from regene_ray.classifier import Classifier, ClassifierConfig
+        from regene_ray.decoder import Decoder, DecoderConfig
+
         clf = model_from_files(Classifier, ClassifierConfig, self.classifier_config,
                                self.classifier_weights, f"{self.where}/{CLASSIFIER_DIR}", device)
         dec = model_from_files(Decoder, DecoderConfig, self.decoder_config,

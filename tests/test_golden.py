@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from regene_ray import mass
+from regene_ray.bank_build import build_bank
 from regene_ray.classifier import Classifier, ClassifierConfig
 from regene_ray.convex import (
     STREAM_N_PARENTS,
@@ -26,7 +27,7 @@ from regene_ray.convex import (
     sample_parents,
 )
 from regene_ray.decoder import Decoder, DecoderConfig
-from regene_ray.latent_bank import BANK_FILE, THRESHOLDS_FILE, build_bank, save_thresholds
+from regene_ray.latent_bank import BANK_FILE, THRESHOLDS_FILE, save_thresholds
 
 IDS = np.array([0, 1, 7, 123_456_789, 2**40 + 3], dtype=np.int64)
 

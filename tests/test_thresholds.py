@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from regene_ray.bank_build import compute_thresholds
 from regene_ray.classifier import Classifier, ClassifierConfig
 from regene_ray.config import ConfigError
 from regene_ray.data import load_data
 from regene_ray.decoder import Decoder, DecoderConfig
 from regene_ray.generator import ConvexGenerator, Mixes
-from regene_ray.latent_bank import compute_thresholds
 from regene_ray.run import RunConfig, load_run_config, smoke_run_config
 
 CPU = torch.device("cpu")

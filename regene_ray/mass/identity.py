@@ -10,13 +10,12 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
-import torch
-
 from regene_ray.convex import parse_weights
 from regene_ray.generator import PRECISIONS
 from regene_ray.latent_bank import THRESHOLDS_FILE
 from regene_ray.mass.plan import quotas
 from regene_ray.nearest import NOVELTY_FILE, novelty_thresholds
+from regene_ray.runtime import runtime_identity
 from regene_ray.storage import Storage, redact
 
 # Bumped whenever the bytes of an output can change (keyed random streams, PNG encoding, batch
@@ -77,18 +76,6 @@ class MassSpec:
 
     def quotas(self) -> dict[int, int]:
         return quotas(self.count, self.classes, self.class_weights)
-
-
-def runtime_identity(device_kind: str) -> dict:
-    """What besides the spec and checkpoints changes output bytes, as this process sees it: the
-    device kind (CPU and CUDA convs round differently) and the torch version; on CUDA also the
-    GPU model and the cuDNN version (kernels differ between GPU generations and cuDNN
-    releases), so a resume on another GPU is refused instead of mixing bytes."""
-    runtime = {"device": device_kind, "torch": torch.__version__}
-    if device_kind == "cuda" and torch.cuda.is_available():
-        runtime |= {"gpu": torch.cuda.get_device_name(0),
-                    "cudnn": torch.backends.cudnn.version()}
-    return runtime
 
 
 def job_metadata(spec: MassSpec, hashes: dict[str, str], *, device: str = "cpu",

@@ -26,7 +26,6 @@ import warnings
 
 import numpy as np
 
-from regene_ray.cluster import runtime_here
 from regene_ray.mass.chunks import (
     STAT_KEYS,
     CommitChunks,
@@ -37,6 +36,7 @@ from regene_ray.mass.chunks import (
 )
 from regene_ray.mass.identity import MassSpec
 from regene_ray.mass.plan import MIX_ACTORS, Pools
+from regene_ray.runtime import runtime_here
 from regene_ray.storage import Storage
 
 log = logging.getLogger(__name__)
