@@ -160,11 +160,17 @@ def test_planner_resumes_retries_and_refuses_hopeless_classes():
 
 def test_the_planners_actor_waits_for_its_planner_and_gives_a_waiting_slot_up():
     """PlannerOnRay (the actor's class, called here without Ray): a take waits for the
-    planner without limit, then for a chunk in flight at most wait_s (its slot is then a
-    no-op: None); finish() turns every take and every wait for stage arguments into None."""
+    planner without limit, then for a chunk in flight at most wait_s, or TAKE_WAIT_CHUNKS times
+    the longest chunk so far (its slot is then a no-op: None); finish() turns every take and
+    every wait for stage arguments into None."""
     import asyncio
+    import dataclasses
 
-    from regene_ray.mass.planner_actor import PlannerOnRay
+    from regene_ray.mass.planner_actor import TAKE_WAIT_CHUNKS, PlannerOnRay
+
+    def landed(label, chunk):
+        return dataclasses.asdict(mass.ChunkInfo(label, chunk, tried=10, latent_passed=10,
+                                                 accepted=1))
 
     async def scenario():
         board = PlannerOnRay()
@@ -174,6 +180,13 @@ def test_the_planners_actor_waits_for_its_planner_and_gives_a_waiting_slot_up():
         await board.start(mass.ChunkPlanner({0: 5}, 10, prior=1.0))
         assert await early == (0, 0)
         assert await board.take(1, wait_s=0.05) is None  # WAIT for chunk (0, 0): gives up
+        assert board.wait_limit(0.05) == 0.05  # no chunk has landed yet
+        await asyncio.sleep(0.3)
+        await board.record([landed(0, 0)])  # it took 0.3 s or more, take to record
+        assert board.wait_limit(0.05) >= TAKE_WAIT_CHUNKS * 0.3
+        assert await board.take(3) == (0, 1)  # 1 accepted of 5: more chunks to run
+        assert await board.take(3) == (0, 1)  # the same slot again (a retry): the same chunk
+        assert len(board.taken_at) == 1
         waiting = asyncio.create_task(board.stage_args("fused"))
         await board.finish()
         assert await waiting is None and await board.take(2) is None

@@ -12,14 +12,20 @@ constructor arguments, and take no chunk until the driver hands over the planner
 from __future__ import annotations
 
 import asyncio
+import time
 
 from regene_ray.mass.plan import WAIT, ChunkInfo, ChunkPlanner
 
 # How long a take waits for a chunk in flight to land before it gives its slot up. A stage calls
 # take in its actor's one call thread, so while it waits, the retry of a chunk whose actor died
 # and was restarted may be queued behind it on that actor: the very chunk it waits for. Giving
-# the slot up (a no-op; a stream has slots to spare) lets the retry run.
+# the slot up (a no-op; a stream has slots to spare) lets the retry run. At least TAKE_WAIT_S,
+# and TAKE_WAIT_CHUNKS times the longest a chunk of the stream has taken so far (take to
+# record): where chunks take longer than TAKE_WAIT_S (large images, a slow CPU), a fixed limit
+# would give a slot up every TAKE_WAIT_S in the job's tail until the stream ran out of slots
+# and a second one (new actor pools) followed.
 TAKE_WAIT_S = 10.0
+TAKE_WAIT_CHUNKS = 3.0
 
 
 class PlannerOnRay:
@@ -38,6 +44,8 @@ class PlannerOnRay:
         self.finished = False
         self.runtime_here: dict | None = None
         self.changed: asyncio.Condition | None = None  # made in the actor's event loop
+        self.taken_at: dict[tuple[int, int], float] = {}  # chunks in flight: when first taken
+        self.longest_chunk_s = 0.0  # the longest a chunk took, take to record
 
     def _condition(self) -> asyncio.Condition:
         if self.changed is None:
@@ -81,12 +89,17 @@ class PlannerOnRay:
         await self._until(lambda: self.runtime_here is not None)
         return self.runtime_here
 
+    def wait_limit(self, wait_s: float = TAKE_WAIT_S) -> float:
+        """How long a take waits for a chunk in flight: `wait_s`, or TAKE_WAIT_CHUNKS times
+        the longest chunk so far where that is longer."""
+        return max(wait_s, TAKE_WAIT_CHUNKS * self.longest_chunk_s)
+
     async def take(self, slot: int, wait_s: float = TAKE_WAIT_S):
         """The planner's chunk for `slot` (None: none, the slot is a no-op), waiting while it
-        says WAIT, at most `wait_s`, and while there is no planner yet."""
+        says WAIT, at most `wait_limit(wait_s)`, and while there is no planner yet."""
         changed = self._condition()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_s
+        deadline = loop.time() + self.wait_limit(wait_s)
         async with changed:
             while self.planner is None or (key := self.planner.take(slot)) == WAIT:
                 try:
@@ -94,6 +107,8 @@ class PlannerOnRay:
                                            max(deadline - loop.time(), 0.0))
                 except asyncio.TimeoutError:
                     return None
+        if key is not None:
+            self.taken_at.setdefault(key, time.monotonic())  # a retry keeps the first take
         return key
 
     def outstanding(self, landed: int) -> int:
@@ -106,4 +121,7 @@ class PlannerOnRay:
         async with changed:
             for info in infos:
                 self.planner.record(ChunkInfo(**info))
+                taken = self.taken_at.pop((info["label"], info["chunk"]), None)
+                if taken is not None:
+                    self.longest_chunk_s = max(self.longest_chunk_s, time.monotonic() - taken)
             changed.notify_all()
