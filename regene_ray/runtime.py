@@ -22,8 +22,9 @@ from pathlib import Path
 
 def torch_version() -> str:
     """torch.__version__, without importing torch where it is not loaded yet (see above)."""
-    if "torch" in sys.modules:
-        return str(sys.modules["torch"].__version__)
+    loaded = getattr(sys.modules.get("torch"), "__version__", None)  # None while it loads
+    if loaded is not None:
+        return str(loaded)
     spec = importlib.util.find_spec("torch")
     if spec is not None and spec.origin:
         try:

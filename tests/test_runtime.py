@@ -46,3 +46,14 @@ def test_the_runtime_is_the_one_torch_reports():
         assert cuda["device"] == "cuda" and {"gpu", "cudnn"} <= set(cuda)
     else:
         assert cuda["device"] == "cuda requested, but this torch sees no GPU"
+
+
+def test_the_version_of_a_torch_still_loading_is_read_from_its_file(monkeypatch):
+    """Another thread may be importing torch (jobs/mass_generate.py reads the run meanwhile):
+    sys.modules then holds a torch module without __version__ yet."""
+    import types
+
+    loading = types.ModuleType("torch")
+    loading.__spec__ = torch.__spec__
+    monkeypatch.setitem(sys.modules, "torch", loading)
+    assert torch_version() == str(torch.__version__)
