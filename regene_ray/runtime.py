@@ -25,7 +25,10 @@ def torch_version() -> str:
     loaded = getattr(sys.modules.get("torch"), "__version__", None)  # None while it loads
     if loaded is not None:
         return str(loaded)
-    spec = importlib.util.find_spec("torch")
+    try:
+        spec = importlib.util.find_spec("torch")
+    except ValueError:  # a module in sys.modules without a spec
+        spec = None
     if spec is not None and spec.origin:
         try:
             tree = ast.parse(Path(spec.origin).with_name("version.py").read_text())

@@ -12,6 +12,7 @@ constructor arguments, and take no chunk until the driver hands over the planner
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 
 from regene_ray.mass.plan import WAIT, ChunkInfo, ChunkPlanner
@@ -20,10 +21,11 @@ from regene_ray.mass.plan import WAIT, ChunkInfo, ChunkPlanner
 # take in its actor's one call thread, so while it waits, the retry of a chunk whose actor died
 # and was restarted may be queued behind it on that actor: the very chunk it waits for. Giving
 # the slot up (a no-op; a stream has slots to spare) lets the retry run. At least TAKE_WAIT_S,
-# and TAKE_WAIT_CHUNKS times the longest a chunk of the stream has taken so far (take to
-# record): where chunks take longer than TAKE_WAIT_S (large images, a slow CPU), a fixed limit
-# would give a slot up every TAKE_WAIT_S in the job's tail until the stream ran out of slots
-# and a second one (new actor pools) followed.
+# and TAKE_WAIT_CHUNKS times the median time a chunk of the stream has taken so far (from its
+# latest take, so a retry's queueing is not counted, to its record; the median, so one first
+# chunk slowed by an actor's set-up does not set it): where chunks take longer than TAKE_WAIT_S
+# (large images, a slow CPU), a fixed limit would give a slot up every TAKE_WAIT_S in the job's
+# tail until the stream ran out of slots and a second one (new actor pools) followed.
 TAKE_WAIT_S = 10.0
 TAKE_WAIT_CHUNKS = 3.0
 
@@ -44,8 +46,8 @@ class PlannerOnRay:
         self.finished = False
         self.runtime_here: dict | None = None
         self.changed: asyncio.Condition | None = None  # made in the actor's event loop
-        self.taken_at: dict[tuple[int, int], float] = {}  # chunks in flight: when first taken
-        self.longest_chunk_s = 0.0  # the longest a chunk took, take to record
+        self.taken_at: dict[tuple[int, int], float] = {}  # chunks in flight: latest take
+        self.chunk_s: list[float] = []  # how long each landed chunk took, take to record
 
     def _condition(self) -> asyncio.Condition:
         if self.changed is None:
@@ -91,8 +93,8 @@ class PlannerOnRay:
 
     def wait_limit(self, wait_s: float = TAKE_WAIT_S) -> float:
         """How long a take waits for a chunk in flight: `wait_s`, or TAKE_WAIT_CHUNKS times
-        the longest chunk so far where that is longer."""
-        return max(wait_s, TAKE_WAIT_CHUNKS * self.longest_chunk_s)
+        the median chunk so far where that is longer."""
+        return max(wait_s, TAKE_WAIT_CHUNKS * statistics.median(self.chunk_s or [0.0]))
 
     async def take(self, slot: int, wait_s: float = TAKE_WAIT_S):
         """The planner's chunk for `slot` (None: none, the slot is a no-op), waiting while it
@@ -108,7 +110,7 @@ class PlannerOnRay:
                 except asyncio.TimeoutError:
                     return None
         if key is not None:
-            self.taken_at.setdefault(key, time.monotonic())  # a retry keeps the first take
+            self.taken_at[key] = time.monotonic()  # a retry's take starts its clock again
         return key
 
     def outstanding(self, landed: int) -> int:
@@ -123,5 +125,5 @@ class PlannerOnRay:
                 self.planner.record(ChunkInfo(**info))
                 taken = self.taken_at.pop((info["label"], info["chunk"]), None)
                 if taken is not None:
-                    self.longest_chunk_s = max(self.longest_chunk_s, time.monotonic() - taken)
+                    self.chunk_s.append(time.monotonic() - taken)
             changed.notify_all()
