@@ -28,6 +28,7 @@ import datetime as dt
 import fcntl
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -44,6 +45,13 @@ LEASE_FILE = ".regene-ray.lease"
 HEARTBEAT_S = 10.0  # how often a running driver refreshes its lease
 STALE_S = 60.0  # a lease not refreshed for this long belongs to a dead driver
 REMOTE_SETTLE_S = 2.0  # object stores: wait before reading a written lease back
+
+
+def is_lease_file(name: str) -> bool:
+    """The lease, or a temporary its heartbeat writes beside it (storage's `.NAME.tmp<pid>`):
+    a driver resumed after a pause longer than a heartbeat refreshes its lease while it checks
+    the folder it holds, so neither counts as the folder's content."""
+    return name == LEASE_FILE or re.fullmatch(rf"\.{re.escape(LEASE_FILE)}\.tmp\d+", name) is not None
 
 
 class OwnershipError(FileExistsError):
@@ -145,7 +153,7 @@ def inspect_owned(out: Storage, kind: str, *, overwrite: bool, what: str,
         OwnershipError: a non-empty folder without this kind's marker (`what` names the kind
             of output in the message), or a protected folder with --overwrite.
     """
-    if not [n for n in out.names() if n != LEASE_FILE]:
+    if not [n for n in out.names() if not is_lease_file(n)]:
         return "new"
     marker = read_marker(out)
     if marker is None or marker.get("kind") != kind:

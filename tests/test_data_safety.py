@@ -433,6 +433,26 @@ def test_a_dead_drivers_lease_is_taken_over(tmp_path):
         Lease(st, "test").acquire()
 
 
+
+def test_the_leases_own_heartbeat_never_makes_its_folder_foreign(tiny_run, tmp_path):
+    """A driver resumed after a pause longer than a heartbeat (SIGSTOP, a stalled VM) refreshes
+    its lease at once, through a temporary file beside it, while its main thread checks the
+    folder under the lease (prepare_output): the lease's temporary is the lease's, not a foreign
+    file, and a resume's clean-up of cut-short writes leaves the live heartbeat's alone."""
+    out = Storage(tmp_path / "out")
+    identity = mass.job_metadata(mass.MassSpec(str(tiny_run), 10, (0, 1), chunk_size=8),
+                                 mass.run_hashes(tiny_run))
+    beating = tmp_path / "out" / f".{LEASE_FILE}.tmp{os.getpid()}"  # storage's temporary name
+    with Lease(out, "mass generation") as lease:
+        beating.write_text("{}")  # the heartbeat, caught between its write and its rename
+        assert mass.prepare_output(out, identity, resume=False, overwrite=False,
+                                   lease=lease) is False
+        assert mass.prepare_output(out, identity, resume=True, overwrite=False,
+                                   lease=lease) is True
+        assert beating.exists()
+        beating.unlink()
+
+
 # honest exits
 
 

@@ -12,6 +12,7 @@ adds OUT/shards/.
 from __future__ import annotations
 
 import logging
+import os
 import posixpath
 import re
 from pathlib import Path
@@ -31,6 +32,7 @@ from regene_ray.mass.identity import differences, same_job
 from regene_ray.mass.plan import ChunkInfo
 from regene_ray.mass.sinks import read_metadata
 from regene_ray.ownership import (
+    LEASE_FILE,
     Lease,
     add_artefacts,
     claim_for_overwrite,
@@ -120,7 +122,8 @@ def delete_temporaries(out: Storage) -> int:
     folders the job owns (never anything else)."""
     if not out.is_local:
         return 0  # object stores publish whole objects only: nothing half-written to clean
-    rels = [n for n in out.list() if _TMP_RE.match(n)]
+    beating = f".{LEASE_FILE}.tmp{os.getpid()}"  # this driver's heartbeat may be writing it
+    rels = [n for n in out.list() if _TMP_RE.match(n) and n != beating]
     for folder in (CHUNKS_DIR, DATA_DIR, PNG_DIR):
         rels += [f"{folder}/{n}" for n in out.list(folder, recursive=True)
                  if _TMP_RE.match(posixpath.basename(n))]
