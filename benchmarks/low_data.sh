@@ -19,6 +19,7 @@
 #   REGENE_DATA_ROOT=../shared/data bash benchmarks/low_data.sh [OUT]
 #   PCTS="1" OPTIONS="real mix50" bash benchmarks/low_data.sh       # a part
 #   EPOCHS=2 PCTS="1" OPTIONS="real gen-ft mix50-ft" bash benchmarks/low_data.sh   # shorter
+#   TRAIN_FLAGS="--shift 2" GEN_FLAGS="--n-parents 2" ...    # other ReGene runs / generations
 # Finished steps are skipped on a rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,13 +31,14 @@ OPTIONS=${OPTIONS:-real mix50 mix75 mix50-ft gen-ft}
 EPOCHS=${EPOCHS:-5}
 suffix=$([ "$EPOCHS" = 5 ] || echo "-e$EPOCHS")
 GEN_FLAGS=${GEN_FLAGS:---n-parents 2}
+TRAIN_FLAGS=${TRAIN_FLAGS:-}
 mkdir -p "$OUT"
 for pct in $PCTS; do
   n=$((600 * pct))          # of the 60,000 official training images; 90% train, 10% holdout
   run="$OUT/run-${pct}pct"
   scale=$((100 / pct))      # 1% in 100x the epochs: the full run's number of steps
   [ -f "$run/metrics.json" ] || $PY jobs/train.py --config configs/mnist.yaml --max-train "$n" \
-    --out "$run" --device cpu --classifier-epochs $((5 * scale)) --decoder-epochs $((6 * scale))
+    --out "$run" --device cpu --classifier-epochs $((5 * scale)) --decoder-epochs $((6 * scale)) $TRAIN_FLAGS
   gen="$OUT/gen-${pct}pct"
   [ -f "$gen/summary.json" ] || $PY jobs/mass_generate.py --run "$run" --out "$gen" \
     --count 54000 $GEN_FLAGS

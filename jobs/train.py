@@ -36,6 +36,7 @@ FLAG_TARGETS = {
     "classifier_epochs": ("classifier_training", "epochs"),
     "decoder_epochs": ("decoder_training", "epochs"),
     "batch_size": (None, "batch_size"),
+    "shift": (None, "shift"),
 }
 
 
@@ -75,6 +76,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier-epochs", type=int, help="classifier epochs (default: 8)")
     p.add_argument("--decoder-epochs", type=int, help="decoder epochs (default: 15)")
     p.add_argument("--batch-size", type=int, help="batch size of both stages (default: 128)")
+    p.add_argument("--shift", type=int, help="augment both stages: shift each training image by "
+                   "up to this many pixels, a new draw every epoch; helps most with few "
+                   "training images (default: 0, none)")
     p.add_argument("--perceptual", help="auto, lpips, judge, classifier or none (default: auto: "
                    "lpips when its weights are on disk, else none)")
     p.add_argument("--upsample", help="decoder upsampling: nearest, bilinear or transpose "

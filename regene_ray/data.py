@@ -326,6 +326,21 @@ def to_float(x: torch.Tensor, device: torch.device | str | None = None) -> torch
     return x.to(device, non_blocking=True).float().div_(255.0)
 
 
+def random_shift(x: torch.Tensor, shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Translate each image by up to `shift` pixels (zero fill): (B, C, H, W) -> same shape."""
+    if shift == 0:
+        return x
+    B, _, H, W = x.shape
+    padded = F.pad(x, (shift, shift, shift, shift))
+    dy = torch.randint(0, 2 * shift + 1, (B,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * shift + 1, (B,), generator=generator).to(x.device)
+    rows = (dy[:, None] + torch.arange(H, device=x.device)[None, :])  # (B, H)
+    cols = (dx[:, None] + torch.arange(W, device=x.device)[None, :])  # (B, W)
+    b = torch.arange(B, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """Images in [0, 1] -> uint8 with rounding (the pixels a generation is stored as)."""
     return (x.clamp(0, 1) * 255).round_().to(torch.uint8)

@@ -36,7 +36,7 @@ from regene_ray.checkpoint import (
     save_model,
 )
 from regene_ray.config import ConfigError, from_dict, save_json, to_dict
-from regene_ray.data import DataSplits, iterate_batches, to_float
+from regene_ray.data import DataSplits, iterate_batches, random_shift, to_float
 from regene_ray.loop import cosine_lr, epoch_seed, fit_epochs, scoped_seed, train_one_epoch
 
 log = logging.getLogger(__name__)
@@ -188,21 +188,6 @@ class ResNet(nn.Module):
 
 
 # training
-
-
-def random_shift(x: torch.Tensor, shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Translate each image by up to `shift` pixels (zero fill): (B, C, H, W) -> same shape."""
-    if shift == 0:
-        return x
-    B, _, H, W = x.shape
-    padded = F.pad(x, (shift, shift, shift, shift))
-    dy = torch.randint(0, 2 * shift + 1, (B,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * shift + 1, (B,), generator=generator).to(x.device)
-    rows = (dy[:, None] + torch.arange(H, device=x.device)[None, :])  # (B, H)
-    cols = (dx[:, None] + torch.arange(W, device=x.device)[None, :])  # (B, W)
-    b = torch.arange(B, device=x.device)[:, None, None]
-    out = padded.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
-    return out.permute(0, 3, 1, 2).contiguous()
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from regene_ray.classifier import Classifier, latent_sparsity
 from regene_ray.config import ConfigError
-from regene_ray.data import DataSplits, iterate_batches, to_float
+from regene_ray.data import DataSplits, iterate_batches, random_shift, to_float
 from regene_ray.decoder import Decoder, check_compatible
 from regene_ray.loop import cosine_lr, epoch_seed, fit_epochs, scoped_seed, train_one_epoch
 from regene_ray.losses import LossConfig, ReconstructionLoss, ssim_score
@@ -32,6 +32,7 @@ DECODER_STATE = "decoder_train_state.pt"
 CLASSIFIER_STREAM = 0
 DECODER_STREAM = 7919
 ESTIMATE_STREAM = 4242  # estimate_decoder_mae: its init, and + 1 its batches
+SHIFT_STREAM = 104729  # the classifier's random shifts; + DECODER_STREAM the decoder's
 
 
 @dataclass
@@ -41,6 +42,7 @@ class ClassifierTrainConfig:
     lr: float = 2e-3  # AdamW peak learning rate, cosine-decayed per epoch
     weight_decay: float = 1e-4  # AdamW weight decay
     label_smoothing: float = 0.0  # cross-entropy label smoothing
+    shift: int = 0  # random translation of each training image by up to this many pixels
 
     def __post_init__(self):
         _check_common(self)
@@ -53,6 +55,7 @@ class DecoderTrainConfig:
     lr: float = 2e-3  # AdamW peak learning rate, cosine-decayed per epoch
     weight_decay: float = 0.0  # AdamW weight decay
     loss: LossConfig = field(default_factory=LossConfig)  # MAE + SSIM + perceptual and schedule
+    shift: int = 0  # random translation of each image (its code taken from the shifted image)
 
     def __post_init__(self):
         _check_common(self)
@@ -63,6 +66,8 @@ def _check_common(cfg) -> None:
         raise ConfigError(f"epochs {cfg.epochs} and batch_size {cfg.batch_size} must be >= 1")
     if not cfg.lr > 0 or cfg.weight_decay < 0:
         raise ConfigError(f"lr {cfg.lr} must be > 0 and weight_decay {cfg.weight_decay} >= 0")
+    if cfg.shift < 0:
+        raise ConfigError(f"shift {cfg.shift} must be >= 0 pixels (0: no augmentation)")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -97,15 +102,17 @@ def evaluate_classifier(model: Classifier, x: torch.Tensor, y: torch.Tensor,
 def classifier_epoch(model: Classifier, opt: torch.optim.Optimizer, data: DataSplits,
                      cfg: ClassifierTrainConfig, epoch: int, device: torch.device,
                      seed: int = 0) -> dict[str, float]:
-    """One pass of cross-entropy (+ L1 on the code) over the training split."""
+    """One pass of cross-entropy (+ L1 on the code) over the training split, each image shifted
+    by up to cfg.shift pixels."""
     gen = torch.Generator().manual_seed(epoch_seed(seed, epoch, CLASSIFIER_STREAM))
     batches = iterate_batches(data.train_x, data.train_y, cfg.batch_size, shuffle=True,
                               generator=gen, device=device)
+    shifts = torch.Generator().manual_seed(epoch_seed(seed, epoch, SHIFT_STREAM))
     l1 = model.cfg.latent_l1
 
     def step(batch: tuple[torch.Tensor, torch.Tensor]):
         xb, yb = batch
-        z = model.encode(xb)  # (B, latent_dim)
+        z = model.encode(random_shift(xb, cfg.shift, shifts))  # (B, latent_dim)
         logits = model.classify_latent(z)
         loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
         if l1 > 0:
@@ -169,16 +176,23 @@ def evaluate_decoder(decoder: Decoder, classifier: Classifier, x: torch.Tensor,
 
 
 def decoder_epoch(decoder: Decoder, loss_fn: ReconstructionLoss, opt: torch.optim.Optimizer,
-                  codes: torch.Tensor, images: torch.Tensor, cfg: DecoderTrainConfig, epoch: int,
-                  device: torch.device, seed: int = 0) -> dict[str, float]:
-    """One pass over (code, image) pairs; codes come from the frozen classifier."""
+                  codes: torch.Tensor | Classifier, images: torch.Tensor, cfg: DecoderTrainConfig,
+                  epoch: int, device: torch.device, seed: int = 0) -> dict[str, float]:
+    """One pass over (code, image) pairs; codes come from the frozen classifier: `codes` holds
+    them precomputed, or (with cfg.shift) is the classifier that encodes each shifted image."""
     gen = torch.Generator().manual_seed(epoch_seed(seed, epoch, DECODER_STREAM))
-    order = torch.randperm(len(codes), generator=gen)
+    order = torch.randperm(len(images), generator=gen)
+    shifts = torch.Generator().manual_seed(epoch_seed(seed, epoch, SHIFT_STREAM + DECODER_STREAM))
 
     def step(idx: torch.Tensor):
         x = to_float(images[idx], device)  # (B, C, H, W)
-        loss, parts = loss_fn(decoder(codes[idx].to(device, non_blocking=True)), x, epoch,
-                              cfg.epochs)
+        if isinstance(codes, Classifier):
+            x = random_shift(x, cfg.shift, shifts)
+            with torch.no_grad():
+                z = codes.encode(x)
+        else:
+            z = codes[idx].to(device, non_blocking=True)
+        loss, parts = loss_fn(decoder(z), x, epoch, cfg.epochs)
         return loss, len(idx), {"mae": parts["mae"] * len(idx)}
 
     stats = train_one_epoch(decoder, opt, torch.split(order, cfg.batch_size), step,
@@ -200,7 +214,8 @@ def train_decoder(decoder: Decoder, classifier: Classifier, data: DataSplits,
     check_compatible(classifier.cfg, decoder.cfg)
     classifier.to(device).eval().requires_grad_(False)
     decoder.to(device)
-    codes = encode_all(classifier, data.train_x, device)  # (N, latent_dim), once
+    # (N, latent_dim) once; shifted images are encoded as they are drawn
+    codes = classifier if cfg.shift else encode_all(classifier, data.train_x, device)
     loss_fn = ReconstructionLoss(cfg.loss, perceptual).to(device)
     opt = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 

@@ -91,6 +91,36 @@ def test_decoder_learns_and_a_resumed_training_equals_an_unbroken_one(data, tmp_
         assert torch.equal(a, b)
 
 
+def test_shift_augments_both_stages_deterministically_and_zero_changes_nothing(data):
+    """shift = 0 (the default) trains exactly as before the option existed: the shift draws come
+    from their own stream, so turning it on leaves the batch order alone; shift > 0 trains on
+    shifted images (another model) and is as repeatable as the plain training."""
+    def classifier(shift):
+        clf, _ = models()
+        train_classifier(clf, data, ClassifierTrainConfig(epochs=2, batch_size=64, shift=shift),
+                         CPU, seed=1)
+        return clf
+
+    def decoder(clf, shift):
+        _, dec = models()
+        hist = train_decoder(dec, clf, data, DecoderTrainConfig(epochs=2, batch_size=64, lr=1e-2,
+                             loss=LossConfig(perceptual="none"), shift=shift), CPU, None, seed=1)
+        return dec, hist
+
+    plain, shifted, again = classifier(0), classifier(2), classifier(2)
+    same = [torch.equal(a, b) for a, b in zip(shifted.state_dict().values(),
+                                              again.state_dict().values(), strict=True)]
+    assert all(same)
+    assert not torch.equal(plain.encode(data.holdout_x[:8].float() / 255),
+                           shifted.encode(data.holdout_x[:8].float() / 255))
+    _, h_plain = decoder(plain, 0)
+    _, h_shift = decoder(plain, 2)
+    _, h_again = decoder(plain, 2)
+    assert _without_speed(h_shift) == _without_speed(h_again)
+    assert h_shift[-1]["train_loss"] != h_plain[-1]["train_loss"]
+    assert h_shift[-1]["val_mae"] < 0.3  # it still learns to invert the codes (0.32 untrained)
+
+
 def test_nan_loss_is_reported(data):
     clf, _ = models()
     with pytest.raises(FloatingPointError, match="classifier loss became (nan|inf|-inf) in "
@@ -113,6 +143,8 @@ def test_train_config_errors():
         ClassifierTrainConfig(epochs=0, batch_size=1)
     with pytest.raises(ConfigError, match="lr -1"):
         DecoderTrainConfig(lr=-1)
+    with pytest.raises(ConfigError, match="shift -1 must be >= 0 pixels"):
+        DecoderTrainConfig(shift=-1)
 
 
 def test_run_folder_of_an_older_version_resumes_with_its_own_config(tmp_path):

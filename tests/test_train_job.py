@@ -155,3 +155,12 @@ def test_the_model_seed_leaves_the_data_split_unchanged():
         p = run("--out", "never-made", "--smoke-test", flag, "-1", check=False)
         assert p.returncode == 2 and f"{flag})" in p.stderr.strip().splitlines()[-1]
         assert not (REPO / "never-made").exists()
+
+
+def test_shift_sets_the_augmentation_of_both_stages_and_a_bad_one_is_refused():
+    job = load_job("train")
+    cfg = job.build_config(job.get_args_parser().parse_args(["--out", "x", "--shift", "2"]))
+    assert (cfg.classifier_training.shift, cfg.decoder_training.shift) == (2, 2)
+    p = run("--out", "never-made", "--smoke-test", "--shift", "-1", check=False)
+    assert p.returncode == 2 and "shift -1 must be >= 0 pixels" in p.stderr
+    assert not (REPO / "never-made").exists()
