@@ -9,6 +9,7 @@
 #   mix50           half of every batch real, half generated (54,000 / 64 steps an epoch)
 #   mix75           three quarters real, 27,000 generations an epoch (the same steps)
 #   mix50-ft        mix50, then 2 epochs of 50 steps fine-tuning on the real subset alone
+#   mix50-ft-wW     mix50-ft with each generated image's loss weighted W (--generated-weight)
 #   gen-ft          generated only for 10 epochs, then the same fine-tuning
 # (5 epochs of 844 steps each, 4,219 steps; the fine-tuning adds 100 at a quarter the rate).
 # EPOCHS=E scales every option alike (gen-ft: 2E epochs of generations); results of E != 5 go
@@ -50,6 +51,9 @@ for pct in $PCTS; do
                     --epochs "$EPOCHS") ;;
       mix50-ft) flags=(--generated "$gen" --real-fraction 0.5 --finetune-epochs 2
                        --real-epoch-images 6400 --epochs "$EPOCHS") ;;
+      mix50-ft-w*) flags=(--generated "$gen" --real-fraction 0.5 --finetune-epochs 2
+                          --real-epoch-images 6400 --epochs "$EPOCHS"
+                          --generated-weight "${option#mix50-ft-w}") ;;
       gen-ft) flags=(--generated "$gen" --epochs $((2 * EPOCHS)) --finetune-epochs 2
                      --real-epoch-images 6400) ;;
       *) echo "unknown option $option" >&2; exit 2 ;;

@@ -77,6 +77,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "only (the reference for CAS)")
     p.add_argument("--real-fraction", type=float, default=0.0, help="share of every batch drawn "
                    "from the real training images, mixed with generated ones (default: 0)")
+    p.add_argument("--generated-weight", type=float, default=1.0, help="with --real-fraction: "
+                   "each generated image's loss counts this many times a real one's (the batch "
+                   "loss is the weighted mean; default: 1, equal)")
     p.add_argument("--real-images", type=int, help="use only this many real training images "
                    "(a subset drawn by --subset-seed; the low-data case) (default: all)")
     p.add_argument("--real-epoch-images", type=int, help="images per epoch of a stage that "
@@ -118,6 +121,10 @@ def check_args(args: argparse.Namespace) -> None:
                           "real ones by --real-fraction), or --real-only, not both or neither")
     if not 0 <= args.real_fraction < 1:
         raise ConfigError(f"--real-fraction {args.real_fraction} must be in [0, 1)")
+    if not args.generated_weight > 0 or (args.generated_weight != 1 and not args.real_fraction):
+        raise ConfigError(f"--generated-weight {args.generated_weight} must be > 0, and weighs "
+                          "generated images against real ones in the same batch: add "
+                          "--real-fraction, or leave it at 1")
     if args.real_images is not None and args.real_images < 1:
         raise ConfigError(f"--real-images {args.real_images} must be >= 1")
     if args.real_images is not None and not uses_real(args):
@@ -192,7 +199,8 @@ def stages(args: argparse.Namespace, folders: list[GeneratedFolder], real: tuple
     batches, rows = generated_batches(folders, batch_size=args.batch_size,
                                       real=real if args.real_fraction else None,
                                       real_fraction=args.real_fraction,
-                                      max_rows=args.max_generated)
+                                      max_rows=args.max_generated,
+                                      generated_weight=args.generated_weight)
     out = [cas.Stage("train", batches, batches_per_epoch(rows, args.batch_size,
                                                          args.real_fraction), cfg)]
     if args.finetune_epochs:
@@ -240,6 +248,7 @@ def main(args: argparse.Namespace) -> dict:
         "kind": KIND, **cas.summary(results),
         "trained_on": {"generated": [str(f) for f in folders], "generated_rows": streamed,
                        "real_only": args.real_only, "real_fraction": args.real_fraction,
+                       "generated_weight": args.generated_weight,
                        "real_images": len(real[0]) if uses_real(args) else 0,
                        "finetune_epochs": args.finetune_epochs},
         "protocol": {"selection": cas.SELECTION, "validation_images": len(data.holdout_x),

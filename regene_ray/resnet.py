@@ -217,8 +217,9 @@ def fit_resnet(model: ResNet,
     random shifts, through the one loop; resumes from `checkpoint`.
 
     Args:
-        batches: (epoch, that epoch's seeded generator) -> (images, labels) batches; images
-            float in [0, 1] or uint8, on any device.
+        batches: (epoch, that epoch's seeded generator) -> (images, labels) batches, or
+            (images, labels, per-image loss weights): the batch's loss is then the weighted
+            mean; images float in [0, 1] or uint8, on any device.
         val: held-out (uint8 images, labels) scored after each epoch, or None.
         steps: batches per epoch, for the progress bar (and the per-step schedule).
         per_step_lr: decay the learning rate by a cosine over all `steps * epochs` batches
@@ -242,12 +243,17 @@ def fit_resnet(model: ResNet,
     def epoch_fn(epoch: int) -> dict:
         gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
 
-        def step(batch: tuple[torch.Tensor, torch.Tensor]):
-            xb, yb = batch
+        def step(batch: tuple[torch.Tensor, ...]):
+            xb, yb, *weights = batch
             xb = to_float(xb, device) if xb.dtype == torch.uint8 else xb.to(device)
             yb = yb.to(device).long()
             logits = model(random_shift(xb, cfg.shift, gen))
-            return F.cross_entropy(logits, yb), len(yb), {
+            if weights:
+                w = weights[0].to(device)
+                loss = (F.cross_entropy(logits, yb, reduction="none") * w).sum() / w.sum()
+            else:
+                loss = F.cross_entropy(logits, yb)
+            return loss, len(yb), {
                 "accuracy": int((logits.argmax(1) == yb).sum())}
 
         stats = train_one_epoch(model, opt, batches(epoch, gen), step,

@@ -148,6 +148,40 @@ def test_real_share_of_every_batch(generated, tiny_run, tmp_path):
     batches = math.ceil(300 / 32)
     assert [h["images"] for h in history(m)] == [300 + 32 * batches] * 2
     assert m["trained_on"]["real_images"] == 100 and m["trained_on"]["real_fraction"] == 0.5
+    assert m["trained_on"]["generated_weight"] == 1.0
+
+
+def test_generated_weight_weighs_the_generated_rows_of_a_mixed_batch(generated, tiny_run):
+    """--generated-weight: each batch carries per-image weights, the generated rows first at the
+    weight, then the real rows at 1; fit_resnet takes the weighted mean, so equal weights train
+    exactly as no weights do, and unequal ones train another model."""
+    from regene_ray.evaluation.stream import generated_batches
+    from regene_ray.generated import GeneratedFolder
+    from regene_ray.resnet import ResNetConfig, ResNetTrainConfig, fit_resnet
+
+    real = (torch.full((40, 1, 16, 16), 7, dtype=torch.uint8), torch.full((40,), 99))
+    epoch, rows = generated_batches([GeneratedFolder(generated)], batch_size=40, real=real,
+                                    real_fraction=0.25, generated_weight=0.5)
+    batches = list(epoch(0, torch.Generator().manual_seed(0)))
+    assert rows == 300 and len(batches) == math.ceil(300 / 30)
+    for x, y, w in batches:
+        assert (y[-10:] == 99).all() and (y[:-10] < 10).all() and (x[-10:] == 7).all()
+        assert w[-10:].eq(1).all() and w[:-10].eq(0.5).all() and len(w) == len(y)
+
+    x, y = torch.rand(8, 1, 8, 8), torch.arange(8) % 2
+    cfg = ResNetTrainConfig(epochs=2, batch_size=8, shift=0)
+
+    def trained(*weights):
+        torch.manual_seed(0)
+        model = ResNet(ResNetConfig(depth=8, width=2, num_classes=2))
+        fit_resnet(model, lambda e, g: [(x, y, *weights)] * 3, cfg, torch.device("cpu"))
+        return torch.cat([p.flatten() for p in model.parameters()])
+
+    plain = trained()
+    assert torch.allclose(trained(torch.full((8,), 3.0)), plain, atol=1e-6)
+    assert not torch.allclose(trained(torch.tensor([0.1] * 4 + [1.0] * 4)), plain, atol=1e-4)
+    with pytest.raises(ValueError, match="differ from 1 only with --real-fraction"):
+        generated_batches([GeneratedFolder(generated)], batch_size=40, generated_weight=0.5)
 
 
 def test_real_only_reference(tiny_run, tmp_path):
@@ -183,6 +217,9 @@ def test_epochs_of_a_chosen_length_draw_every_image_once_per_pass():
     (["--real-only", "--finetune-lr", "0"], ConfigError, "--finetune-lr 0.0 > 0"),
     (["--real-only", "--epochs", "0"], ConfigError, "--epochs 0 and"),
     (["--generated", "x", "--max-generated", "0"], ConfigError, "--max-generated 0"),
+    (["--generated", "x", "--generated-weight", "0.5"], ConfigError, "add --real-fraction"),
+    (["--generated", "x", "--real-fraction", "0.5", "--generated-weight", "0"], ConfigError,
+     "--generated-weight 0.0 must be > 0"),
     (["--generated", "x", "--real-fraction", "0.99", "--batch-size", "4"], ConfigError,
      "leaves no generated image"),
 ])

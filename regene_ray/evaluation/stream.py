@@ -79,7 +79,8 @@ def _stream_options():
 
 def generated_batches(folders: Sequence[GeneratedFolder], *, batch_size: int,
                       real: tuple[torch.Tensor, torch.Tensor] | None = None,
-                      real_fraction: float = 0.0, max_rows: int | None = None
+                      real_fraction: float = 0.0, max_rows: int | None = None,
+                      generated_weight: float = 1.0
                       ) -> tuple[Callable[[int, torch.Generator], Iterator], int]:
     """A batch source for resnet.fit_resnet that streams the generated rows every epoch, and
     how many rows each epoch streams.
@@ -91,11 +92,17 @@ def generated_batches(folders: Sequence[GeneratedFolder], *, batch_size: int,
         real_fraction: share of every batch drawn (with the epoch's seeded generator, without
             replacement within an epoch where possible) from `real`.
         max_rows: stream only the first this many generated rows.
+        generated_weight: with real images mixed in, each generated image's loss counts this
+            many times a real one's: the batches then carry per-image weights (resnet.fit_resnet
+            takes the weighted mean). At 1.0 they carry none.
     """
     if not 0 <= real_fraction < 1:
         raise ValueError(f"--real-fraction {real_fraction} must be in [0, 1)")
     if real_fraction and real is None:
         raise ValueError("--real-fraction needs real images to mix in")
+    if not generated_weight > 0 or (generated_weight != 1 and not real_fraction):
+        raise ValueError(f"--generated-weight {generated_weight} must be > 0, and differ from 1 "
+                         "only with --real-fraction")
     files, fs = parquet_files(folders)
     rows = sum(f.count_rows() for f in folders)
     with data_context(execution_options=_stream_options()):  # the dataset keeps its own copy
@@ -123,7 +130,12 @@ def generated_batches(folders: Sequence[GeneratedFolder], *, batch_size: int,
                 pos += n_real
                 x = torch.cat([x, real[0][idx]])
                 y = torch.cat([y, real[1][idx].long()])
-            yield x, y
+            if generated_weight != 1:  # the generated rows first, then the real ones
+                w = torch.ones(len(y))
+                w[:len(y) - n_real] = generated_weight
+                yield x, y, w
+            else:
+                yield x, y
 
     return epoch, rows
 
