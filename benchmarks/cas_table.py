@@ -84,9 +84,9 @@ def low_table(out: Path) -> None:
         print(f"{pct} of the training images ({first['trained_on']['real_images']:,} real), "
               f"EPOCHS={epochs}; protocol of {'real alone' if 'real' in ms else 'the first'}: "
               f"{protocol(first)}.\n")
-        print("| option | real share | fine-tune epochs | validation accuracy | test accuracy "
-              "| test minus real alone (points) |")
-        print("| --- | --- | --- | --- | --- | --- |")
+        print("| option | real share | generated weight | fine-tune epochs | validation accuracy "
+              "| test accuracy | test minus real alone (points) |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
         real = ms.get("real")
         for option, m in ms.items():
             t = m["trained_on"]
@@ -98,7 +98,8 @@ def low_table(out: Path) -> None:
                 diff = f"{d:+.2f} ({'beyond' if abs(d) > spread else 'within'} the spread " \
                        f"{spread:.2f})"
             share = "1 (real only)" if t.get("real_only") else t["real_fraction"]
-            print(f"| {option} | {share} | {t.get('finetune_epochs', 0)} | "
+            print(f"| {option} | {share} | {t.get('generated_weight', 1.0)} | "
+                  f"{t.get('finetune_epochs', 0)} | "
                   f"{pm(m, 'val_accuracy')} | {pm(m, 'test_accuracy')} | {diff} |")
         top = max(m["val_accuracy"] for m in ms.values())  # equal to 1e-6: float32 means
         best = [option for option, m in ms.items() if m["val_accuracy"] > top - 1e-6]

@@ -145,7 +145,7 @@ def test_report_is_written_and_every_embedded_image_decodes(report):
     assert {"latent_spaces", "blends"} <= set(m["figures"])
     (tog,) = m["train_on_generated"]
     tog_metrics = json.loads((out.parent / "tog-real" / "metrics.json").read_text())
-    assert tog["name"] == "tog-real" and tog["real_only"]
+    assert tog["name"] == "tog-real" and tog["real_only"] and tog["generated_weight"] == 1.0
     assert tog["test_accuracy"] == tog_metrics["test_accuracy"]  # tabulated as measured
     html = (out / "report.html").read_text()
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", html), "external resource"

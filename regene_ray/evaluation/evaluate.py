@@ -166,7 +166,8 @@ def read_train_results(folders: list[str | Path]) -> list[dict]:
                      "test_accuracy": m["test_accuracy"], "network": m["network"],
                      "test_accuracy_std": m.get("test_accuracy_std"),
                      "val_accuracy": m.get("val_accuracy"), "seeds": m.get("seeds", 1),
-                     "finetune_epochs": 0, **m["trained_on"], "epochs": len(history)})
+                     "finetune_epochs": 0, "generated_weight": 1.0, **m["trained_on"],
+                     "epochs": len(history)})
     return rows
 
 
