@@ -184,6 +184,28 @@ def test_generated_weight_weighs_the_generated_rows_of_a_mixed_batch(generated, 
         generated_batches([GeneratedFolder(generated)], batch_size=40, generated_weight=0.5)
 
 
+def test_the_stream_reads_through_the_v1_parquet_reader_and_every_row_once(generated):
+    """The stream's default reader is Ray Data's V1 Parquet reader (V2 lists every file in its
+    own task, every epoch: benchmarks/stream_reader.py). Both readers stream each row once an
+    epoch; the batches differ (another block layout under the seeded shuffle), each run alike."""
+    from regene_ray.evaluation.stream import generated_batches
+    from regene_ray.generated import GeneratedFolder
+
+    def epoch_of(**reader):
+        epoch, rows = generated_batches([GeneratedFolder(generated)], batch_size=64, **reader)
+        batches = list(epoch(0, torch.Generator().manual_seed(0)))
+        return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+
+    default, v1, v2 = epoch_of(), epoch_of(datasource_v2=False), epoch_of(datasource_v2=True)
+    assert torch.equal(default[0], v1[0]) and torch.equal(default[1], v1[1])
+    assert len(v1[1]) == len(v2[1]) == 300
+
+    def rows(xy):
+        return sorted(zip(xy[1].tolist(), (x.flatten().tolist() for x in xy[0]), strict=True))
+
+    assert rows(v1) == rows(v2)
+
+
 def test_real_only_reference(tiny_run, tmp_path):
     m = train("--run", tiny_run, "--real-only", "--real-images", "200", "--out",
               tmp_path / "real", *FAST)

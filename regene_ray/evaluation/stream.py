@@ -36,6 +36,13 @@ from regene_ray.cluster import data_context
 from regene_ray.generated import CHUNK_RE, GeneratedFolder, decode_png, image_bytes
 
 SHUFFLE_BUFFER = 8192  # rows in Ray Data's local shuffle buffer: the only rows held for mixing
+# Ray Data 2.60 reads Parquet through its DataSourceV2 by default. Given a list of files, its
+# ListFiles step lists and inspects them in one task per file (up to 200), again every epoch:
+# a 54,000-row epoch of 321 files streamed in 13 s against 2 s through the V1 reader, which
+# reads the files' metadata once, on the driver (benchmarks/stream_reader.py, BENCHMARKS.md
+# section 13). The dataset's own context picks V1. Either streams every row once an epoch, in
+# the same file order; the seeded shuffle sees other blocks, so the batches differ from V2's.
+PARQUET_DATASOURCE_V2 = False
 
 
 def class_interleaved(files: Sequence[str]) -> list[str]:
@@ -80,7 +87,8 @@ def _stream_options():
 def generated_batches(folders: Sequence[GeneratedFolder], *, batch_size: int,
                       real: tuple[torch.Tensor, torch.Tensor] | None = None,
                       real_fraction: float = 0.0, max_rows: int | None = None,
-                      generated_weight: float = 1.0
+                      generated_weight: float = 1.0,
+                      datasource_v2: bool | None = None
                       ) -> tuple[Callable[[int, torch.Generator], Iterator], int]:
     """A batch source for resnet.fit_resnet that streams the generated rows every epoch, and
     how many rows each epoch streams.
@@ -95,6 +103,8 @@ def generated_batches(folders: Sequence[GeneratedFolder], *, batch_size: int,
         generated_weight: with real images mixed in, each generated image's loss counts this
             many times a real one's: the batches then carry per-image weights (resnet.fit_resnet
             takes the weighted mean). At 1.0 they carry none.
+        datasource_v2: read through Ray Data's DataSourceV2 Parquet reader (default:
+            PARQUET_DATASOURCE_V2, read at the call; benchmarks/stream_reader.py compares both).
     """
     if not 0 <= real_fraction < 1:
         raise ValueError(f"--real-fraction {real_fraction} must be in [0, 1)")
@@ -105,7 +115,9 @@ def generated_batches(folders: Sequence[GeneratedFolder], *, batch_size: int,
                          "only with --real-fraction")
     files, fs = parquet_files(folders)
     rows = sum(f.count_rows() for f in folders)
-    with data_context(execution_options=_stream_options()):  # the dataset keeps its own copy
+    with data_context(execution_options=_stream_options(),  # the dataset keeps its own copy
+                      use_datasource_v2=PARQUET_DATASOURCE_V2 if datasource_v2 is None
+                      else datasource_v2):
         ds = ray.data.read_parquet(class_interleaved(files), filesystem=fs)
         ds = ds.select_columns(["image", "label"])
         if max_rows is not None and max_rows < rows:
