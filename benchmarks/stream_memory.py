@@ -10,6 +10,8 @@ while a sampler (benchmarks/generate_throughput.PeakMemory) sums the PSS and RSS
 and all its descendants (Ray's GCS, raylet and workers included) every --every-s seconds.
 Prints one JSON line per folder and the ratio of the peaks (most rows over fewest): a stream
 keeps the peak about flat, reading every row into memory makes it grow with the rows.
+`--readers v1,v2` measures each folder through both of Ray Data's Parquet readers, in turn
+(the stream's own, V1, and Ray Data 2.60's default DataSourceV2; benchmarks/stream_reader.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from generate_throughput import PeakMemory  # noqa: E402
+from stream_reader import LAUNCH, READERS  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -40,6 +43,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, default=8, help="ResNet depth (default: 8)")
     p.add_argument("--width", type=int, default=8, help="ResNet width (default: 8)")
     p.add_argument("--device", default="cpu", help="training device (default: cpu)")
+    p.add_argument("--readers", default="v1", help="Ray Data Parquet readers to measure each "
+                   "folder through, in turn: v1 (the stream's), v2 or v1,v2 (default: v1)")
     p.add_argument("--every-s", type=float, default=1.0,
                    help="seconds between memory samples (default: 1)")
     return p
@@ -54,10 +59,11 @@ def make_folder(run: Path, out: Path, rows: int) -> None:
                     "--resume"], check=True, cwd=REPO)
 
 
-def measure(args: argparse.Namespace, folder: Path, rows: int) -> dict:
-    """Peak memory and wall time of jobs/train_on_generated.py on `folder`."""
-    out = args.work / f"tog-{rows}"
-    cmd = [sys.executable, str(REPO / "jobs" / "train_on_generated.py"), "--run", str(args.run),
+def measure(args: argparse.Namespace, folder: Path, rows: int, reader: str) -> dict:
+    """Peak memory and wall time of jobs/train_on_generated.py on `folder`, its stream read
+    through Ray Data's `reader`."""
+    out = args.work / f"tog-{rows}-{reader}"
+    cmd = [sys.executable, "-c", LAUNCH, reader, "--run", str(args.run),
            "--generated", str(folder), "--out", str(out), "--overwrite",
            "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
            "--depth", str(args.depth), "--width", str(args.width), "--device", args.device]
@@ -70,7 +76,7 @@ def measure(args: argparse.Namespace, folder: Path, rows: int) -> dict:
     if code != 0:
         raise SystemExit(f"jobs/train_on_generated.py exited with {code}: {' '.join(cmd)}")
     m = json.loads((out / "metrics.json").read_text())
-    return {"rows": rows, "streamed_rows": m["trained_on"]["generated_rows"],
+    return {"rows": rows, "reader": reader, "streamed_rows": m["trained_on"]["generated_rows"],
             "epochs": args.epochs, "wall_s": round(time.perf_counter() - t0, 1),
             "peak_pss_mib": round(sampler.peak_pss_mib, 1),
             "peak_rss_mib": round(sampler.peak_rss_mib, 1),
@@ -79,19 +85,25 @@ def measure(args: argparse.Namespace, folder: Path, rows: int) -> dict:
 
 def main(args: argparse.Namespace) -> list[dict]:
     sizes = sorted(int(float(v)) for v in args.rows.split(","))
+    readers = args.readers.split(",")
+    if not set(readers) <= set(READERS):
+        raise SystemExit(f"--readers {args.readers}: pick from {', '.join(READERS)}")
     args.work.mkdir(parents=True, exist_ok=True)
     results = []
     for rows in sizes:
         folder = args.work / f"gen-{rows}"
         make_folder(args.run, folder, rows)
-        results.append(measure(args, folder, rows))
-        print(json.dumps(results[-1]), flush=True)
-    small, large = results[0], results[-1]
-    print(f"peak PSS {small['peak_pss_mib']:.0f} MiB at {small['rows']} rows, "
-          f"{large['peak_pss_mib']:.0f} MiB at {large['rows']} rows: "
-          f"{large['peak_pss_mib'] / small['peak_pss_mib']:.2f}x for "
-          f"{large['rows'] / small['rows']:.0f}x the rows (RSS "
-          f"{large['peak_rss_mib'] / small['peak_rss_mib']:.2f}x)")
+        for reader in readers:
+            results.append(measure(args, folder, rows, reader))
+            print(json.dumps(results[-1]), flush=True)
+    for reader in readers:
+        mine = [r for r in results if r["reader"] == reader]
+        small, large = mine[0], mine[-1]
+        print(f"{reader}: peak PSS {small['peak_pss_mib']:.0f} MiB at {small['rows']} rows, "
+              f"{large['peak_pss_mib']:.0f} MiB at {large['rows']} rows: "
+              f"{large['peak_pss_mib'] / small['peak_pss_mib']:.2f}x for "
+              f"{large['rows'] / small['rows']:.0f}x the rows (RSS "
+              f"{large['peak_rss_mib'] / small['peak_rss_mib']:.2f}x)")
     return results
 
 
