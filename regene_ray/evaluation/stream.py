@@ -84,6 +84,22 @@ def _stream_options():
     return opts
 
 
+def generated_dataset(folders: Sequence[GeneratedFolder], max_rows: int | None,
+                      datasource_v2: bool) -> tuple[ray.data.Dataset, int]:
+    """The lazy Ray Data dataset of the folders' decoded rows ({"x", "label"}), files round
+    robin across classes, at most `max_rows` of them, and how many rows it holds."""
+    files, fs = parquet_files(folders)
+    rows = sum(f.count_rows() for f in folders)
+    with data_context(execution_options=_stream_options(),  # the dataset keeps its own copy
+                      use_datasource_v2=datasource_v2):
+        ds = ray.data.read_parquet(class_interleaved(files), filesystem=fs)
+        ds = ds.select_columns(["image", "label"])
+        if max_rows is not None and max_rows < rows:
+            ds, rows = ds.limit(max_rows), max_rows
+        ds = ds.map_batches(decode_batch, batch_format="pyarrow")  # lazy: runs as epochs read
+    return ds, rows
+
+
 def generated_batches(folders: Sequence[GeneratedFolder], *, batch_size: int,
                       real: tuple[torch.Tensor, torch.Tensor] | None = None,
                       real_fraction: float = 0.0, max_rows: int | None = None,
@@ -113,16 +129,8 @@ def generated_batches(folders: Sequence[GeneratedFolder], *, batch_size: int,
     if not generated_weight > 0 or (generated_weight != 1 and not real_fraction):
         raise ValueError(f"--generated-weight {generated_weight} must be > 0, and differ from 1 "
                          "only with --real-fraction")
-    files, fs = parquet_files(folders)
-    rows = sum(f.count_rows() for f in folders)
-    with data_context(execution_options=_stream_options(),  # the dataset keeps its own copy
-                      use_datasource_v2=PARQUET_DATASOURCE_V2 if datasource_v2 is None
-                      else datasource_v2):
-        ds = ray.data.read_parquet(class_interleaved(files), filesystem=fs)
-        ds = ds.select_columns(["image", "label"])
-        if max_rows is not None and max_rows < rows:
-            ds, rows = ds.limit(max_rows), max_rows
-        ds = ds.map_batches(decode_batch, batch_format="pyarrow")  # lazy: runs as epochs read
+    ds, rows = generated_dataset(folders, max_rows,
+                                 PARQUET_DATASOURCE_V2 if datasource_v2 is None else datasource_v2)
     n_real = int(round(batch_size * real_fraction))
     n_gen = batch_size - n_real  # batches_per_epoch counts with the same split
 
