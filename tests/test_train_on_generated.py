@@ -265,6 +265,21 @@ def test_bad_folders(tiny_run, tmp_path):
 
 
 
+def test_the_shuffle_buffer_holds_two_files_of_every_class_within_its_budget():
+    """A data file holds one class: 140 files of a 540,000-row MNIST folder hold 3,858 rows
+    each, so a fixed 8,192-row buffer drew every batch from 3 of 10 classes. The buffer holds
+    two average files of every class, at least 8,192 rows, at most 256 MiB of decoded images."""
+    from regene_ray.evaluation.stream import SHUFFLE_BUDGET, shuffle_buffer_rows
+
+    files = [f"gen/data/c{c:03d}-k{k:07d}.parquet" for c in range(10) for k in range(14)]
+    assert shuffle_buffer_rows(files, 540_000, 784) == 2 * 10 * 3858
+    assert shuffle_buffer_rows(files[:20], 3_000, 784) == 8192  # small files: the floor
+    assert shuffle_buffer_rows(files, 540_000, 64 * 64 * 3) == SHUFFLE_BUDGET // (64 * 64 * 3)
+    two = [f for f in files if f.startswith(("gen/data/c000", "gen/data/c001"))]
+    assert shuffle_buffer_rows(two, 112_000, 784) == 2 * 2 * 4000  # two classes: two files each
+    assert shuffle_buffer_rows(["a.parquet"], 20_000, 784) == 2 * 20_000  # no chunk names: 1 class
+
+
 def test_class_interleaved_order():
     from regene_ray.evaluation.stream import class_interleaved
 

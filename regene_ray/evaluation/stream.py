@@ -5,14 +5,14 @@ seeded local shuffle buffer, optionally mixed with real images at a fixed share 
 A generated folder holds one class per data file (`c<label>-k<chunk>.parquet`), written in class
 order: the files stream round robin across classes instead (c0-k0, c1-k0, ..., c0-k1, ...), so a
 `max_rows` prefix is close to class-balanced (in file order the first 60,000 rows of a 540k-row
-MNIST folder were 54,000 zeros and 6,000 ones). Batches mix the classes either way: the shuffle
-buffer draws from blocks of several files.
+MNIST folder were 54,000 zeros and 6,000 ones). Batches mix the classes through the shuffle
+buffer, sized to hold two files of every class (shuffle_buffer_rows).
 
 Every epoch streams the folders again: at no point are all decoded images in memory, only the
-blocks in flight and the shuffle buffer (SHUFFLE_BUFFER rows). The job's peak memory still grew
-1.7x for 10x the rows (2.4 GB at 54k, 4.0 GB at 540k MNIST rows, benchmarks/stream_memory.py,
-BENCHMARKS.md section 13), by more than the decoded rows would take and with the object store
-budget or the read tasks bounded alike: not yet explained. Ray Data keeps the order of the rows
+blocks in flight and the shuffle buffer (at most SHUFFLE_BUDGET bytes). Through Ray Data's V1
+Parquet reader the job's peak memory is nearly flat in the rows (2.6 GB at 54k, 2.7 GB at
+540k MNIST rows, benchmarks/stream_memory.py, BENCHMARKS.md section 13); through 2.60's default
+DataSourceV2 it grew 1.8x. Ray Data keeps the order of the rows
 (`preserve_order`), and the shuffle buffer is seeded per epoch, so the batches are the same on
 every run, and the same from a local folder as from its copy on s3:// / gs://.
 
@@ -29,13 +29,16 @@ from pathlib import PurePosixPath
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 import torch
 
 from regene_ray.cluster import data_context
 from regene_ray.generated import CHUNK_RE, GeneratedFolder, decode_png, image_bytes
 
-SHUFFLE_BUFFER = 8192  # rows in Ray Data's local shuffle buffer: the only rows held for mixing
+SHUFFLE_BUFFER = 8192  # the fewest rows in Ray Data's local shuffle buffer (shuffle_buffer_rows)
+SHUFFLE_FILES = 2  # the buffer holds this many data files of every class, within the budget
+SHUFFLE_BUDGET = 256 * 2**20  # decoded image bytes the shuffle buffer may hold at most
 # Ray Data 2.60 reads Parquet through its DataSourceV2 by default. Given a list of files, its
 # ListFiles step lists and inspects them in one task per file (up to 200), again every epoch:
 # a 54,000-row epoch of 321 files streamed in 13 s against 2 s through the V1 reader, which
@@ -84,12 +87,34 @@ def _stream_options():
     return opts
 
 
+def shuffle_buffer_rows(files: Sequence[str], rows: int, row_bytes: int) -> int:
+    """Rows of the local shuffle buffer every batch is drawn from. A data file holds one class
+    and the files stream round robin across classes, so the buffer must span several files of
+    every class: a fixed 8,192 rows over 4,096-row files (--chunk-size auto past about 330,000
+    images) drew every batch from 3 of MNIST's 10 classes. SHUFFLE_FILES average files of each
+    class, at least SHUFFLE_BUFFER rows, at most SHUFFLE_BUDGET bytes of decoded images."""
+    names = (CHUNK_RE.match(PurePosixPath(f).name) for f in files)
+    classes = len({m[1] for m in names if m}) or 1
+    per_file = -(-rows // max(len(files), 1))
+    return max(SHUFFLE_BUFFER, min(SHUFFLE_FILES * classes * per_file,
+                                   SHUFFLE_BUDGET // max(row_bytes, 1)))
+
+
+def decoded_row_bytes(files: Sequence[str], fs) -> int:
+    """Bytes of one decoded image of the set (its first file's first row)."""
+    with fs.open_input_file(files[0]) as f:
+        first = pq.ParquetFile(f).read_row_group(0, columns=["image"]).slice(0, 1)
+    return decode_png(image_bytes(first.column("image"))[0], f"{files[0]}: row 0").nbytes
+
+
 def generated_dataset(folders: Sequence[GeneratedFolder], max_rows: int | None,
-                      datasource_v2: bool) -> tuple[ray.data.Dataset, int]:
+                      datasource_v2: bool) -> tuple[ray.data.Dataset, int, int]:
     """The lazy Ray Data dataset of the folders' decoded rows ({"x", "label"}), files round
-    robin across classes, at most `max_rows` of them, and how many rows it holds."""
+    robin across classes, at most `max_rows` of them, how many rows it holds, and the shuffle
+    buffer's rows for it."""
     files, fs = parquet_files(folders)
     rows = sum(f.count_rows() for f in folders)
+    buffer = shuffle_buffer_rows(files, rows, decoded_row_bytes(files, fs))
     with data_context(execution_options=_stream_options(),  # the dataset keeps its own copy
                       use_datasource_v2=datasource_v2):
         ds = ray.data.read_parquet(class_interleaved(files), filesystem=fs)
@@ -97,7 +122,7 @@ def generated_dataset(folders: Sequence[GeneratedFolder], max_rows: int | None,
         if max_rows is not None and max_rows < rows:
             ds, rows = ds.limit(max_rows), max_rows
         ds = ds.map_batches(decode_batch, batch_format="pyarrow")  # lazy: runs as epochs read
-    return ds, rows
+    return ds, rows, buffer
 
 
 def generated_batches(folders: Sequence[GeneratedFolder], *, batch_size: int,
@@ -129,8 +154,8 @@ def generated_batches(folders: Sequence[GeneratedFolder], *, batch_size: int,
     if not generated_weight > 0 or (generated_weight != 1 and not real_fraction):
         raise ValueError(f"--generated-weight {generated_weight} must be > 0, and differ from 1 "
                          "only with --real-fraction")
-    ds, rows = generated_dataset(folders, max_rows,
-                                 PARQUET_DATASOURCE_V2 if datasource_v2 is None else datasource_v2)
+    ds, rows, buffer = generated_dataset(
+        folders, max_rows, PARQUET_DATASOURCE_V2 if datasource_v2 is None else datasource_v2)
     n_real = int(round(batch_size * real_fraction))
     n_gen = batch_size - n_real  # batches_per_epoch counts with the same split
 
@@ -140,7 +165,7 @@ def generated_batches(folders: Sequence[GeneratedFolder], *, batch_size: int,
         shuffle_seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
         order = torch.randperm(len(real[0]), generator=gen) if n_real else None
         pos = 0
-        for b in ds.iter_torch_batches(batch_size=n_gen, local_shuffle_buffer_size=SHUFFLE_BUFFER,
+        for b in ds.iter_torch_batches(batch_size=n_gen, local_shuffle_buffer_size=buffer,
                                        local_shuffle_seed=shuffle_seed):
             x, y = b["x"], b["label"]
             if n_real:
