@@ -200,8 +200,8 @@ def _trained_table(trained: list[dict]) -> Table:
          "weight of a generated image", "fine-tuned on real (epochs)", "network", "epochs",
          "seeds", "validation accuracy", "real test accuracy"],
         [[t["name"], t["generated_rows"], t["real_images"], t["real_fraction"],
-          t["generated_weight"], t["finetune_epochs"], t["network"], t["epochs"], t["seeds"], pm(t, "val_accuracy"),
-          pm(t, "test_accuracy")] for t in trained],
+          t["generated_weight"], t["finetune_epochs"], t["network"], t["epochs"], t["seeds"],
+          pm(t, "val_accuracy"), pm(t, "test_accuracy")] for t in trained],
         "Each row is a jobs/train_on_generated.py result: a classifier trained from scratch "
         "on the images named, once per model seed (mean ± sample standard deviation over "
         "seeds); each seed keeps the epoch that scores best on the run's holdout split (real "
