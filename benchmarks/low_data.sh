@@ -20,7 +20,8 @@
 #   REGENE_DATA_ROOT=../shared/data bash benchmarks/low_data.sh [OUT]
 #   PCTS="1" OPTIONS="real mix50" bash benchmarks/low_data.sh       # a part
 #   EPOCHS=2 PCTS="1" OPTIONS="real gen-ft mix50-ft" bash benchmarks/low_data.sh   # shorter
-#   TRAIN_FLAGS="--shift 2" GEN_FLAGS="--n-parents 2" ...    # other ReGene runs / generations
+#   TRAIN_FLAGS="--shift 2" GEN_FLAGS="--n-parents 2" ... runs/other   # other runs / generations:
+#                                 a new OUT (a finished run or set in OUT is reused as it is)
 # Finished steps are skipped on a rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -109,6 +109,10 @@ def main() -> None:
     args = get_args_parser().parse_args()
     if args.job_pairs and args.run is None:
         sys.exit("--job-pairs needs --run")
+    # the jobs run from the repository's root
+    args.generated = [g.resolve() for g in args.generated]
+    args.run = args.run.resolve() if args.run else None
+    args.work = args.work.resolve()
     summarise("stream", stream_epochs(args.generated, args.rounds, args.batch_size))
     if args.job_pairs:
         summarise("job", job_runs(args))

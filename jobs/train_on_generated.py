@@ -121,10 +121,11 @@ def check_args(args: argparse.Namespace) -> None:
                           "real ones by --real-fraction), or --real-only, not both or neither")
     if not 0 <= args.real_fraction < 1:
         raise ConfigError(f"--real-fraction {args.real_fraction} must be in [0, 1)")
-    if not args.generated_weight > 0 or (args.generated_weight != 1 and not args.real_fraction):
+    if not args.generated_weight > 0 or (args.generated_weight != 1 and
+                                         round(args.batch_size * args.real_fraction) < 1):
         raise ConfigError(f"--generated-weight {args.generated_weight} must be > 0, and weighs "
                           "generated images against real ones in the same batch: add "
-                          "--real-fraction, or leave it at 1")
+                          "--real-fraction (at least one real image a batch), or leave it at 1")
     if args.real_images is not None and args.real_images < 1:
         raise ConfigError(f"--real-images {args.real_images} must be >= 1")
     if args.real_images is not None and not uses_real(args):

@@ -206,8 +206,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.d
 
 
 def fit_resnet(model: ResNet,
-               batches: Callable[[int, torch.Generator],
-                                 Iterable[tuple[torch.Tensor, torch.Tensor]]],
+               batches: Callable[[int, torch.Generator], Iterable[tuple[torch.Tensor, ...]]],
                cfg: ResNetTrainConfig, device: torch.device, *,
                checkpoint: Path | None = None, what: str = "resnet",
                val: tuple[torch.Tensor, torch.Tensor] | None = None,

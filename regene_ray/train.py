@@ -180,6 +180,9 @@ def decoder_epoch(decoder: Decoder, loss_fn: ReconstructionLoss, opt: torch.opti
                   epoch: int, device: torch.device, seed: int = 0) -> dict[str, float]:
     """One pass over (code, image) pairs; codes come from the frozen classifier: `codes` holds
     them precomputed, or (with cfg.shift) is the classifier that encodes each shifted image."""
+    if cfg.shift and not isinstance(codes, Classifier):
+        raise ValueError("decoder_epoch: shifted images need the classifier to encode them; "
+                         "pass it as `codes` (train_decoder does)")
     gen = torch.Generator().manual_seed(epoch_seed(seed, epoch, DECODER_STREAM))
     order = torch.randperm(len(images), generator=gen)
     shifts = torch.Generator().manual_seed(epoch_seed(seed, epoch, SHIFT_STREAM + DECODER_STREAM))

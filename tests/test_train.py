@@ -119,6 +119,12 @@ def test_shift_augments_both_stages_deterministically_and_zero_changes_nothing(d
     assert _without_speed(h_shift) == _without_speed(h_again)
     assert h_shift[-1]["train_loss"] != h_plain[-1]["train_loss"]
     assert h_shift[-1]["val_mae"] < 0.3  # it still learns to invert the codes (0.32 untrained)
+    with pytest.raises(ValueError, match="shifted images need the classifier"):
+        from regene_ray.train import decoder_epoch
+
+        _, dec = models()
+        decoder_epoch(dec, None, None, torch.zeros(4, 16), data.train_x[:4],
+                      DecoderTrainConfig(shift=2), 0, CPU)
 
 
 def test_nan_loss_is_reported(data):

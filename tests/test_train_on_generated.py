@@ -240,6 +240,8 @@ def test_epochs_of_a_chosen_length_draw_every_image_once_per_pass():
     (["--real-only", "--epochs", "0"], ConfigError, "--epochs 0 and"),
     (["--generated", "x", "--max-generated", "0"], ConfigError, "--max-generated 0"),
     (["--generated", "x", "--generated-weight", "0.5"], ConfigError, "add --real-fraction"),
+    (["--generated", "x", "--real-fraction", "0.001", "--generated-weight", "2"], ConfigError,
+     "at least one real image a batch"),
     (["--generated", "x", "--real-fraction", "0.5", "--generated-weight", "0"], ConfigError,
      "--generated-weight 0.0 must be > 0"),
     (["--generated", "x", "--real-fraction", "0.99", "--batch-size", "4"], ConfigError,
@@ -278,6 +280,37 @@ def test_the_shuffle_buffer_holds_two_files_of_every_class_within_its_budget():
     two = [f for f in files if f.startswith(("gen/data/c000", "gen/data/c001"))]
     assert shuffle_buffer_rows(two, 112_000, 784) == 2 * 2 * 4000  # two classes: two files each
     assert shuffle_buffer_rows(["a.parquet"], 20_000, 784) == 2 * 20_000  # no chunk names: 1 class
+
+
+def test_a_shuffle_buffer_the_budget_cuts_short_of_the_classes_is_warned_about(caplog):
+    from regene_ray.evaluation.stream import SHUFFLE_BUFFER, shuffle_buffer_rows
+
+    files = [f"gen/data/c{c:03d}-k{k:07d}.parquet" for c in range(100) for k in range(4)]
+    with caplog.at_level("WARNING", logger="regene_ray.evaluation.stream"):
+        rows = shuffle_buffer_rows(files, 1_600_000, 128 * 128 * 3)  # 4,000-row files
+    assert rows == SHUFFLE_BUFFER and "spans about 2 of the 100 classes" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="regene_ray.evaluation.stream"):
+        shuffle_buffer_rows(files[:40], 16_000, 784)
+    assert caplog.text == ""
+
+
+def test_the_row_size_comes_from_the_first_file_with_a_row(generated, tmp_path):
+    """A chunk that accepted no image is an empty data file, and may come first."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    from regene_ray.evaluation.stream import decoded_row_bytes
+    from regene_ray.generated import GeneratedFolder
+
+    first = GeneratedFolder(generated).files()[0]
+    table = pq.read_table(first)
+    pq.write_table(table.slice(0, 0), tmp_path / "c000-k0000000.parquet")
+    pq.write_table(table.slice(0, 0), tmp_path / "none.parquet", row_group_size=1)
+    fs = pafs.LocalFileSystem()
+    empty, none = str(tmp_path / "c000-k0000000.parquet"), str(tmp_path / "none.parquet")
+    assert decoded_row_bytes([empty, first], fs) == 16 * 16 == decoded_row_bytes([first], fs)
+    assert decoded_row_bytes([empty, none], fs) == 1  # no row anywhere: the floor decides
 
 
 def test_class_interleaved_order():

@@ -9,7 +9,7 @@ MNIST folder were 54,000 zeros and 6,000 ones). Batches mix the classes through 
 buffer, sized to hold two files of every class (shuffle_buffer_rows).
 
 Every epoch streams the folders again: at no point are all decoded images in memory, only the
-blocks in flight and the shuffle buffer (at most SHUFFLE_BUDGET bytes). Through Ray Data's V1
+blocks in flight and the shuffle buffer (sized within SHUFFLE_BUDGET bytes). Through Ray Data's V1
 Parquet reader the job's peak memory is nearly flat in the rows (2.6 GB at 54k, 2.7 GB at
 540k MNIST rows, benchmarks/stream_memory.py, BENCHMARKS.md section 13); through 2.60's default
 DataSourceV2 it grew 1.8x. Ray Data keeps the order of the rows
@@ -23,6 +23,7 @@ numbers come from.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import PurePosixPath
@@ -36,15 +37,18 @@ import torch
 from regene_ray.cluster import data_context
 from regene_ray.generated import CHUNK_RE, GeneratedFolder, decode_png, image_bytes
 
+log = logging.getLogger(__name__)
+
 SHUFFLE_BUFFER = 8192  # the fewest rows in Ray Data's local shuffle buffer (shuffle_buffer_rows)
 SHUFFLE_FILES = 2  # the buffer holds this many data files of every class, within the budget
-SHUFFLE_BUDGET = 256 * 2**20  # decoded image bytes the shuffle buffer may hold at most
+SHUFFLE_BUDGET = 256 * 2**20  # decoded image bytes the buffer is sized within (its floor first)
 # Ray Data 2.60 reads Parquet through its DataSourceV2 by default. Given a list of files, its
 # ListFiles step lists and inspects them in one task per file (up to 200), again every epoch:
 # a 54,000-row epoch of 321 files streamed in 13 s against 2 s through the V1 reader, which
-# reads the files' metadata once, on the driver (benchmarks/stream_reader.py, BENCHMARKS.md
-# section 13). The dataset's own context picks V1. Either streams every row once an epoch, in
-# the same file order; the seeded shuffle sees other blocks, so the batches differ from V2's.
+# gathers the files' metadata once, when the dataset is made (benchmarks/stream_reader.py,
+# BENCHMARKS.md section 13). The dataset's own context picks V1, whatever
+# $RAY_DATA_USE_DATASOURCE_V2 says. Either streams every row once an epoch, in the same file
+# order; the seeded shuffle sees other blocks, so the batches differ from V2's.
 PARQUET_DATASOURCE_V2 = False
 
 
@@ -92,19 +96,30 @@ def shuffle_buffer_rows(files: Sequence[str], rows: int, row_bytes: int) -> int:
     and the files stream round robin across classes, so the buffer must span several files of
     every class: a fixed 8,192 rows over 4,096-row files (--chunk-size auto past about 330,000
     images) drew every batch from 3 of MNIST's 10 classes. SHUFFLE_FILES average files of each
-    class, at least SHUFFLE_BUFFER rows, at most SHUFFLE_BUDGET bytes of decoded images."""
+    class, within SHUFFLE_BUDGET bytes of decoded images where that still leaves SHUFFLE_BUFFER
+    rows (the size before; Ray's batcher holds up to about 1.5x its buffer). A buffer the
+    budget cuts short of every class is warned about."""
     names = (CHUNK_RE.match(PurePosixPath(f).name) for f in files)
     classes = len({m[1] for m in names if m}) or 1
     per_file = -(-rows // max(len(files), 1))
-    return max(SHUFFLE_BUFFER, min(SHUFFLE_FILES * classes * per_file,
-                                   SHUFFLE_BUDGET // max(row_bytes, 1)))
+    wanted, budget = SHUFFLE_FILES * classes * per_file, SHUFFLE_BUDGET // max(row_bytes, 1)
+    if budget < wanted and max(budget, SHUFFLE_BUFFER) < classes * per_file:
+        log.warning("the shuffle buffer (%d rows of %d bytes) spans about %d of the %d classes' "
+                    "data files of %d rows: batches draw on fewer classes; generate with a "
+                    "smaller --chunk-size for better mixed batches", max(budget, SHUFFLE_BUFFER),
+                    row_bytes, max(budget, SHUFFLE_BUFFER) // per_file, classes, per_file)
+    return max(SHUFFLE_BUFFER, min(wanted, budget))
 
 
 def decoded_row_bytes(files: Sequence[str], fs) -> int:
-    """Bytes of one decoded image of the set (its first file's first row)."""
-    with fs.open_input_file(files[0]) as f:
-        first = pq.ParquetFile(f).read_row_group(0, columns=["image"]).slice(0, 1)
-    return decode_png(image_bytes(first.column("image"))[0], f"{files[0]}: row 0").nbytes
+    """Bytes of one decoded image of the set: the first row of the first data file that has
+    one (a chunk that accepted no image is an empty file); 1 when no file has a row."""
+    for path in files:
+        with fs.open_input_file(path) as f:
+            first = next(pq.ParquetFile(f).iter_batches(batch_size=1, columns=["image"]), None)
+        if first is not None and first.num_rows:
+            return decode_png(image_bytes(first.column("image"))[0], f"{path}: row 0").nbytes
+    return 1
 
 
 def generated_dataset(folders: Sequence[GeneratedFolder], max_rows: int | None,
@@ -151,15 +166,19 @@ def generated_batches(folders: Sequence[GeneratedFolder], *, batch_size: int,
         raise ValueError(f"--real-fraction {real_fraction} must be in [0, 1)")
     if real_fraction and real is None:
         raise ValueError("--real-fraction needs real images to mix in")
-    if not generated_weight > 0 or (generated_weight != 1 and not real_fraction):
+    if not generated_weight > 0 or (generated_weight != 1 and round(batch_size * real_fraction)
+                                    < 1):
         raise ValueError(f"--generated-weight {generated_weight} must be > 0, and differ from 1 "
-                         "only with --real-fraction")
+                         "only with --real-fraction of at least one real image a batch")
+    if real_fraction and round(batch_size * real_fraction) > len(real[0]):
+        raise ValueError(f"--real-fraction {real_fraction} asks for more real images a batch "
+                         f"than the {len(real[0])} there are")
     ds, rows, buffer = generated_dataset(
         folders, max_rows, PARQUET_DATASOURCE_V2 if datasource_v2 is None else datasource_v2)
     n_real = int(round(batch_size * real_fraction))
     n_gen = batch_size - n_real  # batches_per_epoch counts with the same split
 
-    def epoch(e: int, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(e: int, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
         # the epoch's seeded generator (loop.epoch_seed: the model seed and the epoch) draws the
         # shuffle, so every epoch and every model seed shuffles differently, reproducibly
         shuffle_seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
@@ -168,6 +187,7 @@ def generated_batches(folders: Sequence[GeneratedFolder], *, batch_size: int,
         for b in ds.iter_torch_batches(batch_size=n_gen, local_shuffle_buffer_size=buffer,
                                        local_shuffle_seed=shuffle_seed):
             x, y = b["x"], b["label"]
+            generated = len(y)
             if n_real:
                 if pos + n_real > len(order):
                     order, pos = torch.randperm(len(real[0]), generator=gen), 0
@@ -177,7 +197,7 @@ def generated_batches(folders: Sequence[GeneratedFolder], *, batch_size: int,
                 y = torch.cat([y, real[1][idx].long()])
             if generated_weight != 1:  # the generated rows first, then the real ones
                 w = torch.ones(len(y))
-                w[:len(y) - n_real] = generated_weight
+                w[:generated] = generated_weight
                 yield x, y, w
             else:
                 yield x, y
