@@ -140,6 +140,23 @@ def generated_dataset(folders: Sequence[GeneratedFolder], max_rows: int | None,
     return ds, rows, buffer
 
 
+def check_mix(batch_size: int, real: tuple | None, real_fraction: float,
+              generated_weight: float) -> None:
+    """generated_batches' mixing settings: a real share in [0, 1) of images there are, and a
+    generated weight other than 1 only where a batch holds a real image to weigh against."""
+    if not 0 <= real_fraction < 1:
+        raise ValueError(f"--real-fraction {real_fraction} must be in [0, 1)")
+    if real_fraction and real is None:
+        raise ValueError("--real-fraction needs real images to mix in")
+    per_batch = round(batch_size * real_fraction)
+    if not generated_weight > 0 or (generated_weight != 1 and per_batch < 1):
+        raise ValueError(f"--generated-weight {generated_weight} must be > 0, and differ from 1 "
+                         "only with --real-fraction of at least one real image a batch")
+    if real_fraction and per_batch > len(real[0]):
+        raise ValueError(f"--real-fraction {real_fraction} asks for more real images a batch "
+                         f"than the {len(real[0])} there are")
+
+
 def generated_batches(folders: Sequence[GeneratedFolder], *, batch_size: int,
                       real: tuple[torch.Tensor, torch.Tensor] | None = None,
                       real_fraction: float = 0.0, max_rows: int | None = None,
@@ -162,17 +179,7 @@ def generated_batches(folders: Sequence[GeneratedFolder], *, batch_size: int,
         datasource_v2: read through Ray Data's DataSourceV2 Parquet reader (default:
             PARQUET_DATASOURCE_V2, read at the call; benchmarks/stream_reader.py compares both).
     """
-    if not 0 <= real_fraction < 1:
-        raise ValueError(f"--real-fraction {real_fraction} must be in [0, 1)")
-    if real_fraction and real is None:
-        raise ValueError("--real-fraction needs real images to mix in")
-    if not generated_weight > 0 or (generated_weight != 1 and round(batch_size * real_fraction)
-                                    < 1):
-        raise ValueError(f"--generated-weight {generated_weight} must be > 0, and differ from 1 "
-                         "only with --real-fraction of at least one real image a batch")
-    if real_fraction and round(batch_size * real_fraction) > len(real[0]):
-        raise ValueError(f"--real-fraction {real_fraction} asks for more real images a batch "
-                         f"than the {len(real[0])} there are")
+    check_mix(batch_size, real, real_fraction, generated_weight)
     ds, rows, buffer = generated_dataset(
         folders, max_rows, PARQUET_DATASOURCE_V2 if datasource_v2 is None else datasource_v2)
     n_real = int(round(batch_size * real_fraction))
