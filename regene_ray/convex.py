@@ -1,4 +1,4 @@
-"""Convex generation primitives: keyed randomness, parent sampling, convex weights, mixing.
+"""Generation primitives: keyed randomness, parent sampling, mixing weights, mixing.
 
 All randomness is a pure function of (seed, candidate id, stream): a vectorised counter-based
 hash (splitmix64), so a candidate gets the same parents and weights whatever batch, worker or
@@ -59,33 +59,43 @@ class KeyedRNG:
 
 @dataclass(frozen=True)
 class WeightScheme:
-    """How convex weights are drawn: 'uniform' (1/n), 'dirichlet' (alpha) or fixed 'ratios'."""
+    """How mixing weights are drawn: 'uniform' (1/n), 'dirichlet' (alpha), fixed 'ratios', or
+    'affine' (reach): Dirichlet(1) weights stretched away from the centroid, so each lies in
+    [-reach, 1 + (n - 1) reach] and they still sum to 1. Affine mixes leave the parents' convex
+    hull (extrapolation, DeVries and Taylor 2017): Lemma 1 no longer holds for them, and the
+    latent filter step decides their class."""
 
     kind: str
     alpha: float = 1.0
     ratios: tuple[float, ...] = ()
+    reach: float = 0.0
 
     def __str__(self) -> str:
         if self.kind == "dirichlet":
             return f"dirichlet:{self.alpha:g}"
+        if self.kind == "affine":
+            return f"affine:{self.reach:g}"
         if self.kind == "ratios":
             return ",".join(f"{r:g}" for r in self.ratios)
         return "uniform"
 
 
 def parse_weights(spec: str | WeightScheme) -> WeightScheme:
-    """'uniform' | 'dirichlet:<alpha>' | comma ratios such as '0.3,0.7' (or one ratio r for n=2)."""
+    """'uniform' | 'dirichlet:<alpha>' | 'affine:<reach>' | comma ratios such as '0.3,0.7' (or
+    one ratio r for n=2)."""
     if isinstance(spec, WeightScheme):
         return spec
     s = str(spec).strip().lower()
     if s == "uniform":
         return WeightScheme("uniform")
+    if s.startswith("affine"):
+        reach = _number_after_colon(s)
+        if not reach >= 0 or not np.isfinite(reach):
+            raise ValueError(f"weights '{spec}': affine needs a reach >= 0, e.g. affine:0.5 "
+                             "(each weight then lies in [-0.5, 1.5] for two parents)")
+        return WeightScheme("affine", reach=reach)
     if s.startswith("dirichlet"):
-        _, _, a = s.partition(":")
-        try:
-            alpha = float(a) if a else 1.0
-        except ValueError:
-            alpha = float("nan")
+        alpha = _number_after_colon(s, default=1.0)
         if not alpha > 0 or not np.isfinite(alpha):
             raise ValueError(f"weights '{spec}': dirichlet needs a positive alpha, e.g. dirichlet:1.0")
         return WeightScheme("dirichlet", alpha=alpha)
@@ -102,8 +112,19 @@ def parse_weights(spec: str | WeightScheme) -> WeightScheme:
     return WeightScheme("ratios", ratios=ratios)
 
 
+def _number_after_colon(s: str, default: float = float("nan")) -> float:
+    """The number after 'kind:' ('dirichlet:2' -> 2.0); `default` when there is none, NaN when
+    it is not a number."""
+    _, _, a = s.partition(":")
+    try:
+        return float(a) if a else default
+    except ValueError:
+        return float("nan")
+
+
 def sample_convex_weights(k: int, scheme: str | WeightScheme, rng: KeyedRNG) -> np.ndarray:
-    """Convex weights (B, k): non-negative, rows summing to 1.
+    """Mixing weights (B, k), rows summing to 1: convex (non-negative) for every scheme but
+    'affine', whose rows are Dirichlet(1) draws stretched by 1 + k * reach about 1/k.
 
     Args:
         k: parents per candidate.
@@ -122,9 +143,13 @@ def sample_convex_weights(k: int, scheme: str | WeightScheme, rng: KeyedRNG) -> 
             )
         return np.tile(np.asarray(scheme.ratios, dtype=np.float32), (n, 1))
     # Dirichlet by inverse-CDF gamma draws, normalised (exact for any alpha).
-    g = gammaincinv(scheme.alpha, rng.uniform(STREAM_WEIGHTS, k))  # (B, k)
+    alpha = 1.0 if scheme.kind == "affine" else scheme.alpha
+    g = gammaincinv(alpha, rng.uniform(STREAM_WEIGHTS, k))  # (B, k)
     g = np.maximum(g, 1e-300)
     w = g / g.sum(axis=1, keepdims=True)
+    if scheme.kind == "affine":  # (1 + k r) (w - 1/k) + 1/k = (1 + k r) w - r: still sums to 1
+        w = (1.0 + k * scheme.reach) * w - scheme.reach
+        return w.astype(np.float32)
     w = w.astype(np.float32)
     return w / w.sum(axis=1, keepdims=True)
 

@@ -303,7 +303,8 @@ class ConvexGenerator:
         Args:
             labels: (B,) intended classes.
             n_parents: parents per mix, or a list to draw from per candidate (e.g. [2, 3, 5]).
-            weights: 'uniform', 'dirichlet:<alpha>' or ratios such as '0.3,0.7'.
+            weights: 'uniform', 'dirichlet:<alpha>', ratios such as '0.3,0.7', or 'affine:<reach>'
+                (extrapolation beyond the parents; not convex, see convex.WeightScheme).
             seed, ids: randomness is a function of (seed, id); ids default to 0..B-1.
             filter: when False, every candidate is decoded (accepted still reports both steps).
         Returns:

@@ -65,12 +65,27 @@ def test_dirichlet_mean_matches_theory():
     assert w[:, 0].var() == pytest.approx(12 / 576, rel=0.05)
 
 
+def test_affine_weights_stretch_dirichlet_1_about_the_centroid():
+    rng = KeyedRNG(0, np.arange(20_000))
+    d = sample_convex_weights(3, "dirichlet:1", rng)
+    assert np.allclose(sample_convex_weights(3, "affine:0", rng), d, atol=1e-6)  # Dirichlet(1)
+    w = sample_convex_weights(3, "affine:0.5", rng)
+    assert w.dtype == np.float32 and np.allclose(w.sum(1), 1, atol=1e-5)
+    assert np.allclose(w, 2.5 * d - 0.5, atol=1e-6)  # (1 + 3 * 0.5) w - 0.5
+    assert w.min() >= -0.5 - 1e-6 and w.max() <= 2.0 + 1e-6
+    assert (w < 0).any(axis=1).mean() > 0.5  # most rows leave the parents' hull
+    assert str(parse_weights("affine:0.5")) == "affine:0.5"
+
+
 def test_weight_spec_errors():
     assert parse_weights("0.3").ratios == (0.3, 0.7)
     with pytest.raises(ValueError, match="sum to 1"):
         parse_weights("0.3,0.3")
     with pytest.raises(ValueError, match="positive alpha"):
         parse_weights("dirichlet:-1")
+    for bad in ("affine", "affine:-0.1", "affine:x"):
+        with pytest.raises(ValueError, match="affine needs a reach >= 0"):
+            parse_weights(bad)
     with pytest.raises(ValueError, match="not understood"):
         parse_weights("gaussian")
     with pytest.raises(ValueError, match="give one ratio per parent"):

@@ -19,7 +19,7 @@ FEATURES = [
     ("label", None, "the class the image was generated for (a ClassLabel)"),
     ("n_parents", {"dtype": "int8"}, "how many latent codes were mixed"),
     ("parent_ids", {"sequence": "int64"}, "the mixed codes' ids in the run's latent bank"),
-    ("weights", {"sequence": "float32"}, "the convex weights, one per parent"),
+    ("weights", {"sequence": "float32"}, "the mixing weights, one per parent, summing to 1 (convex unless made with affine weights)"),
     ("latent_confidence", {"dtype": "float32"}, "the classifier's confidence in the mixed code"),
     ("image_confidence", {"dtype": "float32"}, "its confidence in the decoded image"),
     ("image", {"dtype": "image"}, "the decoded image (PNG bytes)"),

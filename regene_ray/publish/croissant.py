@@ -51,7 +51,7 @@ COLUMNS = [
     ("image", "sc:ImageObject", False, "the decoded image (PNG)"),
     ("n_parents", "sc:Integer", False, "how many latent codes were mixed"),
     ("parent_ids", "sc:Integer", True, "the mixed codes' ids in the run's latent bank"),
-    ("weights", "sc:Float", True, "the convex weights, one per parent"),
+    ("weights", "sc:Float", True, "the mixing weights, one per parent, summing to 1 (convex unless made with affine weights)"),
     ("latent_confidence", "sc:Float", False, "the classifier's confidence in the mixed code"),
     ("image_confidence", "sc:Float", False, "its confidence in the decoded image"),
 ]
