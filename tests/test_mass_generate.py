@@ -506,6 +506,7 @@ def test_bad_flags_parser(tmp_path, capsys, flags, message):
     (["--count", "10", "--n-parents", "400"], "fewer eligible parents"),
     (["--count", "10", "--resume", "--overwrite"], "exclude each other"),
     (["--count", "10", "--weights", "dirichlet:-1"], "positive alpha"),
+    (["--count", "10", "--weights", "affine:-1"], "affine needs a reach >= 0"),
     (["--count", "10", "--device", "cuda"], "--device cuda needs --gpus-per-worker"),
 ])
 def test_bad_flags_main(tiny_run, tmp_path, flags, message):
