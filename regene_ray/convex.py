@@ -16,6 +16,8 @@ from scipy.special import gammaincinv
 
 # streams: independent random quantities per candidate
 STREAM_N_PARENTS, STREAM_PARENTS, STREAM_WEIGHTS, STREAM_LABEL = 1, 2, 3, 4
+# affine weights beyond this reach lose the float32 sum to 1 and decode to noise
+MAX_REACH = 10.0
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
@@ -62,8 +64,8 @@ class WeightScheme:
     """How mixing weights are drawn: 'uniform' (1/n), 'dirichlet' (alpha), fixed 'ratios', or
     'affine' (reach): Dirichlet(1) weights stretched away from the centroid, so each lies in
     [-reach, 1 + (n - 1) reach] and they still sum to 1. Affine mixes leave the parents' convex
-    hull (extrapolation, DeVries and Taylor 2017): Lemma 1 no longer holds for them, and the
-    latent filter step decides their class."""
+    hull (extrapolation, DeVries and Taylor 2017): Lemma 1 no longer holds for them, so the
+    generator's latent step also asks the head's argmax of them."""
 
     kind: str
     alpha: float = 1.0
@@ -88,13 +90,15 @@ def parse_weights(spec: str | WeightScheme) -> WeightScheme:
     s = str(spec).strip().lower()
     if s == "uniform":
         return WeightScheme("uniform")
-    if s.startswith("affine"):
+    kind = s.partition(":")[0].strip()
+    if kind == "affine":
         reach = _number_after_colon(s)
-        if not reach >= 0 or not np.isfinite(reach):
-            raise ValueError(f"weights '{spec}': affine needs a reach >= 0, e.g. affine:0.5 "
-                             "(each weight then lies in [-0.5, 1.5] for two parents)")
+        if not 0 <= reach <= MAX_REACH:
+            raise ValueError(f"weights '{spec}': affine needs a reach >= 0 and <= {MAX_REACH:g}, "
+                             "e.g. affine:0.5 (each weight then lies in [-0.5, 1.5] for two "
+                             "parents)")
         return WeightScheme("affine", reach=reach)
-    if s.startswith("dirichlet"):
+    if kind == "dirichlet":
         alpha = _number_after_colon(s, default=1.0)
         if not alpha > 0 or not np.isfinite(alpha):
             raise ValueError(f"weights '{spec}': dirichlet needs a positive alpha, e.g. dirichlet:1.0")
@@ -103,7 +107,8 @@ def parse_weights(spec: str | WeightScheme) -> WeightScheme:
         ratios = tuple(float(r) for r in s.split(","))
     except ValueError:
         raise ValueError(
-            f"weights '{spec}' not understood; use uniform, dirichlet:<alpha> or ratios like 0.3,0.7"
+            f"weights '{spec}' not understood; use uniform, dirichlet:<alpha>, affine:<reach> or "
+            "ratios like 0.3,0.7"
         ) from None
     if len(ratios) == 1:
         ratios = (ratios[0], 1.0 - ratios[0])
@@ -171,7 +176,7 @@ def sample_parents(pools: Sequence[np.ndarray], labels: np.ndarray, k: int, rng:
     """
     labels = np.asarray(labels, dtype=np.int64)
     if k < 2:
-        raise ValueError(f"n_parents {k} must be at least 2 (a convex mix needs two codes)")
+        raise ValueError(f"n_parents {k} must be at least 2 (a mix needs two codes)")
     sizes = np.array([len(p) for p in pools], dtype=np.int64)
     short = sorted({int(c) for c in labels if sizes[c] < k})
     if short:
@@ -207,5 +212,6 @@ def choose_n_parents(options: Sequence[int], rng: KeyedRNG) -> np.ndarray:
 
 
 def mix(latents: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Convex combination z = sum_i theta_i z_i: (B, k, D), (B, k) -> (B, D)."""
+    """The mix z = sum_i theta_i z_i (convex unless the weights are affine): (B, k, D), (B, k)
+    -> (B, D)."""
     return torch.einsum("bkd,bk->bd", latents, weights.to(latents.dtype))

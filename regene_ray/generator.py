@@ -114,7 +114,7 @@ class Mixes:
 
 
 class LatentMixer:
-    """Step 3 of ReGene, on CPU: draw n parents of a candidate's class and convex weights (all a
+    """Step 3 of ReGene, on CPU: draw n parents of a candidate's class and mixing weights (all a
     function of (seed, id)) and mix their codes. Needs only the latent bank, so a CPU worker of
     a split pipeline holds no networks.
 
@@ -165,7 +165,8 @@ class LatentMixer:
 
 
 class ConvexGenerator:
-    """Mix same-class codes convexly, filter in latent space, decode, filter the images.
+    """Mix same-class codes (convexly, unless asked for affine weights), filter in latent space,
+    decode, filter the images.
 
     Args:
         bank: the latent bank (parents come from codes the head assigns to their own label).
@@ -256,8 +257,13 @@ class ConvexGenerator:
         B = len(m)
         z = self._to_device(m.z)
         y = self._to_device(m.labels)
-        lat_conf = label_confidence(self.classifier.classify_latent(z), y)
+        logits = self.classifier.classify_latent(z)
+        lat_conf = label_confidence(logits, y)
         lat_pass = passes(lat_conf, y, self.tau_latent)
+        # Lemma 1 puts a convex mix in its class region; an affine one (a negative weight) must
+        # also be shown there, since a threshold of 0.5 or less would pass another class's code
+        outside = self._to_device((m.weights < 0).any(axis=1))
+        lat_pass &= ~outside | (logits.argmax(1) == y)
         decode = lat_pass if filter else torch.ones_like(lat_pass)
         images = torch.zeros(B, self.decoder.cfg.out_channels, self.decoder.cfg.image_size,
                              self.decoder.cfg.image_size, dtype=torch.uint8, device=self.device)

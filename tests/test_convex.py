@@ -83,11 +83,12 @@ def test_weight_spec_errors():
         parse_weights("0.3,0.3")
     with pytest.raises(ValueError, match="positive alpha"):
         parse_weights("dirichlet:-1")
-    for bad in ("affine", "affine:-0.1", "affine:x"):
+    for bad in ("affine", "affine:-0.1", "affine:x", "affine:inf", "affine:nan", "affine:11"):
         with pytest.raises(ValueError, match="affine needs a reach >= 0"):
             parse_weights(bad)
-    with pytest.raises(ValueError, match="not understood"):
-        parse_weights("gaussian")
+    for bad in ("gaussian", "afine:1", "affinex:1", "dirichletx:1"):
+        with pytest.raises(ValueError, match="not understood; use uniform, dirichlet:<alpha>, aff"):
+            parse_weights(bad)
     with pytest.raises(ValueError, match="give one ratio per parent"):
         sample_convex_weights(3, "0.3,0.7", KeyedRNG(0, [0]))
 

@@ -77,23 +77,31 @@ def test_provenance_and_filters(gen, tiny_run):
             assert float(conf) == pytest.approx(float(acc.image_confidence[i]), abs=1e-4)
 
 
-def test_affine_mixes_leave_the_hull_and_the_latent_step_alone_decides_their_class(gen, tiny_run):
-    """Lemma 1 does not cover affine mixes: some leave their class region of the head, and
-    those never pass the latent step, whose confidence is the head's on the mixed code."""
-    thr = json.loads((tiny_run / "thresholds.json").read_text())
+def test_affine_mixes_leave_the_hull_and_pass_only_inside_their_class_region(gen, tiny_run):
+    """Lemma 1 does not cover affine mixes: some leave their class region of the head. With
+    thresholds of 0.5 or less the label's confidence alone would pass some of them, so the
+    latent step also asks the head's argmax of an affine mix; convex rows keep the paper's
+    test (conf >= tau) alone."""
     labels = np.arange(400) % 10
     mixes = gen.mixer(labels, 2, "affine:2", seed=4)
-    assert np.allclose(mixes.weights.sum(1), 1, atol=1e-5) and (mixes.weights < 0).any(1).mean() > 0.5
+    assert np.allclose(mixes.weights.sum(1), 1, atol=1e-5)
+    outside = (mixes.weights < 0).any(1)
+    assert outside.mean() > 0.5
     with torch.no_grad():
         p = gen.classifier.classify_latent(torch.from_numpy(mixes.z)).softmax(1).numpy()
     left = p.argmax(1) != labels
-    assert left.any()  # the property convex mixes have (tests/test_lemma1.py) fails here
-    out = gen(labels, n_parents=2, weights="affine:2", seed=4)
-    assert np.array_equal(out.weights, mixes.weights)
-    np.testing.assert_allclose(out.latent_confidence, p[np.arange(400), labels], atol=1e-5)
+    assert left.any() and not left[~outside].any()  # only affine rows leave (Lemma 1)
+    low = ConvexGenerator(gen.bank, gen.classifier, gen.decoder,
+                          {"latent": [0.05] * 10, "image": [0.05] * 10})
+    out = low.score(mixes)
+    conf = p[np.arange(400), labels]
+    np.testing.assert_allclose(out.latent_confidence, conf, atol=1e-5)
+    fooled = left & (out.latent_confidence >= np.float32(0.05))
+    assert fooled.any()  # the confidence test alone would have passed these
     assert not out.latent_pass[left].any() and not out.accepted[left].any()
-    tau = np.asarray(thr["latent"])[labels]
-    assert np.array_equal(out.latent_pass, out.latent_confidence >= tau)
+    assert np.array_equal(out.latent_pass[~left], out.latent_confidence[~left] >= np.float32(0.05))
+    same = gen(labels, n_parents=2, weights="affine:2", seed=4)  # the run's own thresholds
+    assert np.array_equal(same.weights, mixes.weights) and not same.accepted[left].any()
 
 
 def test_unfiltered_mode_decodes_everything(gen):

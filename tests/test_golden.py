@@ -51,6 +51,8 @@ def test_keyed_n_parents_parents_and_weights():
     assert sample_parents(pools, labels, 3, rng).tolist() == GOLDEN_PARENTS
     w = sample_convex_weights(3, "dirichlet:1", rng)
     np.testing.assert_allclose(w, GOLDEN_DIRICHLET, rtol=1e-6)  # scipy's gammaincinv, float32
+    w = sample_convex_weights(3, "affine:0.5", rng)  # the same draws, stretched
+    np.testing.assert_allclose(w, GOLDEN_AFFINE, rtol=1e-6, atol=1e-7)
     assert rng.uniform(STREAM_WEIGHTS, 1).dtype == np.float64
 
 
@@ -105,5 +107,10 @@ GOLDEN_DIRICHLET = [[0.026038380339741707, 0.851359486579895, 0.1226021870970726
                     [0.485248327255249, 0.1211300939321518, 0.3936215937137604],
                     [0.11435156315565109, 0.06746693700551987, 0.8181815147399902],
                     [0.7326289415359497, 0.010400316677987576, 0.2569707930088043]]
+GOLDEN_AFFINE = [[-0.4349040389060974, 1.6283985376358032, -0.1934945434331894],
+                 [-0.21309848129749298, 0.8540142774581909, 0.35908418893814087],
+                 [0.7131208181381226, -0.19717475771903992, 0.48405393958091736],
+                 [-0.21412110328674316, -0.33133265376091003, 1.5454537868499756],
+                 [1.3315722942352295, -0.4739992022514343, 0.14242693781852722]]
 GOLDEN_CHUNK = (1, 24, 24)  # (label, tried, accepted): thresholds 0 keep every candidate
 GOLDEN_CHUNK_SHA256 = "2054fe10ca80923dd68eb53a3394818de1a335e223956a9008370b5a9471757e"

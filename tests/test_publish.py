@@ -4,6 +4,7 @@ mlcroissant, webdataset)."""
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
@@ -109,6 +110,16 @@ def test_a_folder_dataset_has_an_unknown_licence(generated):
     assert "state it in this card before sharing" in text
     assert croissant.metadata(facts)["license"] == "unknown"
     assert source_of("mnist").licence == "mit" and source_of("cifar10").licence == "unknown"
+
+
+def test_the_card_says_which_mixes_made_the_set(generated):
+    out, _ = generated
+    facts = gather(Storage(out))
+    assert "convex mixes of 2" in card.render(facts) and "affine" not in facts.method()
+    facts.identity = copy.deepcopy(facts.identity)
+    facts.identity["spec"]["weights"] = "affine:1"
+    for text in (card.render(facts), croissant.metadata(facts)["description"]):
+        assert "affine mixes" in text and "may be negative" in text and "convex mixes" not in text
 
 
 def fresh_copy(src, dst):

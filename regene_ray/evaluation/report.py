@@ -109,7 +109,8 @@ def intro(m: dict) -> list[str]:
         f"training split, test accuracy {m['neutral']['test_accuracy']:.4f}"
         f"{' (cached)' if m['neutral'].get('cached') else ''}.",
         "Org = real training images, Recon = decoder(encoder(training images)), Gen = accepted "
-        "convex generations.",
+        "generations: mixes of same-class codes (convex when made in-process; a generated "
+        "folder's weights are in its job.json).",
     ]
 
 
@@ -363,6 +364,7 @@ def _blend_figure(r: Results) -> Figure:
 def _acceptance_figure(cfg: EvalConfig, r: Results) -> Figure:
     return Figure(
         "acceptance", "Acceptance per class and filter step",
-        f"{cfg.acceptance_per_class} candidates per class and n; left: kept by the latent "
+        f"{cfg.acceptance_per_class} candidates per class and n, with uniform weights (the "
+        "paper's, whatever weights a generated folder used); left: kept by the latent "
         "filter, right: kept by both steps.",
         figs.acceptance_bars(r.acceptance, r.inputs.data.class_names))

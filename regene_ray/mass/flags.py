@@ -74,9 +74,10 @@ def _generation_flags(p: argparse.ArgumentParser) -> None:
                    help="parents per mix, or a list drawn per candidate such as 2,3,5 (default: 2)")
     p.add_argument("--weights", default="uniform",
                    help="uniform, dirichlet:<alpha>, ratios such as 0.3,0.7, or affine:<reach> "
-                        "(not convex: weights in [-reach, 1 + (n-1) reach] that extrapolate "
-                        "beyond the parents; the latent filter decides their class) "
-                        "(default: uniform)")
+                        "(reach 0 to 10; not convex: weights in [-reach, 1 + (n-1) reach] that "
+                        "extrapolate beyond the parents, kept only where the head's top class "
+                        "is the label; fewer are accepted, so the job may plan a second "
+                        "stream) (default: uniform)")
     p.add_argument("--classes", type=int_list("--classes"), default=None,
                    help="class indices to generate, e.g. 0,1,2 (default: all)")
     p.add_argument("--class-counts", choices=["balanced", "train"], default="balanced",

@@ -34,7 +34,7 @@ class MassSpec:
     count: int  # exact number of images to keep
     classes: tuple[int, ...]  # classes to generate, balanced
     n_parents: tuple[int, ...] = (2,)  # parents per mix, drawn per candidate when several
-    weights: str = "uniform"  # uniform | dirichlet:<alpha> | ratios
+    weights: str = "uniform"  # uniform | dirichlet:<alpha> | affine:<reach> | ratios
     seed: int = 0  # all randomness is a function of (seed, candidate id)
     chunk_size: int = 1024  # candidates per chunk: the unit of work, resume and Parquet files
     png: bool = False  # also write OUT/png/<label>/<shard>/<id>.png
@@ -62,8 +62,7 @@ class MassSpec:
         if len(set(self.classes)) != len(self.classes):
             raise ValueError(f"--classes {list(self.classes)} repeats a class")
         if any(n < 2 for n in self.n_parents):
-            raise ValueError(f"--n-parents {list(self.n_parents)}: a convex mix needs at least 2 "
-                             "parents")
+            raise ValueError(f"--n-parents {list(self.n_parents)}: a mix needs at least 2 parents")
         if self.class_weights and (len(self.class_weights) != len(self.classes)
                                    or min(self.class_weights) < 1):
             raise ValueError(f"class weights {list(self.class_weights)} must be one whole number "
@@ -72,7 +71,7 @@ class MassSpec:
         if scheme.kind == "ratios" and any(n != len(scheme.ratios) for n in self.n_parents):
             raise ValueError(f"--weights {self.weights} gives {len(scheme.ratios)} ratios but "
                              f"--n-parents is {','.join(map(str, self.n_parents))}; give one "
-                             "ratio per parent, or use uniform or dirichlet:<alpha>")
+                             "ratio per parent, or use uniform, dirichlet:<alpha> or affine:<reach>")
 
     def quotas(self) -> dict[int, int]:
         return quotas(self.count, self.classes, self.class_weights)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from regene_ray.convex import parse_weights
 from regene_ray.generated import JOB_FILE, SUMMARY_FILE
 from regene_ray.publish.sources import Source, source_of
 from regene_ray.storage import Storage
@@ -68,8 +69,12 @@ class DatasetFacts:
     def method(self) -> str:
         """The generation method in one sentence."""
         n = " or ".join(map(str, self.spec["n_parents"]))
-        text = (f"ReGene (Gopalakrishnan et al., Neurocomputing 2021): convex mixes of {n} "
-                f"latent codes of one class (weights {self.spec['weights']}) of the run's "
+        weights = self.spec["weights"]
+        mixes = ("affine mixes (weights that sum to 1 and may be negative: extrapolation beyond "
+                 "the parents, outside the paper's convex setting)"
+                 if parse_weights(weights).kind == "affine" else "convex mixes")
+        text = (f"ReGene (Gopalakrishnan et al., Neurocomputing 2021): {mixes} of {n} "
+                f"latent codes of one class (weights {weights}) of the run's "
                 "classifier, decoded by its decoder, kept when the classifier is confident in "
                 "the code and in the decoded image (per-class thresholds)")
         q = self.spec.get("novelty_quantile")
