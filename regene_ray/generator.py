@@ -262,8 +262,9 @@ class ConvexGenerator:
         lat_pass = passes(lat_conf, y, self.tau_latent)
         # Lemma 1 puts a convex mix in its class region; an affine one (a negative weight) must
         # also be shown there, since a threshold of 0.5 or less would pass another class's code
-        outside = self._to_device((m.weights < 0).any(axis=1))
-        lat_pass &= ~outside | (logits.argmax(1) == y)
+        outside = (m.weights < 0).any(axis=1)
+        if outside.any():
+            lat_pass &= ~self._to_device(outside) | (logits.argmax(1) == y)
         decode = lat_pass if filter else torch.ones_like(lat_pass)
         images = torch.zeros(B, self.decoder.cfg.out_channels, self.decoder.cfg.image_size,
                              self.decoder.cfg.image_size, dtype=torch.uint8, device=self.device)
