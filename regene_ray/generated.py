@@ -74,6 +74,7 @@ class GeneratedSet:
     parent_ids: list[np.ndarray] | None  # latent-bank ids per row, None when unknown
     source: str  # "parquet:<folder>" or "in-process"
     total_rows: int  # rows available before subsampling
+    weights: str | None = None  # the mixing weights that made the rows (job.json), None: unrecorded
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -185,7 +186,8 @@ class GeneratedFolder:
             labels=np.concatenate([p["labels"] for p in parts]),
             n_parents=np.concatenate([p["n_parents"] for p in parts]) if has_n else None,
             parent_ids=[r for p in parts for r in p["parent_ids"]] if has_parents else None,
-            source=f"parquet:{self.where()}", total_rows=total)
+            source=f"parquet:{self.where()}", total_rows=total,
+            weights=((self.read_json(JOB_FILE) or {}).get("spec") or {}).get("weights"))
 
     def where(self) -> str:
         """The folder as reports record it: an absolute local path, or scheme://bucket/key

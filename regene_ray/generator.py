@@ -322,7 +322,7 @@ class ConvexGenerator:
 
 
 def measure_acceptance(gen: ConvexGenerator, n_parents: int, per_class: int, *,
-                       seed: int) -> dict:
+                       seed: int, weights: str = "uniform") -> dict:
     """How often fresh candidates pass the filter steps: `per_class` candidates of every class
     with at least `n_parents` eligible parents, ids 0, 1, ... (the keyed streams make `seed`
     alone decide which candidates these are).
@@ -338,7 +338,8 @@ def measure_acceptance(gen: ConvexGenerator, n_parents: int, per_class: int, *,
     if not classes:
         return {"classes": [], "candidates": 0, "per_class": per}
     labels = np.repeat(np.asarray(classes, dtype=np.int64), per_class)  # (C * per_class,)
-    b = gen(labels, n_parents=n_parents, seed=seed, ids=np.arange(len(labels), dtype=np.int64))
+    b = gen(labels, n_parents=n_parents, weights=weights, seed=seed,
+            ids=np.arange(len(labels), dtype=np.int64))
     for c in classes:
         m = b.labels == c
         per["latent_step"][c] = float(b.latent_pass[m].mean())

@@ -98,6 +98,7 @@ def test_report_is_written_and_every_embedded_image_decodes(report):
     m = json.loads((out / "metrics.json").read_text())
     assert m["kind"] == REPORT_KIND and m["generated"]["source"] == "in-process"
     assert set(m["generation_accuracy"]["per_n"]) == {"2", "3", "5"}
+    assert {a["weights"] for a in m["acceptance"]["per_class"].values()} == {"uniform"}
     # accepted generations pass the run's own classifier twice: the judge recognises them at
     # least as the paper reports (>= 0.9 on MNIST)
     assert m["generation_accuracy"]["overall"] > 0.9
@@ -237,6 +238,7 @@ def test_read_generated_reads_the_mass_generation_schema(tiny_run, tmp_path):
     assert folder.count_rows() == len(b0) + len(b1)
     g = folder.read()  # files in sorted order
     assert len(g) == len(b0) + len(b1) == g.total_rows
+    assert g.weights is None  # no job.json records them
     assert torch.equal(g.images, torch.from_numpy(np.concatenate([b0.images, b1.images])))
     assert g.labels.tolist() == b0.labels.tolist() + b1.labels.tolist()
     assert g.n_parents.tolist() == b0.n_parents.tolist() + b1.n_parents.tolist()
@@ -351,6 +353,8 @@ def test_job_evaluates_a_generated_folder(report, tiny_run, tmp_path, neutral_ca
             check=False)
     assert p.returncode == 2 and "no summary.json" in p.stderr and "--allow-partial" in p.stderr
     assert not out.exists()
+    # the weights the folder says made it: the acceptance figure mixes its candidates with them
+    (tmp_path / "gen" / JOB_FILE).write_text(json.dumps({"spec": {"weights": "affine:1"}}))
     run("--run", tiny_run, "--generated", tmp_path / "gen", "--out", out, "--allow-partial",
         "--allow-other-run", "--neutral-cache", neutral_cache, "--autoencoder-epochs", "0",
         *FAST)
@@ -358,6 +362,8 @@ def test_job_evaluates_a_generated_folder(report, tiny_run, tmp_path, neutral_ca
     assert m["generated"]["source"] == f"parquet:{tmp_path / 'gen'}"
     assert m["neutral"]["cached"]  # trained by the first job, reused
     assert set(m["generation_accuracy"]["per_n"]) == {"2", "3", "5"}
+    assert {a["weights"] for a in m["acceptance"]["per_class"].values()} == {"affine:1"}
+    assert "mixed with affine:1 weights" in (out / "report.html").read_text()
     assert m["autoencoder"] is None and "latent_spaces" not in m["figures"]  # asked: none
     bad = run("--run", tiny_run, "--generated", tmp_path / "nowhere", "--out", tmp_path / "r2",
               *FAST, check=False)

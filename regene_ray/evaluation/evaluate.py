@@ -245,7 +245,7 @@ def measure(run_dir: Path, cfg: EvalConfig, generated: str | Path | None, dev: t
     lap("novelty_s")
     ns = sorted({int(n) for n in gset.n_parents}) if gset.n_parents is not None else []
     acceptance = acceptance_stage(inp.gen, ns or cfg.n_parents, cfg.acceptance_per_class,
-                                  streams)
+                                  streams, weights=gset.weights or "uniform")
     lap("acceptance_s")
     blends = blend_stage(neutral, inp, fid, cfg, dev, streams)  # blends (Fig. 7b)
     lap("blends_s")

@@ -80,7 +80,7 @@ def generate_sample(gen: ConvexGenerator, count: int, n_parents: list[int], seed
         n_parents=np.concatenate([p.n_parents for p in parts]),
         parent_ids=[row[:k] for p in parts for row, k in zip(p.parent_ids, p.n_parents,
                                                              strict=True)],
-        source="in-process", total_rows=len(labels))
+        source="in-process", total_rows=len(labels), weights=weights)
 
 
 def _accepted(gen: ConvexGenerator, want: int, k: int, seed: int, weights: str

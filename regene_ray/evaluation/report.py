@@ -362,9 +362,10 @@ def _blend_figure(r: Results) -> Figure:
 
 
 def _acceptance_figure(cfg: EvalConfig, r: Results) -> Figure:
+    weights = next(iter(r.acceptance.values()), {}).get("weights", "uniform")
     return Figure(
         "acceptance", "Acceptance per class and filter step",
-        f"{cfg.acceptance_per_class} candidates per class and n, with uniform weights (the "
-        "paper's, whatever weights a generated folder used); left: kept by the latent "
-        "filter, right: kept by both steps.",
+        f"{cfg.acceptance_per_class} candidates per class and n, mixed with {weights} weights "
+        "(the judged generations' own; uniform where their folder records none); left: kept "
+        "by the latent filter, right: kept by both steps.",
         figs.acceptance_bars(r.acceptance, r.inputs.data.class_names))

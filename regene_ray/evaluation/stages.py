@@ -98,12 +98,13 @@ def score_stage(neutral: NeutralResult, gset: GeneratedSet, inp: Inputs,
 
 
 def acceptance_stage(gen: ConvexGenerator, n_parents: list[int], per_class: int,
-                     streams: Streams) -> dict:
+                     streams: Streams, weights: str = "uniform") -> dict:
     """Fraction of candidates kept by step 1 and by both steps, per class, for each n
-    (generator.measure_acceptance, the measurement jobs/train.py records, on fresh candidates)."""
+    (generator.measure_acceptance, the measurement jobs/train.py records, on fresh candidates
+    mixed with `weights`: the judged generations' own where they are recorded)."""
     seed = streams.seed("acceptance")
-    return {str(n): measure_acceptance(gen, n, per_class, seed=seed)["per_class"]
-            | {"candidates_per_class": per_class} for n in n_parents}
+    return {str(n): measure_acceptance(gen, n, per_class, seed=seed, weights=weights)["per_class"]
+            | {"candidates_per_class": per_class, "weights": weights} for n in n_parents}
 
 
 # FID (Table 1) and the blends (Fig. 7b)
