@@ -37,6 +37,7 @@ FLAG_TARGETS = {
     "decoder_epochs": ("decoder_training", "epochs"),
     "batch_size": (None, "batch_size"),
     "shift": (None, "shift"),
+    "decoder_shift": ("decoder_training", "shift"),  # after "shift": overrides it
 }
 
 
@@ -79,6 +80,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--shift", type=int, help="augment both stages: shift each training image by "
                    "up to this many pixels, a new draw every epoch; helps most with few "
                    "training images (default: 0, none)")
+    p.add_argument("--decoder-shift", type=int, help="augment the decoder stage alone (overrides "
+                   "--shift there): each image shifted by up to this many pixels and encoded "
+                   "by the unaugmented classifier, so the decoder learns to draw more codes "
+                   "than the training images' own (default: --shift's, else 0)")
     p.add_argument("--perceptual", help="auto, lpips, judge, classifier or none (default: auto: "
                    "lpips when its weights are on disk, else none)")
     p.add_argument("--upsample", help="decoder upsampling: nearest, bilinear or transpose "
