@@ -34,6 +34,7 @@ FLAG_TARGETS = {
     "latent_activation": ("classifier", "latent_activation"),
     "latent_l1": ("classifier", "latent_l1"),
     "classifier_epochs": ("classifier_training", "epochs"),
+    "label_smoothing": ("classifier_training", "label_smoothing"),
     "decoder_epochs": ("decoder_training", "epochs"),
     "batch_size": (None, "batch_size"),
     "shift": (None, "shift"),
@@ -75,6 +76,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--latent-activation", help="relu, leaky_relu or none (default: relu)")
     p.add_argument("--latent-l1", type=float, help="L1 weight on the code (default: 0)")
     p.add_argument("--classifier-epochs", type=int, help="classifier epochs (default: 8)")
+    p.add_argument("--label-smoothing", type=float, help="the classifier's cross-entropy label "
+                   "smoothing, 0 to 1 (default: 0)")
     p.add_argument("--decoder-epochs", type=int, help="decoder epochs (default: 15)")
     p.add_argument("--batch-size", type=int, help="batch size of both stages (default: 128)")
     p.add_argument("--shift", type=int, help="augment both stages: shift each training image by "

@@ -46,6 +46,9 @@ class ClassifierTrainConfig:
 
     def __post_init__(self):
         _check_common(self)
+        if not 0 <= self.label_smoothing < 1:  # also refuses nan
+            raise ConfigError(f"label_smoothing {self.label_smoothing} must be in [0, 1) "
+                              "(0: none; 0.1 is usual)")
 
 
 @dataclass

@@ -157,13 +157,17 @@ def test_the_model_seed_leaves_the_data_split_unchanged():
         assert not (REPO / "never-made").exists()
 
 
-def test_decoder_shift_augments_the_decoder_alone_and_overrides_shift():
+def test_decoder_shift_augments_the_decoder_alone_and_label_smoothing_the_classifier():
     job = load_job("train")
     parse = job.get_args_parser().parse_args
     cfg = job.build_config(parse(["--out", "x", "--decoder-shift", "2"]))
     assert (cfg.classifier_training.shift, cfg.decoder_training.shift) == (0, 2)
     cfg = job.build_config(parse(["--out", "x", "--shift", "1", "--decoder-shift", "3"]))
     assert (cfg.classifier_training.shift, cfg.decoder_training.shift) == (1, 3)
+    cfg = job.build_config(parse(["--out", "x", "--label-smoothing", "0.1"]))
+    assert cfg.classifier_training.label_smoothing == 0.1
+    p = run("--out", "never-made", "--smoke-test", "--label-smoothing", "1", check=False)
+    assert p.returncode == 2 and "label_smoothing 1.0 must be in [0, 1)" in p.stderr
     p = run("--out", "never-made", "--smoke-test", "--decoder-shift", "-1", check=False)
     assert p.returncode == 2 and "shift -1 must be >= 0 pixels" in p.stderr
     assert not (REPO / "never-made").exists()
