@@ -9,8 +9,10 @@ limits the low-data gain is the parents or the networks that encode and decode t
     python benchmarks/swap_parents.py --networks runs/mnist --parents runs/low/run-1pct \\
         --out runs/low-swap/run-1pct
 
---out must not exist; the networks' run folder is copied into it (its latent bank replaced) and
-the parents' run config is kept beside as parents_config.yaml. Nothing else is written.
+--out must not exist; the networks' run folder is copied into it, its latent bank replaced, and
+the parents' run config kept beside as parents_config.yaml. Left out: the train states, the
+pictures, and novelty.json (its distances are calibrated against the networks run's own bank,
+so mass_generate.py refuses --novelty-quantile on the copy). Nothing else is written.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from regene_ray.bank_build import build_bank  # noqa: E402
 from regene_ray.classifier import Classifier  # noqa: E402
 from regene_ray.data import load_data  # noqa: E402
+from regene_ray.nearest import NOVELTY_FILE  # noqa: E402
 from regene_ray.run import RUN_CONFIG_FILE, load_run_config  # noqa: E402
 from regene_ray.run_files import BANK_FILE  # noqa: E402
 
@@ -50,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     clf = Classifier.load(args.networks / "classifier")
     bank = build_bank(clf, data.train_x, data.train_y, torch.device("cpu"))
     shutil.copytree(args.networks, args.out,
-                    ignore=shutil.ignore_patterns("*_train_state.pt", BANK_FILE))
+                    ignore=shutil.ignore_patterns("*_train_state.pt", "*.png", BANK_FILE,
+                                                  NOVELTY_FILE))
     shutil.copy(args.parents / RUN_CONFIG_FILE, args.out / "parents_config.yaml")
     bank.save(args.out / BANK_FILE)
     print(f"{args.out}: {len(bank.labels)} parents from {args.parents}, networks of "

@@ -40,6 +40,7 @@ def test_the_bank_holds_the_other_runs_training_split_encoded_by_these_networks(
     for name in ("classifier/weights.pt", "decoder/weights.pt", "thresholds.json"):
         assert file_sha256(out / name) == file_sha256(tiny_run / name)
     assert (out / "parents_config.yaml").read_text() == (parents / RUN_CONFIG_FILE).read_text()
+    assert not (out / "novelty.json").exists()  # calibrated against the networks run's bank
 
     again = swap("--networks", tiny_run, "--parents", parents, "--out", out)
     assert again.returncode == 2 and "exists; pick a new folder" in again.stderr
